@@ -1,0 +1,23 @@
+//! keyfed's domain, pure: keys and key files, the renewal decision, seat
+//! rules, key lifecycle and the clock. No I/O, no async, no gRPC: every rule
+//! is a function of (state, input, now) so it can be tested directly.
+
+pub mod clock;
+pub mod error;
+pub mod key;
+pub mod keyfile;
+pub mod lifecycle;
+pub mod renewal;
+pub mod seats;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use error::KeyError;
+pub use key::{Components, Key, KeyKind};
+pub use keyfile::{KeyFile, VendorSigner};
+pub use renewal::{decide, IncompatibleReasons, RenewalDecision};
+
+/// Federation protocol version this build speaks. 1 had keys and seats only;
+/// 2 adds automatic renewal (r08 treats peers below 2 as "old").
+pub const PROTOCOL_VERSION: u32 = 2;
+/// First protocol version whose peers take part in automatic renewal.
+pub const AUTO_RENEWAL_SINCE: u32 = 2;
