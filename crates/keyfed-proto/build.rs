@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("keyfed_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Serialize lets keyfedctl print any reply as --json without a mirror type.
+    tonic_prost_build::configure()
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)?;
     Ok(())
 }

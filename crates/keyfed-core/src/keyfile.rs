@@ -3,8 +3,8 @@
 //! every line above it (the canonical encoding), so export then import gives
 //! back the same bytes, and any edit breaks the signature.
 use crate::error::KeyError;
-use crate::key::{Components, Key, KeyKind};
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use crate::key::{Components, Key};
+use chrono::{DateTime, NaiveDate, SecondsFormat};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 const HEADER: &str = "# keyfed license key: do not edit, the signature covers every line above it";
@@ -236,6 +236,7 @@ pub fn short(hex_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::KeyKind;
 
     pub(crate) fn sample_key() -> Key {
         Key {

@@ -1,1 +1,361 @@
+//! keyfed's durable store: typed sled trees behind a narrow API. Every state
+//! change is one transaction ([`Store::transact`]); the node flushes before it
+//! acknowledges anything (durable before acknowledged).
+mod records;
 
+pub use records::{
+    Grant, Notification, ObjectKind, Origin, OutboxEntry, PeerCursor, StoredKey, UsageLine, Waiting,
+};
+use chrono::{DateTime, Utc};
+pub use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
+use sled::Transactional;
+use std::collections::BTreeMap;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store i/o failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store tree `{tree}` holds an unreadable value: {why}")]
+    Corrupt { tree: &'static str, why: String },
+    #[error("store at {path} was written by schema version {found}, this build reads {expected}")]
+    Schema { path: String, found: u8, expected: u8 },
+}
+
+impl From<UnabortableTransactionError> for StoreError {
+    fn from(e: UnabortableTransactionError) -> Self {
+        match e {
+            UnabortableTransactionError::Storage(e) => Self::Sled(e),
+            UnabortableTransactionError::Conflict => Self::Corrupt { tree: "-", why: "transaction conflict escaped".into() },
+        }
+    }
+}
+
+pub type TxResult<T, E> = Result<T, ConflictableTransactionError<E>>;
+
+/// Ends a transaction with a domain error; nothing it wrote is kept.
+pub fn abort<T, E>(e: E) -> TxResult<T, E> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+const SCHEMA_VERSION: u8 = 1;
+const TREES: [&str; 10] =
+    ["keys", "grants", "used", "notifications", "outbox", "cursors", "applied", "usage", "waiting", "meta"];
+const KEYS: usize = 0;
+const GRANTS: usize = 1;
+const USED: usize = 2;
+const NOTIFICATIONS: usize = 3;
+const OUTBOX: usize = 4;
+const CURSORS: usize = 5;
+const APPLIED: usize = 6;
+const USAGE: usize = 7;
+const WAITING: usize = 8;
+const META: usize = 9;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path)
+    }
+}
+
+fn pair(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
+    let mut k = pair(peer, "");
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let trees = TREES.iter().map(|t| db.open_tree(t)).collect::<Result<Vec<_>, _>>()?;
+        let path = dir.display().to_string();
+        match trees[META].get("schema")? {
+            None => {
+                trees[META].insert("schema", &[SCHEMA_VERSION])?;
+            }
+            Some(v) if v.as_ref() == [SCHEMA_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::Schema { path, found: v.first().copied().unwrap_or(0), expected: SCHEMA_VERSION })
+            }
+        }
+        Ok(Self { db, trees, path })
+    }
+
+    /// Runs `f` as one atomic transaction over every tree. `f` may run more
+    /// than once on conflict, so it must not have side effects.
+    pub fn transact<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: Fn(&Tx<'_>) -> TxResult<T, E>,
+    {
+        self.trees.as_slice().transaction(|trees| f(&Tx { trees })).map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => E::from(StoreError::Sled(e)),
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, tree: usize, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        self.trees[tree]
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (_, v) = kv?;
+                records::decode(TREES[tree], &v)
+            })
+            .collect()
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, tree: usize, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.trees[tree].get(key)?.map(|v| records::decode(TREES[tree], &v)).transpose()
+    }
+
+    pub fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        self.get(KEYS, id.as_bytes())
+    }
+
+    pub fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.scan(KEYS, b"")
+    }
+
+    pub fn grants_of_key(&self, key_id: &str) -> Result<Vec<Grant>, StoreError> {
+        self.scan(GRANTS, &pair(key_id, ""))
+    }
+
+    pub fn all_grants(&self) -> Result<Vec<Grant>, StoreError> {
+        self.scan(GRANTS, b"")
+    }
+
+    pub fn used(&self, key_id: &str) -> Result<u32, StoreError> {
+        Ok(self.get(USED, key_id.as_bytes())?.unwrap_or(0))
+    }
+
+    pub fn notifications_after(&self, seq: u64) -> Result<Vec<Notification>, StoreError> {
+        self.trees[NOTIFICATIONS]
+            .range((seq + 1).to_be_bytes()..)
+            .map(|kv| records::decode(TREES[NOTIFICATIONS], &kv?.1))
+            .collect()
+    }
+
+    pub fn notification_count(&self) -> usize {
+        self.trees[NOTIFICATIONS].len()
+    }
+
+    /// Entries queued for `peer` that it has not acked, oldest first.
+    pub fn outbox(&self, peer: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        let acked = self.cursor(peer)?.acked;
+        self.trees[OUTBOX]
+            .range(outbox_key(peer, acked + 1)..outbox_key(peer, u64::MAX))
+            .map(|kv| records::decode(TREES[OUTBOX], &kv?.1))
+            .collect()
+    }
+
+    pub fn outbox_depth(&self, peer: &str) -> Result<u64, StoreError> {
+        let c = self.cursor(peer)?;
+        Ok(c.last_queued.saturating_sub(c.acked))
+    }
+
+    pub fn cursor(&self, peer: &str) -> Result<PeerCursor, StoreError> {
+        Ok(self.get(CURSORS, peer.as_bytes())?.unwrap_or_default())
+    }
+
+    /// Records that `peer` acked everything up to `seq` and drops those entries.
+    pub fn ack(&self, peer: &str, seq: u64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let acked: Vec<OutboxEntry> = self.transact(|tx| {
+            let mut c = tx.cursor(peer)?;
+            if seq <= c.acked {
+                return Ok(Vec::new());
+            }
+            let mut done = Vec::new();
+            for s in (c.acked + 1)..=seq.min(c.last_queued) {
+                if let Some(e) = tx.trees[OUTBOX].remove(outbox_key(peer, s))? {
+                    done.push(tx.decode(OUTBOX, &e)?);
+                }
+            }
+            c.acked = seq.min(c.last_queued);
+            tx.put_cursor(peer, &c)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(done)
+        })?;
+        Ok(acked)
+    }
+
+    pub fn usage_lines(&self) -> Result<Vec<UsageLine>, StoreError> {
+        self.scan(USAGE, b"")
+    }
+
+    pub fn waiting(&self) -> Result<Vec<Waiting>, StoreError> {
+        self.scan(WAITING, b"")
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.get(META, name.as_bytes())
+    }
+
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.trees[META].insert(name.as_bytes(), records::encode(&value))?;
+        Ok(())
+    }
+}
+
+/// The typed view of one transaction.
+pub struct Tx<'a> {
+    trees: &'a [TransactionalTree],
+}
+
+impl Tx<'_> {
+    fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(&self, tree: usize, v: &[u8]) -> TxResult<T, E> {
+        records::decode(TREES[tree], v).map_err(|e| ConflictableTransactionError::Abort(E::from(e)))
+    }
+
+    fn read<T: serde::de::DeserializeOwned, E: From<StoreError>>(&self, tree: usize, key: &[u8]) -> TxResult<Option<T>, E> {
+        match self.trees[tree].get(key)? {
+            Some(v) => Ok(Some(self.decode(tree, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write<T: serde::Serialize, E>(&self, tree: usize, key: &[u8], value: &T) -> TxResult<(), E> {
+        self.trees[tree].insert(key, records::encode(value))?;
+        Ok(())
+    }
+
+    pub fn key<E: From<StoreError>>(&self, id: &str) -> TxResult<Option<StoredKey>, E> {
+        self.read(KEYS, id.as_bytes())
+    }
+
+    pub fn put_key<E>(&self, k: &StoredKey) -> TxResult<(), E> {
+        self.write(KEYS, k.key.id.as_bytes(), k)
+    }
+
+    /// Removes a key with all its grants' counter; grants must be removed first.
+    pub fn remove_key<E>(&self, id: &str) -> TxResult<(), E> {
+        self.trees[KEYS].remove(id.as_bytes())?;
+        self.trees[USED].remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn grant<E: From<StoreError>>(&self, key_id: &str, object: &str) -> TxResult<Option<Grant>, E> {
+        self.read(GRANTS, &pair(key_id, object))
+    }
+
+    pub fn used<E: From<StoreError>>(&self, key_id: &str) -> TxResult<u32, E> {
+        Ok(self.read(USED, key_id.as_bytes())?.unwrap_or(0))
+    }
+
+    /// Writes a grant and keeps the key's used-seat counter exact.
+    pub fn put_grant<E: From<StoreError>>(&self, g: &Grant) -> TxResult<(), E> {
+        let before = self.grant::<E>(&g.key_id, &g.object)?.map_or(0, |old| old.seats);
+        let used = self.used::<E>(&g.key_id)? - before + g.seats;
+        self.write(USED, g.key_id.as_bytes(), &used)?;
+        self.write(GRANTS, &pair(&g.key_id, &g.object), g)
+    }
+
+    pub fn remove_grant<E: From<StoreError>>(&self, key_id: &str, object: &str) -> TxResult<Option<Grant>, E> {
+        let Some(old) = self.grant::<E>(key_id, object)? else { return Ok(None) };
+        let used = self.used::<E>(key_id)?.saturating_sub(old.seats);
+        self.write(USED, key_id.as_bytes(), &used)?;
+        self.trees[GRANTS].remove(pair(key_id, object))?;
+        Ok(Some(old))
+    }
+
+    fn next_counter<E: From<StoreError>>(&self, name: &str) -> TxResult<u64, E> {
+        let n: u64 = self.read::<u64, E>(META, name.as_bytes())?.unwrap_or(0) + 1;
+        self.write(META, name.as_bytes(), &n)?;
+        Ok(n)
+    }
+
+    pub fn notify<E: From<StoreError>>(
+        &self,
+        at: DateTime<Utc>,
+        event: &str,
+        key_id: &str,
+        message: String,
+        details: BTreeMap<String, String>,
+    ) -> TxResult<Notification, E> {
+        let seq = self.next_counter("notification_seq")?;
+        let n = Notification { seq, at, event: event.into(), key_id: key_id.into(), message, details };
+        self.write(NOTIFICATIONS, &seq.to_be_bytes(), &n)?;
+        Ok(n)
+    }
+
+    pub fn cursor<E: From<StoreError>>(&self, peer: &str) -> TxResult<PeerCursor, E> {
+        Ok(self.read(CURSORS, peer.as_bytes())?.unwrap_or_default())
+    }
+
+    pub fn put_cursor<E>(&self, peer: &str, c: &PeerCursor) -> TxResult<(), E> {
+        self.write(CURSORS, peer.as_bytes(), c)
+    }
+
+    /// Queues a message for `peer`; returns the sequence it was given.
+    pub fn enqueue<E: From<StoreError>>(
+        &self,
+        peer: &str,
+        at: DateTime<Utc>,
+        key_id: &str,
+        what: &str,
+        body: Vec<u8>,
+    ) -> TxResult<OutboxEntry, E> {
+        let mut c = self.cursor::<E>(peer)?;
+        c.last_queued += 1;
+        let seq = c.last_queued;
+        let entry = OutboxEntry {
+            seq,
+            message_id: format!("{peer}/{seq}/{}", at.timestamp_micros()),
+            body,
+            queued_at: at,
+            key_id: key_id.into(),
+            what: what.into(),
+        };
+        self.write(OUTBOX, &outbox_key(peer, seq), &entry)?;
+        self.put_cursor(peer, &c)?;
+        Ok(entry)
+    }
+
+    /// Idempotency record: true the first time a message id is seen.
+    pub fn first_sight<E: From<StoreError>>(&self, message_id: &str, at: DateTime<Utc>) -> TxResult<bool, E> {
+        if self.trees[APPLIED].get(message_id.as_bytes())?.is_some() {
+            return Ok(false);
+        }
+        self.write(APPLIED, message_id.as_bytes(), &at)?;
+        Ok(true)
+    }
+
+    pub fn put_usage<E>(&self, line: &UsageLine) -> TxResult<(), E> {
+        self.write(USAGE, &pair(&line.node_id, &line.key_id), line)
+    }
+
+    pub fn put_waiting<E>(&self, w: &Waiting) -> TxResult<(), E> {
+        self.write(WAITING, &pair(&w.key_id, &w.object), w)
+    }
+
+    pub fn remove_waiting<E>(&self, key_id: &str, object: &str) -> TxResult<(), E> {
+        self.trees[WAITING].remove(pair(key_id, object))?;
+        Ok(())
+    }
+}

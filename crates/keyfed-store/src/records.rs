@@ -1,0 +1,138 @@
+//! The values the store keeps. Each is written as one format-version byte
+//! followed by JSON, so the schema can change without guessing.
+use chrono::{DateTime, Utc};
+use keyfed_core::Key;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a node got a key from (r02).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// Added by the administrator from a vendor key file, or an auto-renewal.
+    Upstream,
+    /// Received from the parent or a neighbor with this node id.
+    Peer(String),
+}
+
+impl Origin {
+    #[must_use]
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Self::Upstream => None,
+            Self::Peer(p) => Some(p),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub key: Key,
+    /// The key file text exactly as verified.
+    pub text: String,
+    pub origin: Origin,
+    pub added_at: DateTime<Utc>,
+    /// Seats this node may hand out: the key's seats for an upstream key, the
+    /// granted seats for a key from a peer (r13).
+    pub held: u32,
+    /// Set when a renewal of this key has been distributed; the key is retired
+    /// once no object still holds it (r07).
+    pub superseded_by: Option<String>,
+    /// Donated seats come back when this passes without renewal (b01).
+    pub lent_until: Option<DateTime<Utc>>,
+    /// False for a key received from a peer as a plain offer (r08): stored,
+    /// never passed on.
+    pub distributable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Station,
+    Server,
+}
+
+/// Seats of one key held by one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub key_id: String,
+    pub object: String,
+    pub kind: ObjectKind,
+    pub seats: u32,
+    pub granted_at: DateTime<Utc>,
+    /// Neighbor donations only (b01).
+    pub lent_until: Option<DateTime<Utc>>,
+    /// Servers: the peer acked the delivery that carries this grant.
+    pub delivered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub key_id: String,
+    pub message: String,
+    pub details: BTreeMap<String, String>,
+}
+
+/// One message waiting in a peer's outbox until the peer acks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub message_id: String,
+    /// Encoded wire message; the store does not look inside.
+    pub body: Vec<u8>,
+    pub queued_at: DateTime<Utc>,
+    /// What it is about, for operators and for retirement tracking.
+    pub key_id: String,
+    pub what: String,
+}
+
+/// Sequence bookkeeping of one link, in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PeerCursor {
+    /// Last sequence given to an entry in our outbox to this peer.
+    pub last_queued: u64,
+    /// Highest sequence the peer acked.
+    pub acked: u64,
+    /// Highest sequence of the peer's outbox we applied.
+    pub applied: u64,
+}
+
+/// Usage of one key on one node of the subtree (b05).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLine {
+    pub node_id: String,
+    pub key_id: String,
+    pub seats: u32,
+    pub used: u32,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// An object waiting for seats of a key (r11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub key_id: String,
+    pub object: String,
+    pub kind: ObjectKind,
+    pub seats: u32,
+    pub since: DateTime<Utc>,
+    pub lent_until: Option<DateTime<Utc>>,
+}
+
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    serde_json::to_writer(&mut out, value).expect("records always serialize");
+    out
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, crate::StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| crate::StoreError::Corrupt { tree, why: e.to_string() })
+        }
+        Some((v, _)) => Err(crate::StoreError::Corrupt { tree, why: format!("unknown format version {v}") }),
+        None => Err(crate::StoreError::Corrupt { tree, why: "empty value".into() }),
+    }
+}
