@@ -1,1 +1,101 @@
+//! The keyfed node as a library: `run(config, listener, clock, shutdown)`
+//! serves the Admin, Federation and Station services (plus health and
+//! reflection) on one port, keeps links to its parent and neighbors, and runs
+//! the scheduler, until `shutdown` is cancelled; then it flushes the store.
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod federation;
+pub mod hooks;
+pub mod node;
+pub mod renewal;
+pub mod sandbox;
+pub mod scheduler;
+pub mod station;
+pub mod usage;
 
+pub use config::NodeConfig;
+pub use node::Node;
+
+use keyfed_core::SharedClock;
+use keyfed_proto::v1 as pb;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest gRPC message a node decodes; key files are a few hundred bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = keyfed_store::Store::open(&config.data_dir.join("store"))?;
+    let tasks = TaskTracker::new();
+    let hooks = config.hook.clone().map(|hook| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.spawn(hooks::run_hooks(hook, config.node_id.clone(), store.clone(), rx, shutdown.clone()));
+        tx
+    });
+    let node = Node::new(config, store.clone(), clock, hooks)?;
+    import_key_dir(&node).await;
+
+    for (peer, address) in node.config.dialed_peers() {
+        tasks.spawn(federation::dial(node.clone(), peer, address, shutdown.clone()));
+    }
+    tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
+    health_reporter.set_serving::<pb::federation_server::FederationServer<federation::FederationService>>().await;
+    health_reporter.set_serving::<pb::station_server::StationServer<station::StationService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let fed = federation::FederationService { node: node.clone(), tasks: tasks.clone(), shutdown: shutdown.clone() };
+    tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "keyfed node serving (plaintext gRPC)");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(pb::federation_server::FederationServer::new(fed).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(pb::station_server::StationServer::new(station::StationService { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .await?;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within 10 s");
+    }
+    store.flush()?;
+    tracing::info!(node = %node.id(), "keyfed node stopped, store flushed");
+    Ok(())
+}
+
+/// r12: vendor key files dropped in the key folder are added at start,
+/// except ones the administrator deleted.
+async fn import_key_dir(node: &Node) {
+    let dir = node.config.key_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "key") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(file) = keyfed_core::KeyFile::parse(&text) else {
+            tracing::warn!(path = %path.display(), "not a key file; left alone");
+            continue;
+        };
+        let id = &file.key.id;
+        if node.store.meta(&format!("deleted:{id}")).ok().flatten().is_some() || node.store.key(id).ok().flatten().is_some() {
+            continue;
+        }
+        match node.add_key(&text).await {
+            Ok(_) => tracing::info!(path = %path.display(), key_id = %id, "key imported from the key folder"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "key file in the key folder refused"),
+        }
+    }
+}

@@ -117,6 +117,8 @@ pub struct Waiting {
     pub seats: u32,
     pub since: DateTime<Utc>,
     pub lent_until: Option<DateTime<Utc>>,
+    /// The key the object held before the renewal that left it waiting.
+    pub replaces: Option<String>,
 }
 
 pub(crate) const FORMAT_VERSION: u8 = 1;

@@ -1,0 +1,229 @@
+//! The Admin gRPC service: a thin mapping from requests to node operations.
+use crate::convert;
+use crate::error::NodeError;
+use crate::node::Node;
+use keyfed_proto::v1 as pb;
+use keyfed_store::{ObjectKind, StoredKey};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct AdminService {
+    pub node: Node,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn unimplemented<T>(what: &'static str) -> R<T> {
+    Err(NodeError::Unimplemented(what).into())
+}
+
+impl AdminService {
+    fn key_info(&self, k: &StoredKey) -> Result<pb::KeyInfo, NodeError> {
+        let used = self.node.store.used(&k.key.id)?;
+        let state = if k.superseded_by.is_some() { "superseded" } else { self.node.key_state(k).label() };
+        Ok(pb::KeyInfo {
+            key: Some(convert::key(&k.key, &keyfed_core::KeyFile::parse(&k.text).map(|f| f.signer).unwrap_or_default())),
+            origin: Some(convert::origin(&k.origin)),
+            seats_assigned: used,
+            seats_free: k.held.saturating_sub(used),
+            state: state.into(),
+            key_file_sha256: String::new(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn add_key(&self, r: Request<pb::AddKeyRequest>) -> R<pb::KeyInfo> {
+        let k = self.node.add_key(&r.into_inner().key_file).await?;
+        Ok(Response::new(self.key_info(&k)?))
+    }
+
+    async fn list_keys(&self, _: Request<pb::Empty>) -> R<pb::KeyList> {
+        let keys = self.node.store.keys().map_err(NodeError::from)?;
+        let keys = keys.iter().map(|k| self.key_info(k)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::KeyList { keys }))
+    }
+
+    async fn get_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyInfo> {
+        Ok(Response::new(self.key_info(&self.node.get_key(&r.into_inner().id)?)?))
+    }
+
+    async fn export_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyFile> {
+        Ok(Response::new(pb::KeyFile { text: self.node.get_key(&r.into_inner().id)?.text }))
+    }
+
+    async fn delete_key(&self, r: Request<pb::KeyId>) -> R<pb::Empty> {
+        self.node.delete_key(&r.into_inner().id).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn assign_seats(&self, r: Request<pb::AssignSeatsRequest>) -> R<pb::GrantInfo> {
+        let r = r.into_inner();
+        let kind = match pb::ObjectKind::try_from(r.kind).unwrap_or_default() {
+            pb::ObjectKind::Unspecified => None,
+            pb::ObjectKind::Station => Some(ObjectKind::Station),
+            pb::ObjectKind::Server => Some(ObjectKind::Server),
+        };
+        let g = self.node.assign(&r.key_id, &r.object, r.seats, kind, r.donation_days).await?;
+        Ok(Response::new(convert::grant(&g)))
+    }
+
+    async fn unassign_seats(&self, r: Request<pb::UnassignSeatsRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        self.node.unassign(&r.key_id, &r.object).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
+        let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
+        for g in self.node.store.all_grants().map_err(NodeError::from)? {
+            let o = objects.entry(g.object.clone()).or_insert_with(|| pb::ObjectInfo {
+                name: g.object.clone(),
+                kind: convert::object_kind(g.kind).into(),
+                state: "licensed".into(),
+                ..Default::default()
+            });
+            o.grants.push(convert::grant(&g));
+        }
+        for w in self.node.store.waiting().map_err(NodeError::from)? {
+            objects.entry(w.object.clone()).or_insert_with(|| pb::ObjectInfo {
+                name: w.object.clone(),
+                kind: convert::object_kind(w.kind).into(),
+                state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(pb::ObjectList { objects: objects.into_values().collect() }))
+    }
+
+    async fn list_notifications(&self, r: Request<pb::ListNotificationsRequest>) -> R<pb::NotificationList> {
+        let ns = self.node.notifications_after(r.into_inner().after_seq)?;
+        Ok(Response::new(pb::NotificationList { notifications: ns.iter().map(convert::notification).collect() }))
+    }
+
+    type WatchNotificationsStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+
+    async fn watch_notifications(&self, r: Request<pb::ListNotificationsRequest>) -> R<Self::WatchNotificationsStream> {
+        // subscribe first so nothing falls between the stored list and the live feed
+        let live = tokio_stream::wrappers::BroadcastStream::new(self.node.events.subscribe());
+        let stored = self.node.notifications_after(r.into_inner().after_seq)?;
+        let mut last = stored.last().map_or(0, |n| n.seq);
+        let backlog = tokio_stream::iter(stored.into_iter().map(|n| Ok(convert::notification(&n))));
+        let live = live.filter_map(move |n| match n {
+            Ok(n) if n.seq > last => {
+                last = n.seq;
+                Some(Ok(convert::notification(&n)))
+            }
+            Ok(_) => None,
+            Err(_) => Some(Err(Status::data_loss("the watcher fell behind; list notifications after the last seq seen"))),
+        });
+        Ok(Response::new(Box::pin(backlog.chain(live))))
+    }
+
+    async fn status(&self, _: Request<pb::Empty>) -> R<pb::NodeStatus> {
+        let n = &self.node;
+        let keys = n.store.keys().map_err(NodeError::from)?;
+        let mut warnings = Vec::new();
+        for k in &keys {
+            let used = n.store.used(&k.key.id).map_err(NodeError::from)?;
+            if used > k.held {
+                warnings.push(format!("key {} is over-allocated: {used} granted of {}", k.key.id, k.held));
+            }
+        }
+        if n.config.upstream.is_none() {
+            warnings.push("no upstream configured: automatic renewal cannot run".into());
+        }
+        let objects = n.store.all_grants().map_err(NodeError::from)?.iter().map(|g| g.object.clone()).collect::<std::collections::BTreeSet<_>>().len();
+        Ok(Response::new(pb::NodeStatus {
+            node_id: n.id().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: n.config.protocol_version,
+            now: convert::ts(n.now()),
+            keys: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+            objects: u32::try_from(objects).unwrap_or(u32::MAX),
+            notifications: u32::try_from(n.store.notification_count()).unwrap_or(u32::MAX),
+            warnings,
+            data_dir: n.config.data_dir.display().to_string(),
+        }))
+    }
+
+    async fn check_for_updates(&self, r: Request<pb::CheckForUpdatesRequest>) -> R<pb::RenewalReport> {
+        let id = r.into_inner().key_id;
+        let outcomes = self.node.check_for_updates((!id.is_empty()).then_some(id.as_str())).await?;
+        Ok(Response::new(pb::RenewalReport { outcomes }))
+    }
+
+    async fn list_peers(&self, _: Request<pb::Empty>) -> R<pb::PeerList> {
+        let n = &self.node;
+        let mut peers = Vec::new();
+        for (id, role) in n.config.peers() {
+            let meta = n.peer_meta(&id).unwrap_or_default();
+            let address = match role {
+                crate::config::PeerRole::Parent => n.config.parent.as_ref().map(|p| p.address.clone()),
+                crate::config::PeerRole::Neighbor => n.config.neighbor(&id).and_then(|x| x.address.clone()),
+                crate::config::PeerRole::Child => None,
+            };
+            peers.push(pb::PeerInfo {
+                outbox_depth: n.store.outbox_depth(&id).map_err(NodeError::from)?,
+                node_id: id,
+                role: role.as_str().into(),
+                address: address.unwrap_or_else(|| "(dials in)".into()),
+                protocol_version: meta.protocol_version,
+                online: meta.online,
+                since: convert::opt_ts(meta.since),
+            });
+        }
+        Ok(Response::new(pb::PeerList { peers }))
+    }
+
+    async fn usage(&self, r: Request<pb::UsageRequest>) -> R<pb::UsageReport> {
+        let r = r.into_inner();
+        let rows = self.node.usage_rows(r.tree)?;
+        let rows = rows.into_iter().filter(|u| r.key_id.is_empty() || u.key_id == r.key_id).collect();
+        Ok(Response::new(pb::UsageReport { rows }))
+    }
+
+    async fn queue_command(&self, _: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
+        unimplemented("commands for offline objects arrive with the stations issue (SPEC o03)")
+    }
+
+    async fn list_commands(&self, _: Request<pb::Empty>) -> R<pb::CommandList> {
+        unimplemented("commands for offline objects arrive with the stations issue (SPEC o03)")
+    }
+
+    async fn subscription_report(&self, _: Request<pb::Empty>) -> R<pb::SubscriptionList> {
+        unimplemented("the subscription report arrives with the lifecycle issue (SPEC e07)")
+    }
+
+    async fn telemetry_status(&self, _: Request<pb::Empty>) -> R<pb::TelemetryStatusReply> {
+        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01-t02)")
+    }
+
+    async fn export_telemetry(&self, _: Request<pb::Empty>) -> R<pb::TelemetryFile> {
+        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01)")
+    }
+
+    async fn upload_telemetry(&self, _: Request<pb::TelemetryFile>) -> R<pb::TelemetryReceipt> {
+        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01)")
+    }
+
+    async fn list_audit(&self, _: Request<pb::Empty>) -> R<pb::AuditList> {
+        unimplemented("the audit trail arrives with the security issue (SPEC b06)")
+    }
+
+    async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {
+        let secs = r.into_inner().seconds;
+        let manual = self.node.clock.as_manual().filter(|_| self.node.config.debug_clock).ok_or_else(|| {
+            NodeError::FailedPrecondition("this node runs on the system clock; AdvanceClock needs debug_clock = true and a manual clock".into())
+        })?;
+        if secs < 0 {
+            return Err(NodeError::InvalidArgument("the clock only moves forward".into()).into());
+        }
+        let now = manual.advance(chrono::Duration::seconds(secs));
+        Ok(Response::new(pb::ClockReply { now: convert::ts(now) }))
+    }
+}

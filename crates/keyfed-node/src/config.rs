@@ -1,0 +1,203 @@
+//! Node configuration: defaults that run one node out of the box, then a TOML
+//! file, then `KEYFED_*` environment variables, then flags.
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Key files dropped here are imported at start (r12); never written to.
+    pub key_dir: Option<PathBuf>,
+    /// Hex Ed25519 public keys of the vendors whose keys this node accepts.
+    pub trusted_vendor_keys: Vec<String>,
+    /// URL of the vendor upstream (GUS), e.g. http://127.0.0.1:7600.
+    pub upstream: Option<String>,
+    pub parent: Option<PeerConfig>,
+    /// Node ids allowed to link as children.
+    pub children: Vec<String>,
+    pub neighbors: Vec<NeighborConfig>,
+    /// Federation protocol spoken on links; 1 has no automatic renewal (r08).
+    pub protocol_version: u32,
+    /// r01: run the renewal task on a schedule.
+    pub update_license_keys: bool,
+    pub renewal_interval_secs: i64,
+    /// r11: how often neighbors waiting for seats are re-checked.
+    pub seat_poll_secs: i64,
+    /// b01: default lending period of seats donated to a neighbor.
+    pub donation_days: i64,
+    /// b05: how often usage is rolled up to the node a key came from.
+    pub usage_report_secs: i64,
+    /// Real-time period of the scheduler loop; rules use the injected clock.
+    pub tick_millis: u64,
+    pub hook: Option<HookConfig>,
+    /// Lets Admin.AdvanceClock move a manual clock (demos, smoke tests).
+    pub debug_clock: bool,
+    /// Seconds between link reconnect attempts grow up to this.
+    pub max_backoff_millis: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub node_id: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NeighborConfig {
+    pub node_id: String,
+    /// Set on the side that dials; the other side leaves it empty.
+    pub address: Option<String>,
+    /// b01: may this node lend seats to the neighbor?
+    pub allow_send: bool,
+    /// b01: may the neighbor lend seats to this node?
+    pub allow_receive: bool,
+}
+
+impl Default for NeighborConfig {
+    fn default() -> Self {
+        Self { node_id: String::new(), address: None, allow_send: true, allow_receive: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HookConfig {
+    /// Executable run after every notification ("key auto-renewal" hook, r09).
+    pub path: PathBuf,
+    pub timeout_secs: u64,
+    /// Also write the key file to a temporary path given in KEYFED_KEY_FILE.
+    pub with_key_file: bool,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::new(), timeout_secs: 10, with_key_file: false }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "main".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7601)),
+            data_dir: PathBuf::from("./keyfed-data"),
+            key_dir: None,
+            trusted_vendor_keys: Vec::new(),
+            upstream: None,
+            parent: None,
+            children: Vec::new(),
+            neighbors: Vec::new(),
+            protocol_version: keyfed_core::PROTOCOL_VERSION,
+            update_license_keys: false,
+            renewal_interval_secs: 3600,
+            seat_poll_secs: 60,
+            donation_days: 30,
+            usage_report_secs: 60,
+            tick_millis: 1000,
+            hook: None,
+            debug_clock: false,
+            max_backoff_millis: 5000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; unknown fields are refused so typos do not pass silently.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| format!("config: {e}"))
+    }
+
+    /// Overrides from `KEYFED_*` environment variables.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = get("KEYFED_NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = get("KEYFED_LISTEN") {
+            self.listen = v.parse().map_err(|e| format!("KEYFED_LISTEN={v:?}: {e}"))?;
+        }
+        if let Some(v) = get("KEYFED_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("KEYFED_UPSTREAM") {
+            self.upstream = Some(v);
+        }
+        if let Some(v) = get("KEYFED_TRUSTED_VENDOR_KEYS") {
+            self.trusted_vendor_keys = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        Ok(())
+    }
+
+    pub fn key_dir(&self) -> PathBuf {
+        self.key_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    pub fn neighbor(&self, id: &str) -> Option<&NeighborConfig> {
+        self.neighbors.iter().find(|n| n.node_id == id)
+    }
+
+    /// The role a peer has from this node's point of view.
+    pub fn role_of(&self, id: &str) -> Option<PeerRole> {
+        if self.parent.as_ref().is_some_and(|p| p.node_id == id) {
+            Some(PeerRole::Parent)
+        } else if self.children.iter().any(|c| c == id) {
+            Some(PeerRole::Child)
+        } else if self.neighbor(id).is_some() {
+            Some(PeerRole::Neighbor)
+        } else {
+            None
+        }
+    }
+
+    /// Every configured peer with its role.
+    pub fn peers(&self) -> Vec<(String, PeerRole)> {
+        let mut v: Vec<(String, PeerRole)> = self.parent.iter().map(|p| (p.node_id.clone(), PeerRole::Parent)).collect();
+        v.extend(self.children.iter().map(|c| (c.clone(), PeerRole::Child)));
+        v.extend(self.neighbors.iter().map(|n| (n.node_id.clone(), PeerRole::Neighbor)));
+        v
+    }
+
+    /// Peers this node dials: its parent and neighbors with an address.
+    pub fn dialed_peers(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self.parent.iter().map(|p| (p.node_id.clone(), p.address.clone())).collect();
+        v.extend(self.neighbors.iter().filter_map(|n| n.address.clone().map(|a| (n.node_id.clone(), a))));
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    Parent,
+    Child,
+    Neighbor,
+}
+
+impl PeerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parent => "parent",
+            Self::Child => "child",
+            Self::Neighbor => "neighbor",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_without_a_file_and_unknown_fields_are_refused() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert_eq!(c.node_id, "main");
+        let err = NodeConfig::from_toml("nod_id = \"x\"").unwrap_err();
+        assert!(err.contains("nod_id"), "{err}");
+        let c = NodeConfig::from_toml("node_id = \"child\"\n[parent]\nnode_id = \"main\"\naddress = \"http://x\"").unwrap();
+        assert_eq!(c.role_of("main"), Some(PeerRole::Parent));
+    }
+}

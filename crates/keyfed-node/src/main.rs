@@ -1,0 +1,121 @@
+//! `keyfed`: run a node (`serve`) or a local federation (`sandbox`).
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyfed_core::{ManualClock, SharedClock, SystemClock};
+use keyfed_node::NodeConfig;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "keyfed", version, about = "license key distribution server with neighbor federation")]
+struct Cli {
+    /// log format: text or json
+    #[arg(long, env = "KEYFED_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Serve {
+        /// TOML config file; without one, defaults run a single node
+        #[arg(long, env = "KEYFED_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        node_id: Option<String>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        upstream: Option<String>,
+        /// hex Ed25519 public key of a trusted vendor (repeatable)
+        #[arg(long = "trust")]
+        trust: Vec<String>,
+        /// start on a manual clock that Admin.AdvanceClock moves (demos, smoke tests)
+        #[arg(long)]
+        debug_clock: bool,
+    },
+    /// Run an upstream and three linked nodes (main, neighbor, child) in one process.
+    Sandbox {
+        #[arg(long, default_value = "./keyfed-sandbox")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7600)]
+        base_port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+        /// run on a manual clock that `keyfedctl clock advance` moves
+        #[arg(long)]
+        debug_clock: bool,
+    },
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn,sled=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn clock(debug: bool) -> SharedClock {
+    if debug {
+        Arc::new(ManualClock::new(chrono::Utc::now()))
+    } else {
+        Arc::new(SystemClock)
+    }
+}
+
+/// Cancels the token on SIGINT or SIGTERM (docker stop).
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received, shutting down");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    match cli.command {
+        Command::Serve { config, node_id, listen, data_dir, upstream, trust, debug_clock } => {
+            let mut cfg = match &config {
+                Some(p) => NodeConfig::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                None => NodeConfig::default(),
+            };
+            cfg.apply_env(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+            if let Some(v) = node_id { cfg.node_id = v; }
+            if let Some(v) = listen { cfg.listen = v; }
+            if let Some(v) = data_dir { cfg.data_dir = v; }
+            if let Some(v) = upstream { cfg.upstream = Some(v); }
+            cfg.trusted_vendor_keys.extend(trust);
+            cfg.debug_clock |= debug_clock;
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+            let clock = clock(cfg.debug_clock);
+            keyfed_node::run(cfg, listener, clock, shutdown).await
+        }
+        Command::Sandbox { dir, base_port, ip, debug_clock } => {
+            keyfed_node::sandbox::run(dir, ip, base_port, clock(debug_clock), debug_clock, shutdown).await
+        }
+    }
+}

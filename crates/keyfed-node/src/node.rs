@@ -1,0 +1,817 @@
+//! The node's state machine around the store: every administrator action and
+//! every federation message is one store transaction, flushed before it is
+//! acknowledged, whose effects (notifications, outbox wake-ups) are published
+//! only after it committed.
+use crate::config::{NodeConfig, PeerRole};
+use crate::convert::ts;
+use crate::error::{NodeError, NodeResult};
+use chrono::{DateTime, Duration, Utc};
+use keyfed_core::lifecycle::{state_at, GracePolicy, KeyState};
+use keyfed_core::seats::{check_assign, fit};
+use keyfed_core::{KeyFile, SharedClock};
+use keyfed_proto::v1 as pb;
+use keyfed_store::{
+    abort, Grant, Notification, ObjectKind, Origin, OutboxEntry, Store, StoredKey, Tx, TxResult, Waiting,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+/// What a committed transaction asks the shell to do afterwards.
+#[derive(Default)]
+pub struct Effects {
+    notifications: Vec<Notification>,
+    wake: BTreeSet<String>,
+}
+
+impl Effects {
+    pub fn notify(
+        &mut self,
+        tx: &Tx<'_>,
+        at: DateTime<Utc>,
+        event: &str,
+        key_id: &str,
+        message: String,
+        details: &[(&str, String)],
+    ) -> TxResult<(), NodeError> {
+        let details = details.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        self.notifications.push(tx.notify(at, event, key_id, message, details)?);
+        Ok(())
+    }
+
+    pub fn send(
+        &mut self,
+        tx: &Tx<'_>,
+        peer: &str,
+        at: DateTime<Utc>,
+        key_id: &str,
+        body: pb::delivery::Body,
+    ) -> TxResult<OutboxEntry, NodeError> {
+        let what = body_name(&body);
+        let bytes = pb::Delivery { seq: 0, message_id: String::new(), body: Some(body) }.encode_to_vec();
+        self.wake.insert(peer.to_owned());
+        tx.enqueue(peer, at, key_id, what, bytes)
+    }
+}
+
+pub fn body_name(b: &pb::delivery::Body) -> &'static str {
+    match b {
+        pb::delivery::Body::Grant(_) => "seat-grant",
+        pb::delivery::Body::Withdrawn(_) => "grant-withdrawn",
+        pb::delivery::Body::Renewed(_) => "key-renewed",
+        pb::delivery::Body::Usage(_) => "usage-rollup",
+        pb::delivery::Body::Offer(_) => "key-offer",
+    }
+}
+
+/// What the node remembers about a peer between links.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerMeta {
+    pub protocol_version: u32,
+    pub accepts_donations: bool,
+    pub online: bool,
+    pub since: Option<DateTime<Utc>>,
+}
+
+pub struct Inner {
+    pub config: NodeConfig,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub grace: GracePolicy,
+    pub events: broadcast::Sender<Notification>,
+    hooks: Option<mpsc::UnboundedSender<Notification>>,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    peers: Mutex<HashMap<String, PeerMeta>>,
+    /// Set by any change that may alter the usage rolled up the tree (b05).
+    pub usage_dirty: AtomicBool,
+}
+
+#[derive(Clone)]
+pub struct Node(pub Arc<Inner>);
+
+impl std::ops::Deref for Node {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+type Tr<T> = TxResult<T, NodeError>;
+
+impl Node {
+    pub fn new(
+        config: NodeConfig,
+        store: Store,
+        clock: SharedClock,
+        hooks: Option<mpsc::UnboundedSender<Notification>>,
+    ) -> NodeResult<Self> {
+        let (events, _) = broadcast::channel(1024);
+        let mut peers = HashMap::new();
+        for (id, _) in config.peers() {
+            let mut meta: PeerMeta =
+                store.meta(&format!("peer:{id}"))?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+            meta.online = false;
+            peers.insert(id, meta);
+        }
+        Ok(Self(Arc::new(Inner {
+            config,
+            store,
+            clock,
+            grace: GracePolicy::default(),
+            events,
+            hooks,
+            wakers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(peers),
+            usage_dirty: AtomicBool::new(true),
+        })))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Runs one transaction, makes it durable, then publishes its effects.
+    pub async fn commit<T>(&self, f: impl Fn(&Tx<'_>, &mut Effects) -> Tr<T>) -> NodeResult<T> {
+        let (value, fx) = self.store.transact(|tx| {
+            let mut fx = Effects::default();
+            let v = f(tx, &mut fx)?;
+            Ok((v, fx))
+        })?;
+        self.store.flush_async().await?;
+        self.usage_dirty.store(true, Ordering::Relaxed);
+        for n in fx.notifications {
+            tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
+            let _ = self.events.send(n.clone());
+            if let Some(h) = &self.hooks {
+                let _ = h.send(n);
+            }
+        }
+        for peer in fx.wake {
+            self.waker(&peer).notify_one();
+        }
+        Ok(value)
+    }
+
+    pub fn waker(&self, peer: &str) -> Arc<Notify> {
+        self.wakers.lock().expect("wakers lock").entry(peer.to_owned()).or_default().clone()
+    }
+
+    pub fn peer_meta(&self, peer: &str) -> Option<PeerMeta> {
+        self.peers.lock().expect("peers lock").get(peer).cloned()
+    }
+
+    pub fn set_peer_online(&self, peer: &str, online: bool, hello: Option<&pb::Hello>) -> NodeResult<()> {
+        let meta = {
+            let mut peers = self.peers.lock().expect("peers lock");
+            let m = peers.entry(peer.to_owned()).or_default();
+            m.online = online;
+            m.since = Some(self.now());
+            if let Some(h) = hello {
+                m.protocol_version = h.protocol_version;
+                m.accepts_donations = h.accepts_donations;
+            }
+            m.clone()
+        };
+        self.store.set_meta(&format!("peer:{peer}"), &serde_json::to_string(&meta).expect("meta serializes"))?;
+        Ok(())
+    }
+
+    /// Protocol version of a peer as of its last Hello; unknown peers are
+    /// assumed current until they say otherwise.
+    fn peer_protocol(&self, peer: &str) -> u32 {
+        self.peer_meta(peer).map(|m| m.protocol_version).filter(|v| *v > 0).unwrap_or(keyfed_core::PROTOCOL_VERSION)
+    }
+
+    fn parse_key(&self, text: &str) -> NodeResult<KeyFile> {
+        Ok(KeyFile::parse_trusted(text, &self.config.trusted_vendor_keys)?)
+    }
+
+    pub fn key_state(&self, k: &StoredKey) -> KeyState {
+        state_at(&k.key, self.now(), &self.grace)
+    }
+
+    fn writable(&self, k: &StoredKey) -> NodeResult<()> {
+        match self.key_state(k) {
+            KeyState::Active => Ok(()),
+            KeyState::Grace { until } => {
+                Err(NodeError::ReadOnly { key_id: k.key.id.clone(), state: "in grace after expiry", until: ts(until) })
+            }
+            KeyState::Suspended { since } => Err(NodeError::ReadOnly {
+                key_id: k.key.id.clone(),
+                state: "suspended",
+                until: format!("a renewal arrives (suspended since {})", ts(since)),
+            }),
+        }
+    }
+
+    // ---- keys -------------------------------------------------------------
+
+    /// Admin.AddKey: a vendor key file added by hand (origin: upstream).
+    pub async fn add_key(&self, text: &str) -> NodeResult<StoredKey> {
+        let file = self.parse_key(text)?;
+        let key = file.key.clone();
+        // refuse a rollback: an older key of a license we already hold a newer one of
+        if let Some(newer) =
+            self.store.keys()?.into_iter().find(|k| k.key.license == key.license && k.key.serial > key.serial)
+        {
+            return Err(NodeError::FailedPrecondition(format!(
+                "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
+                key.id, key.serial, key.license, newer.key.id, newer.key.serial
+            )));
+        }
+        let now = self.now();
+        let stored = StoredKey {
+            held: key.seats,
+            key,
+            text: file.render(),
+            origin: Origin::Upstream,
+            added_at: now,
+            superseded_by: None,
+            lent_until: None,
+            distributable: true,
+        };
+        self.commit(|tx, fx| {
+            if tx.key::<NodeError>(&stored.key.id)?.is_some() {
+                return abort(NodeError::DuplicateKey(stored.key.id.clone()));
+            }
+            tx.put_key(&stored)?;
+            let k = &stored.key;
+            fx.notify(
+                tx,
+                now,
+                "key-added",
+                &k.id,
+                format!("key {} added: {} seats of {} for {}", k.id, k.seats, k.components, k.customer),
+                &[("seats", k.seats.to_string()), ("expires", k.expires.to_string())],
+            )
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    pub fn get_key(&self, id: &str) -> NodeResult<StoredKey> {
+        self.store.key(id)?.ok_or_else(|| NodeError::not_found("key", id))
+    }
+
+    /// Admin.DeleteKey: the key leaves the database; a key file in the key
+    /// folder is left alone (r12) and not imported again.
+    pub async fn delete_key(&self, id: &str) -> NodeResult<()> {
+        self.get_key(id)?;
+        let grants = self.store.grants_of_key(id)?;
+        let now = self.now();
+        self.commit(|tx, fx| {
+            let Some(k) = tx.key::<NodeError>(id)? else { return abort(NodeError::not_found("key", id)) };
+            for g in &grants {
+                tx.remove_grant::<NodeError>(id, &g.object)?;
+                // a superseded key's servers get the renewal from their outbox
+                if g.kind == ObjectKind::Server && k.superseded_by.is_none() {
+                    let reason = "deleted by the administrator".to_owned();
+                    fx.send(tx, &g.object, now, id, withdrawn(id, reason))?;
+                }
+            }
+            tx.remove_key::<NodeError>(id)?;
+            fx.notify(tx, now, "key-deleted", id, format!("key {id} deleted by the administrator"), &[])
+        })
+        .await?;
+        self.store.set_meta(&format!("deleted:{id}"), &ts(now))?;
+        Ok(())
+    }
+
+    // ---- seats ------------------------------------------------------------
+
+    pub async fn assign(
+        &self,
+        key_id: &str,
+        object: &str,
+        seats: u32,
+        kind: Option<ObjectKind>,
+        donation_days: u32,
+    ) -> NodeResult<Grant> {
+        if object.trim().is_empty() {
+            return Err(NodeError::InvalidArgument("object must name a station or a peer node".into()));
+        }
+        let role = self.config.role_of(object);
+        let kind = match (kind, role) {
+            (Some(ObjectKind::Server), None) => {
+                return Err(NodeError::InvalidArgument(format!(
+                    "{object} is not a child or neighbor of this node; add it to the node's config first"
+                )))
+            }
+            (Some(ObjectKind::Station), Some(_)) => {
+                return Err(NodeError::InvalidArgument(format!("{object} is a peer node, not a station")))
+            }
+            (_, Some(_)) => ObjectKind::Server,
+            (_, None) => ObjectKind::Station,
+        };
+        let now = self.now();
+        let mut lent_until = None;
+        if let Some(role) = role {
+            if role == PeerRole::Parent {
+                return Err(NodeError::InvalidArgument(format!(
+                    "{object} is this node's parent: seats flow to children and neighbors"
+                )));
+            }
+            if role == PeerRole::Neighbor {
+                lent_until = Some(now + Duration::days(self.donation_days(donation_days)));
+                self.check_donation_allowed(object)?;
+            }
+        }
+        let k = self.get_key(key_id)?;
+        self.writable(&k)?;
+        if k.origin.peer() == Some(object) {
+            return Err(NodeError::InvalidArgument(format!("key {key_id} came from {object}; it cannot be lent back")));
+        }
+        self.commit(|tx, fx| {
+            let Some(k) = tx.key::<NodeError>(key_id)? else { return abort(NodeError::not_found("key", key_id)) };
+            if let Some(new) = &k.superseded_by {
+                return abort(NodeError::FailedPrecondition(format!(
+                    "key {key_id} was renewed as {new}; assign seats of {new} instead"
+                )));
+            }
+            if !k.distributable && kind == ObjectKind::Server {
+                return abort(NodeError::FailedPrecondition(format!(
+                    "key {key_id} was offered by a peer without automatic renewal and cannot be passed on"
+                )));
+            }
+            let mine = tx.grant::<NodeError>(key_id, object)?.map_or(0, |g| g.seats);
+            let used = tx.used::<NodeError>(key_id)?;
+            if used > k.held {
+                return abort(NodeError::FailedPrecondition(format!(
+                    "key {key_id} is over-allocated ({used} seats granted of {}): new grants are refused until fixed",
+                    k.held
+                )));
+            }
+            if let Err(e) = check_assign(key_id, object, k.held, used - mine, seats) {
+                return abort(e.into());
+            }
+            let g = Grant {
+                key_id: key_id.into(),
+                object: object.into(),
+                kind,
+                seats,
+                granted_at: now,
+                lent_until,
+                delivered: kind == ObjectKind::Station,
+            };
+            tx.put_grant(&g)?;
+            tx.remove_waiting::<NodeError>(key_id, object)?;
+            if kind == ObjectKind::Server {
+                fx.send(tx, object, now, key_id, seat_grant(&k, seats, lent_until))?;
+            }
+            Ok(g)
+        })
+        .await
+    }
+
+    fn donation_days(&self, asked: u32) -> i64 {
+        if asked == 0 {
+            self.config.donation_days
+        } else {
+            i64::from(asked)
+        }
+    }
+
+    /// b01: a donation needs the lender's leave to send and the neighbor's to receive.
+    fn check_donation_allowed(&self, neighbor: &str) -> NodeResult<()> {
+        if !self.config.neighbor(neighbor).is_some_and(|n| n.allow_send) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "this node does not allow sending seats to neighbor {neighbor} (allow_send = false)"
+            )));
+        }
+        match self.peer_meta(neighbor) {
+            Some(m) if m.protocol_version > 0 && !m.accepts_donations => Err(NodeError::FailedPrecondition(format!(
+                "neighbor {neighbor} does not accept donated seats (its allow_receive is off)"
+            ))),
+            Some(m) if m.protocol_version > 0 => Ok(()),
+            _ => Err(NodeError::FailedPrecondition(format!(
+                "neighbor {neighbor} has never linked, so it is not known whether it accepts donated seats"
+            ))),
+        }
+    }
+
+    pub async fn unassign(&self, key_id: &str, object: &str) -> NodeResult<()> {
+        let now = self.now();
+        self.commit(|tx, fx| {
+            let Some(g) = tx.remove_grant::<NodeError>(key_id, object)? else {
+                return abort(NodeError::not_found("grant", format!("of key {key_id} to {object}")));
+            };
+            if g.kind == ObjectKind::Server {
+                fx.send(tx, object, now, key_id, withdrawn(key_id, "unassigned by the administrator".into()))?;
+            }
+            retire_if_free(tx, fx, key_id, now)?;
+            Ok(())
+        })
+        .await?;
+        // r11: a freed seat goes to a waiting object at once
+        self.fill_waiting().await
+    }
+
+    // ---- renewal ----------------------------------------------------------
+
+    /// r06/r10/r11: in one transaction, store `new` (if not yet held) and hand
+    /// it to every object of `old_id`. The old key is retired once no object
+    /// still holds it (r07).
+    pub fn distribute_tx(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        old_id: &str,
+        grants: &[Grant],
+        new: &StoredKey,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let new_id = new.key.id.clone();
+        let mut newk = match tx.key::<NodeError>(&new_id)? {
+            Some(mut existing) => {
+                if existing.origin == new.origin {
+                    existing.held = new.held;
+                    existing.lent_until = new.lent_until;
+                }
+                existing
+            }
+            None => new.clone(),
+        };
+        newk.distributable = true;
+        tx.put_key(&newk)?;
+        let Some(mut old) = tx.key::<NodeError>(old_id)? else { return Ok(()) };
+        old.superseded_by = Some(new_id.clone());
+        tx.put_key(&old)?;
+        for g in grants {
+            let Some(g) = tx.grant::<NodeError>(old_id, &g.object)? else { continue };
+            let server = g.kind == ObjectKind::Server;
+            if let Some(have) = tx.grant::<NodeError>(&new_id, &g.object)? {
+                // r10: already given the new key by hand; left as it is
+                if server && self.peer_protocol(&g.object) >= keyfed_core::AUTO_RENEWAL_SINCE {
+                    fx.send(tx, &g.object, now, old_id, renewed(old_id, &newk, have.seats, have.lent_until))?;
+                } else {
+                    tx.remove_grant::<NodeError>(old_id, &g.object)?;
+                }
+                continue;
+            }
+            if server && self.peer_protocol(&g.object) < keyfed_core::AUTO_RENEWAL_SINCE {
+                // r08: the old peer gets the key file but does not distribute it;
+                // the old key stays here until the administrator deletes it
+                fx.send(tx, &g.object, now, &new_id, pb::delivery::Body::Offer(pb::KeyOffer { key: Some(pb::KeyFile { text: newk.text.clone() }) }))?;
+                fx.notify(
+                    tx,
+                    now,
+                    "old-key-kept",
+                    old_id,
+                    format!(
+                        "key {old_id} kept: {} speaks protocol {} without automatic renewal; it was given {new_id} but does not distribute it. Delete {old_id} by hand when done",
+                        g.object,
+                        self.peer_protocol(&g.object)
+                    ),
+                    &[("object", g.object.clone()), ("new_key_id", new_id.clone())],
+                )?;
+                continue;
+            }
+            let used = tx.used::<NodeError>(&new_id)?;
+            if fit(newk.held, used, g.seats) < g.seats {
+                // r11: not enough seats: the object waits, unlicensed
+                tx.remove_grant::<NodeError>(old_id, &g.object)?;
+                if server {
+                    let reason = format!("renewed as {new_id}, which has no free seat for you yet");
+                    fx.send(tx, &g.object, now, old_id, withdrawn(old_id, reason))?;
+                }
+                tx.put_waiting(&Waiting {
+                    key_id: new_id.clone(),
+                    object: g.object.clone(),
+                    kind: g.kind,
+                    seats: g.seats,
+                    since: now,
+                    lent_until: g.lent_until,
+                    replaces: Some(old_id.to_owned()),
+                })?;
+                fx.notify(
+                    tx,
+                    now,
+                    "object-unlicensed",
+                    &new_id,
+                    format!(
+                        "{} keeps no seat: key {new_id} has {} free of {} and it needs {}; it waits until seats free up",
+                        g.object,
+                        newk.held.saturating_sub(used),
+                        newk.held,
+                        g.seats
+                    ),
+                    &[("object", g.object.clone()), ("old_key_id", old_id.to_owned())],
+                )?;
+                continue;
+            }
+            let moved = Grant { key_id: new_id.clone(), granted_at: now, delivered: !server, ..g.clone() };
+            tx.put_grant(&moved)?;
+            if server {
+                // the old grant stays until the peer acks: it still uses the old key (r07)
+                fx.send(tx, &g.object, now, old_id, renewed(old_id, &newk, g.seats, g.lent_until))?;
+            } else {
+                tx.remove_grant::<NodeError>(old_id, &g.object)?;
+            }
+        }
+        retire_if_free(tx, fx, old_id, now)
+    }
+
+    /// The peer acked `entries`: grants are delivered, renewals taken (r07).
+    pub async fn on_acked(&self, peer: &str, entries: Vec<OutboxEntry>) -> NodeResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        self.commit(|tx, fx| {
+            for e in &entries {
+                let Ok(d) = pb::Delivery::decode(e.body.as_slice()) else { continue };
+                match d.body {
+                    Some(pb::delivery::Body::Grant(g)) => {
+                        if let Some(mut mine) = tx.grant::<NodeError>(&e.key_id, peer)? {
+                            if mine.seats == g.seats {
+                                mine.delivered = true;
+                                tx.put_grant(&mine)?;
+                            }
+                        }
+                    }
+                    Some(pb::delivery::Body::Renewed(r)) => {
+                        let new_id = r.new_key.as_ref().and_then(|k| KeyFile::parse(&k.text).ok()).map(|f| f.key.id);
+                        if let Some(mut g) = new_id.and_then(|id| tx.grant::<NodeError>(&id, peer).transpose()).transpose()? {
+                            g.delivered = true;
+                            tx.put_grant(&g)?;
+                        }
+                        tx.remove_grant::<NodeError>(&r.old_key_id, peer)?;
+                        retire_if_free(tx, fx, &r.old_key_id, now)?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// r11: grants seats to objects waiting for them, as far as seats allow.
+    pub async fn fill_waiting(&self) -> NodeResult<()> {
+        let waiting = self.store.waiting()?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        self.commit(|tx, fx| {
+            for w in &waiting {
+                let Some(k) = tx.key::<NodeError>(&w.key_id)? else {
+                    tx.remove_waiting::<NodeError>(&w.key_id, &w.object)?;
+                    continue;
+                };
+                let used = tx.used::<NodeError>(&w.key_id)?;
+                if tx.grant::<NodeError>(&w.key_id, &w.object)?.is_some() || fit(k.held, used, w.seats) < w.seats {
+                    continue;
+                }
+                let server = w.kind == ObjectKind::Server;
+                tx.put_grant(&Grant {
+                    key_id: w.key_id.clone(),
+                    object: w.object.clone(),
+                    kind: w.kind,
+                    seats: w.seats,
+                    granted_at: now,
+                    lent_until: w.lent_until,
+                    delivered: !server,
+                })?;
+                tx.remove_waiting::<NodeError>(&w.key_id, &w.object)?;
+                if server {
+                    let body = match &w.replaces {
+                        Some(old) => renewed(old, &k, w.seats, w.lent_until),
+                        None => seat_grant(&k, w.seats, w.lent_until),
+                    };
+                    fx.send(tx, &w.object, now, w.replaces.as_deref().unwrap_or(&w.key_id), body)?;
+                }
+                fx.notify(
+                    tx,
+                    now,
+                    "object-licensed",
+                    &w.key_id,
+                    format!("{} got {} seat(s) of key {} that freed up", w.object, w.seats, w.key_id),
+                    &[("object", w.object.clone())],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- receiving from peers ----------------------------------------------
+
+    /// Applies one delivery from `peer` exactly once (by sequence), durably.
+    pub async fn apply_delivery(&self, peer: &str, d: pb::Delivery) -> NodeResult<()> {
+        let now = self.now();
+        // grants are read outside the transaction; it re-reads each one
+        let old_grants = match &d.body {
+            Some(pb::delivery::Body::Renewed(r)) => self.store.grants_of_key(&r.old_key_id)?,
+            Some(pb::delivery::Body::Withdrawn(w)) => self.store.grants_of_key(&w.key_id)?,
+            _ => Vec::new(),
+        };
+        let parsed = match &d.body {
+            Some(pb::delivery::Body::Grant(pb::SeatGrant { key: Some(k), .. }))
+            | Some(pb::delivery::Body::Offer(pb::KeyOffer { key: Some(k) }))
+            | Some(pb::delivery::Body::Renewed(pb::KeyRenewed { new_key: Some(k), .. })) => Some(self.parse_key(&k.text)),
+            _ => None,
+        };
+        let role = self.config.role_of(peer);
+        self.commit(|tx, fx| {
+            let mut cursor = tx.cursor::<NodeError>(peer)?;
+            if d.seq <= cursor.applied {
+                return Ok(()); // a replay: already applied
+            }
+            cursor.applied = d.seq;
+            tx.put_cursor(peer, &cursor)?;
+            if !tx.first_sight::<NodeError>(&d.message_id, now)? {
+                return Ok(());
+            }
+            let file = match &parsed {
+                Some(Ok(f)) => Some(f),
+                Some(Err(e)) => {
+                    fx.notify(tx, now, "peer-message-refused", "", format!("a key from {peer} was refused: {e}"), &[("peer", peer.to_owned())])?;
+                    return Ok(());
+                }
+                None => None,
+            };
+            match (&d.body, file) {
+                (Some(pb::delivery::Body::Grant(g)), Some(f)) => {
+                    if role == Some(PeerRole::Child) {
+                        fx.notify(tx, now, "peer-message-refused", &f.key.id, format!("child {peer} tried to grant seats upward; refused"), &[("peer", peer.to_owned())])?;
+                        return Ok(());
+                    }
+                    if role == Some(PeerRole::Neighbor) && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive) {
+                        fx.notify(tx, now, "peer-message-refused", &f.key.id, format!("neighbor {peer} lent seats but allow_receive is off; refused"), &[("peer", peer.to_owned())])?;
+                        return Ok(());
+                    }
+                    let lent = crate::convert::parse_ts("lent_until", &g.lent_until).ok().flatten();
+                    self.receive_key_tx(tx, fx, peer, f, g.seats, lent, true, now)?;
+                }
+                (Some(pb::delivery::Body::Offer(_)), Some(f)) => {
+                    self.receive_key_tx(tx, fx, peer, f, 0, None, false, now)?;
+                }
+                (Some(pb::delivery::Body::Renewed(r)), Some(f)) => {
+                    let lent = crate::convert::parse_ts("lent_until", &r.lent_until).ok().flatten();
+                    if self.config.protocol_version < keyfed_core::AUTO_RENEWAL_SINCE {
+                        return self.receive_key_tx(tx, fx, peer, f, r.seats, lent, false, now);
+                    }
+                    let new = StoredKey {
+                        key: f.key.clone(),
+                        text: f.render(),
+                        origin: Origin::Peer(peer.to_owned()),
+                        added_at: now,
+                        held: r.seats,
+                        superseded_by: None,
+                        lent_until: lent,
+                        distributable: true,
+                    };
+                    let old_here = tx.key::<NodeError>(&r.old_key_id)?.filter(|k| k.origin.peer() == Some(peer));
+                    fx.notify(
+                        tx,
+                        now,
+                        "key-renewed-automatically",
+                        &f.key.id,
+                        format!("key {} was renewed automatically as {} ({} seats) by {peer}", r.old_key_id, f.key.id, r.seats),
+                        &[("old_key_id", r.old_key_id.clone()), ("new_key_id", f.key.id.clone()), ("from", peer.to_owned())],
+                    )?;
+                    if old_here.is_some() {
+                        self.distribute_tx(tx, fx, &r.old_key_id, &old_grants, &new, now)?;
+                    } else if tx.key::<NodeError>(&new.key.id)?.is_none() {
+                        tx.put_key(&new)?;
+                    }
+                }
+                (Some(pb::delivery::Body::Withdrawn(w)), _) => {
+                    self.withdraw_tx(tx, fx, peer, &w.key_id, &w.reason, &old_grants, now)?;
+                }
+                (Some(pb::delivery::Body::Usage(u)), _) => {
+                    for line in &u.lines {
+                        tx.put_usage(&keyfed_store::UsageLine {
+                            node_id: line.node_id.clone(),
+                            key_id: line.key_id.clone(),
+                            seats: line.seats,
+                            used: line.used,
+                            reported_at: crate::convert::parse_ts("reported_at", &line.reported_at).ok().flatten().unwrap_or(now),
+                        })?;
+                    }
+                }
+                _ => {
+                    fx.notify(tx, now, "peer-message-refused", "", format!("an empty or malformed delivery {} from {peer} was ignored", d.seq), &[("peer", peer.to_owned())])?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.fill_waiting().await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_key_tx(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        f: &KeyFile,
+        seats: u32,
+        lent_until: Option<DateTime<Utc>>,
+        distributable: bool,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let id = &f.key.id;
+        let existing = tx.key::<NodeError>(id)?;
+        if let Some(e) = &existing {
+            if e.origin != Origin::Peer(peer.to_owned()) {
+                return fx.notify(tx, now, "peer-message-refused", id, format!("{peer} sent key {id}, which this node already holds from elsewhere; ignored"), &[("peer", peer.to_owned())]);
+            }
+        }
+        let k = StoredKey {
+            key: f.key.clone(),
+            text: f.render(),
+            origin: Origin::Peer(peer.to_owned()),
+            added_at: existing.as_ref().map_or(now, |e| e.added_at),
+            held: seats,
+            superseded_by: existing.as_ref().and_then(|e| e.superseded_by.clone()),
+            lent_until,
+            distributable,
+        };
+        tx.put_key(&k)?;
+        let used = tx.used::<NodeError>(id)?;
+        if used > seats {
+            fx.notify(tx, now, "over-allocated", id, format!("key {id}: {used} seats granted but only {seats} held from {peer}; new grants refused until fixed"), &[("used", used.to_string()), ("held", seats.to_string())])?;
+        }
+        if existing.is_none() {
+            let event = if distributable { "key-received" } else { "key-offered" };
+            fx.notify(tx, now, event, id, format!("key {id} received from {peer} with {seats} seat(s)"), &[("from", peer.to_owned()), ("seats", seats.to_string())])?;
+        }
+        Ok(())
+    }
+
+    /// A peer took back the seats of a key it gave us: everything below goes too.
+    #[allow(clippy::too_many_arguments)]
+    fn withdraw_tx(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        key_id: &str,
+        reason: &str,
+        grants: &[Grant],
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let Some(k) = tx.key::<NodeError>(key_id)? else { return Ok(()) };
+        if k.origin.peer() != Some(peer) {
+            return Ok(());
+        }
+        for g in grants {
+            if tx.remove_grant::<NodeError>(key_id, &g.object)?.is_some() && g.kind == ObjectKind::Server {
+                fx.send(tx, &g.object, now, key_id, withdrawn(key_id, format!("withdrawn upstream: {reason}")))?;
+            }
+        }
+        tx.remove_key::<NodeError>(key_id)?;
+        fx.notify(tx, now, "key-withdrawn", key_id, format!("{peer} withdrew key {key_id}: {reason}"), &[("from", peer.to_owned())])
+    }
+
+    pub fn notifications_after(&self, seq: u64) -> NodeResult<Vec<Notification>> {
+        Ok(self.store.notifications_after(seq)?)
+    }
+}
+
+/// r07: a superseded key leaves once no object still holds it.
+fn retire_if_free(tx: &Tx<'_>, fx: &mut Effects, key_id: &str, now: DateTime<Utc>) -> Tr<()> {
+    let Some(k) = tx.key::<NodeError>(key_id)? else { return Ok(()) };
+    let Some(new) = &k.superseded_by else { return Ok(()) };
+    if tx.used::<NodeError>(key_id)? > 0 {
+        return Ok(());
+    }
+    tx.remove_key::<NodeError>(key_id)?;
+    fx.notify(tx, now, "key-retired", key_id, format!("key {key_id} retired: every object now holds {new}"), &[("new_key_id", new.clone())])
+}
+
+pub fn seat_grant(k: &StoredKey, seats: u32, lent_until: Option<DateTime<Utc>>) -> pb::delivery::Body {
+    pb::delivery::Body::Grant(pb::SeatGrant {
+        key: Some(pb::KeyFile { text: k.text.clone() }),
+        seats,
+        lent_until: crate::convert::opt_ts(lent_until),
+    })
+}
+
+pub fn renewed(old_id: &str, new: &StoredKey, seats: u32, lent_until: Option<DateTime<Utc>>) -> pb::delivery::Body {
+    pb::delivery::Body::Renewed(pb::KeyRenewed {
+        old_key_id: old_id.to_owned(),
+        new_key: Some(pb::KeyFile { text: new.text.clone() }),
+        seats,
+        lent_until: crate::convert::opt_ts(lent_until),
+    })
+}
+
+pub fn withdrawn(key_id: &str, reason: String) -> pb::delivery::Body {
+    pb::delivery::Body::Withdrawn(pb::GrantWithdrawn { key_id: key_id.to_owned(), reason })
+}
+
+/// Details map helper for tests and hooks.
+pub fn details(n: &Notification) -> &BTreeMap<String, String> {
+    &n.details
+}

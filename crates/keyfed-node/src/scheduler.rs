@@ -1,0 +1,92 @@
+//! Periodic work, driven by a real-time tick but deciding by the injected
+//! clock: the scheduled renewal task (r01), the free-seat poll (r11), seat
+//! donations (b01) and usage rollups (b05).
+use crate::convert::{parse_ts, ts};
+use crate::error::NodeResult;
+use crate::node::{seat_grant, withdrawn, Node};
+use chrono::Duration;
+use keyfed_store::{ObjectKind, Origin};
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(node: Node, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(node.config.tick_millis.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = once(&node).await {
+            tracing::warn!(node = %node.id(), error = %e, "scheduled work failed; retried next tick");
+        }
+    }
+}
+
+fn due(node: &Node, meta: &str, every_secs: i64) -> NodeResult<bool> {
+    let last = node.store.meta(meta)?.and_then(|s| parse_ts(meta, &s).ok().flatten());
+    Ok(last.is_none_or(|t| node.now() >= t + Duration::seconds(every_secs)))
+}
+
+pub async fn once(node: &Node) -> NodeResult<()> {
+    if node.config.update_license_keys && node.config.upstream.is_some() && due(node, "last_renewal_check", node.config.renewal_interval_secs)? {
+        let outcomes = node.check_for_updates(None).await?;
+        tracing::info!(node = %node.id(), keys = outcomes.len(), "scheduled renewal task ran");
+    }
+    if due(node, "last_seat_poll", node.config.seat_poll_secs)? {
+        node.fill_waiting().await?;
+        node.store.set_meta("last_seat_poll", &ts(node.now()))?;
+    }
+    donations(node).await?;
+    node.roll_up_usage().await
+}
+
+/// b01: donated seats are renewed while the neighbor stays linked and come
+/// back when the period ends without renewal; borrowed seats lapse likewise.
+async fn donations(node: &Node) -> NodeResult<()> {
+    let now = node.now();
+    let period = Duration::days(node.config.donation_days);
+    for g in node.store.all_grants()? {
+        let (ObjectKind::Server, Some(until)) = (g.kind, g.lent_until) else { continue };
+        let online = node.peer_meta(&g.object).is_some_and(|m| m.online);
+        if now >= until {
+            node.commit(|tx, fx| {
+                if tx.remove_grant::<crate::error::NodeError>(&g.key_id, &g.object)?.is_none() {
+                    return Ok(());
+                }
+                fx.send(tx, &g.object, now, &g.key_id, withdrawn(&g.key_id, "the lending period ended".into()))?;
+                fx.notify(tx, now, "donation-returned", &g.key_id, format!("{} seat(s) of key {} lent to {} came back: the period ended without renewal", g.seats, g.key_id, g.object), &[("object", g.object.clone())])
+            })
+            .await?;
+        } else if online && until - now <= period / 2 {
+            let renewed_until = now + period;
+            node.commit(|tx, fx| {
+                let Some(mut mine) = tx.grant::<crate::error::NodeError>(&g.key_id, &g.object)? else { return Ok(()) };
+                let Some(k) = tx.key::<crate::error::NodeError>(&g.key_id)? else { return Ok(()) };
+                mine.lent_until = Some(renewed_until);
+                tx.put_grant(&mine)?;
+                fx.send(tx, &g.object, now, &g.key_id, seat_grant(&k, mine.seats, mine.lent_until))?;
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    for k in node.store.keys()? {
+        let (Origin::Peer(peer), Some(until)) = (&k.origin, k.lent_until) else { continue };
+        if now < until {
+            continue;
+        }
+        let grants = node.store.grants_of_key(&k.key.id)?;
+        let peer = peer.clone();
+        node.commit(|tx, fx| {
+            for g in &grants {
+                if tx.remove_grant::<crate::error::NodeError>(&k.key.id, &g.object)?.is_some() && g.kind == ObjectKind::Server {
+                    fx.send(tx, &g.object, now, &k.key.id, withdrawn(&k.key.id, "the lender's period ended".into()))?;
+                }
+            }
+            tx.remove_key::<crate::error::NodeError>(&k.key.id)?;
+            fx.notify(tx, now, "donation-lapsed", &k.key.id, format!("seats of key {} lent by {peer} lapsed: not renewed before {}", k.key.id, ts(until)), &[("from", peer.clone())])
+        })
+        .await?;
+    }
+    Ok(())
+}
