@@ -1,1 +1,296 @@
+//! A cluster harness: one upstream and N nodes in this process on ephemeral
+//! ports, each with its own temp store, all on one shared manual clock. Nodes
+//! can be stopped and restarted on the same data dir and port. Tests wait for
+//! conditions with a deadline, never for a fixed time.
+use chrono::{DateTime, Duration, Utc};
+use keyfed_core::{KeyFile, KeyKind, ManualClock, SharedClock};
+use keyfed_node::config::{NeighborConfig, PeerConfig};
+use keyfed_node::NodeConfig;
+use keyfed_proto::v1 as pb;
+use keyfed_proto::v1::admin_client::AdminClient;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
+pub const START: &str = "2026-11-23T00:00:00Z";
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
+pub struct RunningNode {
+    pub config: NodeConfig,
+    stop: Option<CancellationToken>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct TestCluster {
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    pub upstream: keyfed_gus::Upstream,
+    pub upstream_addr: SocketAddr,
+    upstream_stop: CancellationToken,
+    pub nodes: BTreeMap<String, RunningNode>,
+}
+
+/// Describes a tree before it starts.
+#[derive(Default)]
+pub struct Topology {
+    nodes: Vec<(String, Option<String>)>,
+    neighbors: Vec<(String, String)>,
+    tweaks: Vec<(String, Box<dyn Fn(&mut NodeConfig)>)>,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A node without a parent.
+    pub fn root(mut self, id: &str) -> Self {
+        self.nodes.push((id.into(), None));
+        self
+    }
+    /// `id` is a child of `parent` (it dials its parent).
+    pub fn child(mut self, id: &str, parent: &str) -> Self {
+        self.nodes.push((id.into(), Some(parent.into())));
+        self
+    }
+    /// `id` and `other` are neighbors; `id` dials.
+    pub fn neighbor(mut self, id: &str, other: &str) -> Self {
+        self.nodes.push((id.into(), None));
+        self.neighbors.push((id.into(), other.into()));
+        self
+    }
+    pub fn tweak(mut self, id: &str, f: impl Fn(&mut NodeConfig) + 'static) -> Self {
+        self.tweaks.push((id.into(), Box::new(f)));
+        self
+    }
+}
+
+pub fn start_time() -> DateTime<Utc> {
+    START.parse().expect("START is RFC 3339")
+}
+
+impl TestCluster {
+    pub async fn start(topology: Topology) -> Self {
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shared: SharedClock = clock.clone();
+        let upstream = keyfed_gus::Upstream::open(&dir.path().join("upstream"), shared).expect("upstream opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let upstream_addr = listener.local_addr().expect("addr");
+        let upstream_stop = CancellationToken::new();
+        tokio::spawn(keyfed_gus::serve(upstream.clone(), listener, upstream_stop.clone()));
+
+        // bind every node first so each config can name its peers' addresses
+        let mut listeners = BTreeMap::new();
+        for (id, _) in &topology.nodes {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+            listeners.insert(id.clone(), l);
+        }
+        let addr = |id: &str| format!("http://{}", listeners[id].local_addr().expect("addr"));
+        let mut configs: BTreeMap<String, NodeConfig> = BTreeMap::new();
+        for (id, parent) in &topology.nodes {
+            let cfg = NodeConfig {
+                node_id: id.clone(),
+                listen: listeners[id].local_addr().expect("addr"),
+                data_dir: dir.path().join(id),
+                trusted_vendor_keys: vec![upstream.public_key_hex()],
+                upstream: Some(format!("http://{upstream_addr}")),
+                parent: parent.as_ref().map(|p| PeerConfig { node_id: p.clone(), address: addr(p) }),
+                tick_millis: 20,
+                max_backoff_millis: 200,
+                ..NodeConfig::default()
+            };
+            configs.insert(id.clone(), cfg);
+        }
+        for (id, parent) in &topology.nodes {
+            if let Some(p) = parent {
+                configs.get_mut(p).expect("parent is in the topology").children.push(id.clone());
+            }
+        }
+        for (a, b) in &topology.neighbors {
+            let b_addr = addr(b);
+            configs.get_mut(a).expect("neighbor").neighbors.push(NeighborConfig { node_id: b.clone(), address: Some(b_addr), ..NeighborConfig::default() });
+            configs.get_mut(b).expect("neighbor").neighbors.push(NeighborConfig { node_id: a.clone(), ..NeighborConfig::default() });
+        }
+        for (id, f) in &topology.tweaks {
+            f(configs.get_mut(id).expect("tweaked node exists"));
+        }
+        let mut cluster = Self { clock, dir, upstream, upstream_addr, upstream_stop, nodes: BTreeMap::new() };
+        for (id, cfg) in configs {
+            let l = listeners.remove(&id).expect("listener");
+            cluster.nodes.insert(id.clone(), RunningNode { config: cfg, stop: None, task: None });
+            cluster.launch(&id, l);
+        }
+        cluster
+    }
+
+    fn launch(&mut self, id: &str, listener: TcpListener) {
+        let clock: SharedClock = self.clock.clone();
+        let n = self.nodes.get_mut(id).expect("node exists");
+        let stop = CancellationToken::new();
+        n.task = Some(tokio::spawn(keyfed_node::run(n.config.clone(), listener, clock, stop.clone())));
+        n.stop = Some(stop);
+    }
+
+    /// Stops a node and waits until its store is closed.
+    pub async fn stop(&mut self, id: &str) {
+        let n = self.nodes.get_mut(id).expect("node exists");
+        if let Some(s) = n.stop.take() {
+            s.cancel();
+        }
+        if let Some(t) = n.task.take() {
+            t.await.expect("node task").expect("node stopped cleanly");
+        }
+    }
+
+    /// Starts a stopped node again on the same data dir and port.
+    pub async fn restart(&mut self, id: &str) {
+        let addr = self.nodes[id].config.listen;
+        let listener = TcpListener::bind(addr).await.expect("rebind the node's port");
+        self.launch(id, listener);
+        self.wait_healthy(id).await;
+    }
+
+    pub async fn wait_healthy(&self, id: &str) {
+        let url = self.url(id);
+        eventually(&format!("{id} answers"), || {
+            let url = url.clone();
+            async move {
+                match AdminClient::connect(url).await {
+                    Ok(mut c) => c.status(pb::Empty {}).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, id: &str) -> String {
+        format!("http://{}", self.nodes[id].config.listen)
+    }
+
+    pub async fn admin(&self, id: &str) -> AdminClient<Channel> {
+        let ep = tonic::transport::Endpoint::from_shared(self.url(id)).expect("url");
+        AdminClient::new(ep.connect_lazy())
+    }
+
+    pub fn advance(&self, by: Duration) -> DateTime<Utc> {
+        self.clock.advance(by)
+    }
+
+    /// Issues a key upstream and returns its file.
+    pub fn issue(&self, components: &[&str], seats: u32, expires: &str) -> KeyFile {
+        self.upstream
+            .issue(keyfed_gus::IssueRequest {
+                customer: "acme".into(),
+                product: "endpoint".into(),
+                components: components.iter().map(|c| (*c).to_owned()).collect(),
+                seats,
+                kind: KeyKind::Term,
+                expires: expires.parse().expect("date"),
+            })
+            .expect("upstream issues the key")
+    }
+
+    pub fn purchase(&self, key_id: &str, components: &[&str], seats: u32, expires: &str) -> KeyFile {
+        self.upstream
+            .purchase_renewal(key_id, components.iter().map(|c| (*c).to_owned()).collect(), seats, expires.parse().expect("date"))
+            .expect("upstream sells the renewal")
+    }
+
+    /// Adds a key file on `node` by hand (Admin.AddKey).
+    pub async fn add(&self, node: &str, file: &KeyFile) -> pb::KeyInfo {
+        self.admin(node).await.add_key(pb::AddKeyRequest { key_file: file.render() }).await.expect("key added").into_inner()
+    }
+
+    pub async fn assign(&self, node: &str, key_id: &str, object: &str, seats: u32) -> Result<pb::GrantInfo, tonic::Status> {
+        self.admin(node)
+            .await
+            .assign_seats(pb::AssignSeatsRequest { key_id: key_id.into(), object: object.into(), seats, ..Default::default() })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn keys(&self, node: &str) -> Vec<pb::KeyInfo> {
+        self.admin(node).await.list_keys(pb::Empty {}).await.expect("list keys").into_inner().keys
+    }
+
+    pub async fn key(&self, node: &str, id: &str) -> Option<pb::KeyInfo> {
+        self.keys(node).await.into_iter().find(|k| k.key.as_ref().is_some_and(|x| x.id == id))
+    }
+
+    pub async fn notifications(&self, node: &str) -> Vec<pb::Notification> {
+        self.admin(node)
+            .await
+            .list_notifications(pb::ListNotificationsRequest { after_seq: 0 })
+            .await
+            .expect("notifications")
+            .into_inner()
+            .notifications
+    }
+
+    pub async fn renew(&self, node: &str, key_id: &str) -> Vec<pb::RenewalOutcome> {
+        self.admin(node)
+            .await
+            .check_for_updates(pb::CheckForUpdatesRequest { key_id: key_id.into() })
+            .await
+            .expect("check for updates")
+            .into_inner()
+            .outcomes
+    }
+
+    pub async fn peer_online(&self, node: &str, peer: &str) -> bool {
+        let peers = self.admin(node).await.list_peers(pb::Empty {}).await.expect("peers").into_inner().peers;
+        peers.iter().any(|p| p.node_id == peer && p.online)
+    }
+
+    /// Waits until every configured link is up.
+    pub async fn wait_linked(&self) {
+        for (id, n) in &self.nodes {
+            if n.task.is_none() {
+                continue;
+            }
+            for (peer, _) in n.config.peers() {
+                if self.nodes.get(&peer).is_some_and(|p| p.task.is_some()) {
+                    eventually(&format!("{id} sees {peer} online"), || self.peer_online(id, &peer)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn has_key(&self, node: &str, id: &str) -> bool {
+        self.key(node, id).await.is_some()
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            self.stop(&id).await;
+        }
+        self.upstream_stop.cancel();
+    }
+}
+
+/// Polls `cond` until it holds, or panics with `what` after the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < end, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub fn has_event(ns: &[pb::Notification], event: &str, key_id: &str) -> bool {
+    ns.iter().any(|n| n.event == event && n.key_id == key_id)
+}

@@ -47,6 +47,15 @@ where
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
     tracing::info!(node = %node.id(), %peer, protocol = peer_hello.protocol_version, "link up");
+    // what the peer says it applied counts as acked, in case its ack was lost
+    match node.store.ack(&peer, peer_hello.last_applied_seq) {
+        Ok(done) => {
+            if let Err(e) = node.on_acked(&peer, done).await {
+                tracing::warn!(%peer, error = %e, "ack bookkeeping failed");
+            }
+        }
+        Err(e) => tracing::warn!(%peer, error = %e, "ack not recorded"),
+    }
     let sender_stop = stop.child_token();
     let sender = tokio::spawn(push_outbox(node.clone(), peer.clone(), peer_hello.last_applied_seq, out.clone(), sender_stop.clone()));
     loop {

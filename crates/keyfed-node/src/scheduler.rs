@@ -22,9 +22,15 @@ pub async fn run(node: Node, shutdown: CancellationToken) {
     }
 }
 
+/// True once `every_secs` passed since the time recorded under `meta`; the
+/// first call only starts the period, so a fresh node does not run at once.
 fn due(node: &Node, meta: &str, every_secs: i64) -> NodeResult<bool> {
     let last = node.store.meta(meta)?.and_then(|s| parse_ts(meta, &s).ok().flatten());
-    Ok(last.is_none_or(|t| node.now() >= t + Duration::seconds(every_secs)))
+    let Some(last) = last else {
+        node.store.set_meta(meta, &ts(node.now()))?;
+        return Ok(false);
+    };
+    Ok(node.now() >= last + Duration::seconds(every_secs))
 }
 
 pub async fn once(node: &Node) -> NodeResult<()> {
