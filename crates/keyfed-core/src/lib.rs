@@ -9,6 +9,7 @@ pub mod keyfile;
 pub mod lifecycle;
 pub mod renewal;
 pub mod seats;
+pub mod station;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;

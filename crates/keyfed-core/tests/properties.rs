@@ -1,0 +1,95 @@
+//! Property tests: the key file round trip and the renewal decision (r05, r06).
+use chrono::{DateTime, NaiveDate, Utc};
+use keyfed_core::renewal::{decide, RenewalDecision};
+use keyfed_core::{Components, Key, KeyFile, KeyKind, VendorSigner};
+use proptest::prelude::*;
+
+const NAMES: [&str; 6] = ["antivirus", "antispam", "firewall", "edr", "vpn", "dlp"];
+
+fn components() -> impl Strategy<Value = Components> {
+    proptest::sample::subsequence(NAMES.to_vec(), 1..=NAMES.len()).prop_map(|v| Components::new(v).unwrap())
+}
+
+fn token() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9._-]{0,20}"
+}
+
+prop_compose! {
+    fn key()(
+        id in token(), license in token(), serial in 1u64..1000, customer in token(), product in token(),
+        components in components(), seats in 1u32..100_000, kind in proptest::sample::select(KeyKind::ALL.to_vec()),
+        issued in 1_700_000_000i64..1_900_000_000, days in 0u64..5000, renews in proptest::option::of(token()),
+    ) -> Key {
+        let issued_at = DateTime::<Utc>::from_timestamp(issued, 0).unwrap();
+        let expires = issued_at.date_naive().checked_add_days(chrono::Days::new(days)).unwrap_or(NaiveDate::MAX);
+        let renews = renews.filter(|r| r != &id);
+        Key { id, license, serial, customer, product, components, seats, kind, issued_at, expires, renews }
+    }
+}
+
+proptest! {
+    #[test]
+    fn key_file_export_then_import_is_byte_identical(k in key(), seed in any::<[u8; 32]>()) {
+        let vendor = VendorSigner::from_seed(seed);
+        let text = vendor.sign(k.clone()).unwrap().render();
+        let back = KeyFile::parse_trusted(&text, &[vendor.public_hex()]).unwrap();
+        prop_assert_eq!(&back.key, &k);
+        prop_assert_eq!(back.render(), text);
+    }
+
+    #[test]
+    fn any_single_byte_change_is_refused(k in key(), at in any::<prop::sample::Index>(), with in b'!'..=b'~') {
+        let vendor = VendorSigner::from_seed([3; 32]);
+        let text = vendor.sign(k).unwrap().render();
+        let mut bytes = text.clone().into_bytes();
+        let i = at.index(bytes.len());
+        prop_assume!(bytes[i] != with && bytes[i] != b'\n');
+        bytes[i] = with;
+        let changed = String::from_utf8(bytes).unwrap();
+        prop_assert!(KeyFile::parse_trusted(&changed, &[vendor.public_hex()]).is_err());
+    }
+
+    #[test]
+    fn r06_superset_components_and_no_fewer_seats_distribute(old in key(), extra in components(), more in 0u32..1000) {
+        let mut new = old.clone();
+        new.components = Components::new(old.components.iter().chain(extra.iter())).unwrap();
+        new.seats = old.seats + more;
+        prop_assert_eq!(decide(&old, &new), RenewalDecision::Distribute);
+    }
+
+    #[test]
+    fn r05_a_missing_component_or_fewer_seats_is_store_only(old in key(), new in key()) {
+        let missing = old.components.missing_from(&new.components);
+        match decide(&old, &new) {
+            RenewalDecision::Distribute => {
+                prop_assert!(missing.is_empty() && new.seats >= old.seats);
+            }
+            RenewalDecision::StoreOnly(r) => {
+                prop_assert!(!missing.is_empty() || new.seats < old.seats);
+                prop_assert_eq!(r.missing_components, missing);
+                prop_assert_eq!((r.old_seats, r.new_seats), (old.seats, new.seats));
+            }
+        }
+    }
+}
+
+#[test]
+fn r05_reasons_name_the_components_and_both_seat_counts() {
+    let base = Key {
+        id: "k-1".into(),
+        license: "l-1".into(),
+        serial: 1,
+        customer: "acme".into(),
+        product: "endpoint".into(),
+        components: Components::new(["antivirus", "antispam", "firewall"]).unwrap(),
+        seats: 50,
+        kind: KeyKind::Term,
+        issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        expires: "2026-12-31".parse().unwrap(),
+        renews: None,
+    };
+    let new = Key { id: "k-2".into(), components: Components::new(["antivirus"]).unwrap(), seats: 40, ..base.clone() };
+    let RenewalDecision::StoreOnly(r) = decide(&base, &new) else { panic!("must not distribute") };
+    assert_eq!(r.missing_components, vec!["antispam".to_owned(), "firewall".to_owned()]);
+    assert_eq!(r.to_string(), "the new key lacks component(s) antispam, firewall; the new key has 40 seats, the old key 50");
+}
