@@ -89,7 +89,8 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
 async fn health_and_reflection_answer_on_the_node_port() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
-    let mut health = tonic_health::pb::health_client::HealthClient::connect(c.url("main")).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(c.url("main")).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
         .check(tonic_health::pb::HealthCheckRequest { service: "keyfed.v1.Admin".into() })
         .await

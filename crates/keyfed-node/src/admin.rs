@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AdminService {
     pub node: Node,
+    /// Ends watch streams so a graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -121,7 +123,23 @@ impl pb::admin_server::Admin for AdminService {
             Ok(_) => None,
             Err(_) => Some(Err(Status::data_loss("the watcher fell behind; list notifications after the last seq seen"))),
         });
-        Ok(Response::new(Box::pin(backlog.chain(live))))
+        let mut feed = Box::pin(backlog.chain(live));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    item = feed.next() => item,
+                };
+                let Some(item) = item else { return };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn status(&self, _: Request<pb::Empty>) -> R<pb::NodeStatus> {

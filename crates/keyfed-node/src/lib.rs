@@ -28,6 +28,8 @@ use tokio_util::task::TaskTracker;
 
 /// Largest gRPC message a node decodes; key files are a few hundred bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// How long open calls may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
@@ -56,15 +58,23 @@ pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, 
         .build_v1()?;
     let fed = federation::FederationService { node: node.clone(), tasks: tasks.clone(), shutdown: shutdown.clone() };
     tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "keyfed node serving (plaintext gRPC)");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(pb::admin_server::AdminServer::new(admin::AdminService { node: node.clone(), shutdown: shutdown.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(pb::federation_server::FederationServer::new(fed).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(pb::station_server::StationServer::new(station::StationService { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    // graceful shutdown waits for open streams; give them a bounded grace
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        () = grace => tracing::warn!(node = %node.id(), "open calls did not finish within the shutdown grace; closing"),
+    }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop within 10 s");
