@@ -78,11 +78,18 @@ impl TestCluster {
         let clock = Arc::new(ManualClock::new(start_time()));
         let dir = tempfile::tempdir().expect("temp dir");
         let shared: SharedClock = clock.clone();
-        let upstream = keyfed_gus::Upstream::open(&dir.path().join("upstream"), shared).expect("upstream opens");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let upstream = keyfed_gus::Upstream::open(&dir.path().join("upstream"), shared)
+            .expect("upstream opens");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let upstream_addr = listener.local_addr().expect("addr");
         let upstream_stop = CancellationToken::new();
-        tokio::spawn(keyfed_gus::serve(upstream.clone(), listener, upstream_stop.clone()));
+        tokio::spawn(keyfed_gus::serve(
+            upstream.clone(),
+            listener,
+            upstream_stop.clone(),
+        ));
 
         // bind every node first so each config can name its peers' addresses
         let mut listeners = BTreeMap::new();
@@ -99,7 +106,10 @@ impl TestCluster {
                 data_dir: dir.path().join(id),
                 trusted_vendor_keys: vec![upstream.public_key_hex()],
                 upstream: Some(format!("http://{upstream_addr}")),
-                parent: parent.as_ref().map(|p| PeerConfig { node_id: p.clone(), address: addr(p) }),
+                parent: parent.as_ref().map(|p| PeerConfig {
+                    node_id: p.clone(),
+                    address: addr(p),
+                }),
                 tick_millis: 20,
                 max_backoff_millis: 200,
                 ..NodeConfig::default()
@@ -108,21 +118,54 @@ impl TestCluster {
         }
         for (id, parent) in &topology.nodes {
             if let Some(p) = parent {
-                configs.get_mut(p).expect("parent is in the topology").children.push(id.clone());
+                configs
+                    .get_mut(p)
+                    .expect("parent is in the topology")
+                    .children
+                    .push(id.clone());
             }
         }
         for (a, b) in &topology.neighbors {
             let b_addr = addr(b);
-            configs.get_mut(a).expect("neighbor").neighbors.push(NeighborConfig { node_id: b.clone(), address: Some(b_addr), ..NeighborConfig::default() });
-            configs.get_mut(b).expect("neighbor").neighbors.push(NeighborConfig { node_id: a.clone(), ..NeighborConfig::default() });
+            configs
+                .get_mut(a)
+                .expect("neighbor")
+                .neighbors
+                .push(NeighborConfig {
+                    node_id: b.clone(),
+                    address: Some(b_addr),
+                    ..NeighborConfig::default()
+                });
+            configs
+                .get_mut(b)
+                .expect("neighbor")
+                .neighbors
+                .push(NeighborConfig {
+                    node_id: a.clone(),
+                    ..NeighborConfig::default()
+                });
         }
         for (id, f) in &topology.tweaks {
             f(configs.get_mut(id).expect("tweaked node exists"));
         }
-        let mut cluster = Self { clock, dir, upstream, upstream_addr, upstream_stop, nodes: BTreeMap::new() };
+        let mut cluster = Self {
+            clock,
+            dir,
+            upstream,
+            upstream_addr,
+            upstream_stop,
+            nodes: BTreeMap::new(),
+        };
         for (id, cfg) in configs {
             let l = listeners.remove(&id).expect("listener");
-            cluster.nodes.insert(id.clone(), RunningNode { config: cfg, stop: None, task: None });
+            cluster.nodes.insert(
+                id.clone(),
+                RunningNode {
+                    config: cfg,
+                    stop: None,
+                    task: None,
+                },
+            );
             cluster.launch(&id, l);
         }
         cluster
@@ -132,7 +175,12 @@ impl TestCluster {
         let clock: SharedClock = self.clock.clone();
         let n = self.nodes.get_mut(id).expect("node exists");
         let stop = CancellationToken::new();
-        n.task = Some(tokio::spawn(keyfed_node::run(n.config.clone(), listener, clock, stop.clone())));
+        n.task = Some(tokio::spawn(keyfed_node::run(
+            n.config.clone(),
+            listener,
+            clock,
+            stop.clone(),
+        )));
         n.stop = Some(stop);
     }
 
@@ -150,7 +198,9 @@ impl TestCluster {
     /// Starts a stopped node again on the same data dir and port.
     pub async fn restart(&mut self, id: &str) {
         let addr = self.nodes[id].config.listen;
-        let listener = TcpListener::bind(addr).await.expect("rebind the node's port");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("rebind the node's port");
         self.launch(id, listener);
         self.wait_healthy(id).await;
     }
@@ -196,31 +246,69 @@ impl TestCluster {
             .expect("upstream issues the key")
     }
 
-    pub fn purchase(&self, key_id: &str, components: &[&str], seats: u32, expires: &str) -> KeyFile {
+    pub fn purchase(
+        &self,
+        key_id: &str,
+        components: &[&str],
+        seats: u32,
+        expires: &str,
+    ) -> KeyFile {
         self.upstream
-            .purchase_renewal(key_id, components.iter().map(|c| (*c).to_owned()).collect(), seats, expires.parse().expect("date"))
+            .purchase_renewal(
+                key_id,
+                components.iter().map(|c| (*c).to_owned()).collect(),
+                seats,
+                expires.parse().expect("date"),
+            )
             .expect("upstream sells the renewal")
     }
 
     /// Adds a key file on `node` by hand (Admin.AddKey).
     pub async fn add(&self, node: &str, file: &KeyFile) -> pb::KeyInfo {
-        self.admin(node).await.add_key(pb::AddKeyRequest { key_file: file.render() }).await.expect("key added").into_inner()
-    }
-
-    pub async fn assign(&self, node: &str, key_id: &str, object: &str, seats: u32) -> Result<pb::GrantInfo, tonic::Status> {
         self.admin(node)
             .await
-            .assign_seats(pb::AssignSeatsRequest { key_id: key_id.into(), object: object.into(), seats, ..Default::default() })
+            .add_key(pb::AddKeyRequest {
+                key_file: file.render(),
+            })
+            .await
+            .expect("key added")
+            .into_inner()
+    }
+
+    pub async fn assign(
+        &self,
+        node: &str,
+        key_id: &str,
+        object: &str,
+        seats: u32,
+    ) -> Result<pb::GrantInfo, tonic::Status> {
+        self.admin(node)
+            .await
+            .assign_seats(pb::AssignSeatsRequest {
+                key_id: key_id.into(),
+                object: object.into(),
+                seats,
+                ..Default::default()
+            })
             .await
             .map(tonic::Response::into_inner)
     }
 
     pub async fn keys(&self, node: &str) -> Vec<pb::KeyInfo> {
-        self.admin(node).await.list_keys(pb::Empty {}).await.expect("list keys").into_inner().keys
+        self.admin(node)
+            .await
+            .list_keys(pb::Empty {})
+            .await
+            .expect("list keys")
+            .into_inner()
+            .keys
     }
 
     pub async fn key(&self, node: &str, id: &str) -> Option<pb::KeyInfo> {
-        self.keys(node).await.into_iter().find(|k| k.key.as_ref().is_some_and(|x| x.id == id))
+        self.keys(node)
+            .await
+            .into_iter()
+            .find(|k| k.key.as_ref().is_some_and(|x| x.id == id))
     }
 
     pub async fn notifications(&self, node: &str) -> Vec<pb::Notification> {
@@ -236,7 +324,9 @@ impl TestCluster {
     pub async fn renew(&self, node: &str, key_id: &str) -> Vec<pb::RenewalOutcome> {
         self.admin(node)
             .await
-            .check_for_updates(pb::CheckForUpdatesRequest { key_id: key_id.into() })
+            .check_for_updates(pb::CheckForUpdatesRequest {
+                key_id: key_id.into(),
+            })
             .await
             .expect("check for updates")
             .into_inner()
@@ -244,7 +334,14 @@ impl TestCluster {
     }
 
     pub async fn peer_online(&self, node: &str, peer: &str) -> bool {
-        let peers = self.admin(node).await.list_peers(pb::Empty {}).await.expect("peers").into_inner().peers;
+        let peers = self
+            .admin(node)
+            .await
+            .list_peers(pb::Empty {})
+            .await
+            .expect("peers")
+            .into_inner()
+            .peers;
         peers.iter().any(|p| p.node_id == peer && p.online)
     }
 
@@ -256,7 +353,10 @@ impl TestCluster {
             }
             for (peer, _) in n.config.peers() {
                 if self.nodes.get(&peer).is_some_and(|p| p.task.is_some()) {
-                    eventually(&format!("{id} sees {peer} online"), || self.peer_online(id, &peer)).await;
+                    eventually(&format!("{id} sees {peer} online"), || {
+                        self.peer_online(id, &peer)
+                    })
+                    .await;
                 }
             }
         }
@@ -286,7 +386,10 @@ where
         if cond().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < end, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -1,6 +1,6 @@
 //! Issue 2's end-to-end slice over gRPC: a real upstream and a real node.
 use keyfed_proto::v1 as pb;
-use keyfed_tests::{Topology, TestCluster};
+use keyfed_tests::{TestCluster, Topology};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -10,7 +10,12 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     let mut admin = c.admin("main").await;
 
     // issue upstream over gRPC, add to the node
-    let mut up = keyfed_proto::v1::upstream_client::UpstreamClient::connect(format!("http://{}", c.upstream_addr)).await.unwrap();
+    let mut up = keyfed_proto::v1::upstream_client::UpstreamClient::connect(format!(
+        "http://{}",
+        c.upstream_addr
+    ))
+    .await
+    .unwrap();
     let text = up
         .issue_key(pb::IssueKeyRequest {
             customer: "acme".into(),
@@ -24,52 +29,105 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
         .unwrap()
         .into_inner()
         .text;
-    let info = admin.add_key(pb::AddKeyRequest { key_file: text.clone() }).await.unwrap().into_inner();
+    let info = admin
+        .add_key(pb::AddKeyRequest {
+            key_file: text.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let id = info.key.as_ref().unwrap().id.clone();
     assert_eq!((info.seats_free, info.state.as_str()), (10, "active"));
-    assert_eq!(info.origin.unwrap().from, Some(pb::origin::From::Upstream(true)));
+    assert_eq!(
+        info.origin.unwrap().from,
+        Some(pb::origin::From::Upstream(true))
+    );
 
     // assign seats to a station
     let g = c.assign("main", &id, "station-1", 4).await.unwrap();
     assert_eq!((g.seats, g.kind), (4, pb::ObjectKind::Station as i32));
 
     // export gives back the exact bytes
-    let exported = admin.export_key(pb::KeyId { id: id.clone() }).await.unwrap().into_inner().text;
+    let exported = admin
+        .export_key(pb::KeyId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .text;
     assert_eq!(exported, text);
 
     // re-adding the same key is refused as a duplicate
-    let dup = admin.add_key(pb::AddKeyRequest { key_file: text.clone() }).await.unwrap_err();
+    let dup = admin
+        .add_key(pb::AddKeyRequest {
+            key_file: text.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
     assert!(dup.message().contains(&id), "{}", dup.message());
 
     // a tampered copy is refused and the message mentions the signature
     let tampered = text.replace("seats: 10", "seats: 1000");
-    let bad = admin.add_key(pb::AddKeyRequest { key_file: tampered }).await.unwrap_err();
+    let bad = admin
+        .add_key(pb::AddKeyRequest { key_file: tampered })
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("signature"), "{}", bad.message());
 
     // garbage and truncated files say what is wrong
-    let garbage = admin.add_key(pb::AddKeyRequest { key_file: "hello".into() }).await.unwrap_err();
+    let garbage = admin
+        .add_key(pb::AddKeyRequest {
+            key_file: "hello".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(garbage.code(), Code::InvalidArgument);
-    assert!(garbage.message().contains("line 1"), "{}", garbage.message());
+    assert!(
+        garbage.message().contains("line 1"),
+        "{}",
+        garbage.message()
+    );
     let cut: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
-    let truncated = admin.add_key(pb::AddKeyRequest { key_file: cut }).await.unwrap_err();
-    assert!(truncated.message().contains("truncated"), "{}", truncated.message());
+    let truncated = admin
+        .add_key(pb::AddKeyRequest { key_file: cut })
+        .await
+        .unwrap_err();
+    assert!(
+        truncated.message().contains("truncated"),
+        "{}",
+        truncated.message()
+    );
 
     // a key signed by a vendor this node does not trust
     let stranger = keyfed_core::VendorSigner::from_seed([7; 32]);
     let mut foreign = keyfed_core::KeyFile::parse(&text).unwrap().key;
     foreign.id = "k-foreign".into();
     let foreign = stranger.sign(foreign).unwrap().render();
-    let unknown = admin.add_key(pb::AddKeyRequest { key_file: foreign }).await.unwrap_err();
+    let unknown = admin
+        .add_key(pb::AddKeyRequest { key_file: foreign })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::FailedPrecondition);
-    assert!(unknown.message().contains("not a trusted vendor key"), "{}", unknown.message());
+    assert!(
+        unknown.message().contains("not a trusted vendor key"),
+        "{}",
+        unknown.message()
+    );
 
     // over the limit: FAILED_PRECONDITION saying how many are free, nothing changes
     let over = c.assign("main", &id, "station-2", 7).await.unwrap_err();
     assert_eq!(over.code(), Code::FailedPrecondition);
-    assert!(over.message().contains("6 free seat(s) of 10"), "{}", over.message());
-    assert_eq!(c.keys("main").await.len(), 1, "refused input changed nothing");
+    assert!(
+        over.message().contains("6 free seat(s) of 10"),
+        "{}",
+        over.message()
+    );
+    assert_eq!(
+        c.keys("main").await.len(),
+        1,
+        "refused input changed nothing"
+    );
 
     // restart on the same data dir: everything is still there
     c.stop("main").await;
@@ -79,7 +137,14 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     assert_eq!((keys[0].seats_assigned, keys[0].seats_free), (4, 6));
     let ns = c.notifications("main").await;
     assert!(keyfed_tests::has_event(&ns, "key-added", &id));
-    let objects = c.admin("main").await.list_objects(pb::Empty {}).await.unwrap().into_inner().objects;
+    let objects = c
+        .admin("main")
+        .await
+        .list_objects(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0].name, "station-1");
     c.shutdown().await;
@@ -89,13 +154,22 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
 async fn health_and_reflection_answer_on_the_node_port() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
-    let channel = tonic::transport::Endpoint::from_shared(c.url("main")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(c.url("main"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "keyfed.v1.Admin".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "keyfed.v1.Admin".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     c.shutdown().await;
 }

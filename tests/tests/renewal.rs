@@ -8,7 +8,11 @@ use tonic::Code;
 const EXPIRES: &str = "2027-01-31";
 
 fn tree() -> Topology {
-    Topology::new().root("main").child("child", "main").child("leaf", "child").neighbor("neighbor", "main")
+    Topology::new()
+        .root("main")
+        .child("child", "main")
+        .child("leaf", "child")
+        .neighbor("neighbor", "main")
 }
 
 /// K: 20 seats of antivirus+firewall added on main; child 5 (leaf 2 of those),
@@ -24,25 +28,39 @@ async fn seeded(topology: Topology) -> (TestCluster, String) {
     c.assign("main", &id, "station-1", 2).await.unwrap();
     eventually("child holds K", || c.has_key("child", &id)).await;
     c.assign("child", &id, "leaf", 2).await.unwrap();
-    eventually("leaf and neighbor hold K", || async { c.has_key("leaf", &id).await && c.has_key("neighbor", &id).await }).await;
+    eventually("leaf and neighbor hold K", || async {
+        c.has_key("leaf", &id).await && c.has_key("neighbor", &id).await
+    })
+    .await;
     (c, id)
 }
 
 async fn held(c: &TestCluster, node: &str, id: &str) -> Option<(u32, u32)> {
-    c.key(node, id).await.map(|k| (k.seats_assigned + k.seats_free, k.seats_assigned))
+    c.key(node, id)
+        .await
+        .map(|k| (k.seats_assigned + k.seats_free, k.seats_assigned))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r06_compatible_renewal_reaches_children_and_neighbors() {
     let (c, old) = seeded(tree()).await;
-    let new = c.purchase(&old, &["antispam", "antivirus", "firewall"], 25, "2028-01-31").key.id;
+    let new = c
+        .purchase(
+            &old,
+            &["antispam", "antivirus", "firewall"],
+            25,
+            "2028-01-31",
+        )
+        .key
+        .id;
     let outcomes = c.renew("main", &old).await;
     assert_eq!(outcomes[0].outcome, "distributed", "{outcomes:?}");
     assert_eq!(outcomes[0].new_key_id, new);
     for node in ["main", "child", "leaf", "neighbor"] {
-        eventually(&format!("{node} holds the new key and not the old"), || async {
-            c.has_key(node, &new).await && !c.has_key(node, &old).await
-        })
+        eventually(
+            &format!("{node} holds the new key and not the old"),
+            || async { c.has_key(node, &new).await && !c.has_key(node, &old).await },
+        )
         .await;
     }
     // the seats moved with the key, object by object
@@ -52,9 +70,20 @@ async fn r06_compatible_renewal_reaches_children_and_neighbors() {
     assert_eq!(held(&c, "main", &new).await, Some((25, 11)));
     // every server that received it told its own administrator
     for node in ["child", "leaf", "neighbor"] {
-        assert!(has_event(&c.notifications(node).await, "key-renewed-automatically", &new), "{node} notified");
+        assert!(
+            has_event(
+                &c.notifications(node).await,
+                "key-renewed-automatically",
+                &new
+            ),
+            "{node} notified"
+        );
     }
-    assert!(has_event(&c.notifications("main").await, "key-retired", &old));
+    assert!(has_event(
+        &c.notifications("main").await,
+        "key-retired",
+        &old
+    ));
     c.shutdown().await;
 }
 
@@ -66,15 +95,38 @@ async fn r05_incompatible_renewal_is_stored_but_not_distributed() {
     assert_eq!(o.outcome, "store-only");
     assert_eq!(o.missing_components, vec!["firewall".to_owned()]);
     assert_eq!((o.old_seats, o.new_seats), (20, 15));
-    assert!(c.has_key("main", &new).await && c.has_key("main", &old).await, "both keys listed on main");
+    assert!(
+        c.has_key("main", &new).await && c.has_key("main", &old).await,
+        "both keys listed on main"
+    );
     let ns = c.notifications("main").await;
-    let n = ns.iter().find(|n| n.event == "key-not-renewed-automatically").expect("administrator notified");
+    let n = ns
+        .iter()
+        .find(|n| n.event == "key-not-renewed-automatically")
+        .expect("administrator notified");
     assert_eq!(n.details["missing_components"], "firewall");
-    assert_eq!((n.details["old_seats"].as_str(), n.details["new_seats"].as_str()), ("20", "15"));
-    assert!(n.message.contains("firewall") && n.message.contains("15") && n.message.contains("20"), "{}", n.message);
+    assert_eq!(
+        (
+            n.details["old_seats"].as_str(),
+            n.details["new_seats"].as_str()
+        ),
+        ("20", "15")
+    );
+    assert!(
+        n.message.contains("firewall") && n.message.contains("15") && n.message.contains("20"),
+        "{}",
+        n.message
+    );
     // nothing travelled: the child still has only the old key
     c.renew("main", &old).await; // asking again notifies nothing new
-    assert_eq!(c.notifications("main").await.iter().filter(|n| n.event == "key-not-renewed-automatically").count(), 1);
+    assert_eq!(
+        c.notifications("main")
+            .await
+            .iter()
+            .filter(|n| n.event == "key-not-renewed-automatically")
+            .count(),
+        1
+    );
     assert!(!c.has_key("child", &new).await);
     assert_eq!(held(&c, "child", &old).await, Some((5, 2)));
     c.shutdown().await;
@@ -86,7 +138,10 @@ async fn r04_no_renewal_upstream_changes_nothing() {
     let before = c.keys("main").await;
     let notes = c.notifications("main").await.len();
     let o = &c.renew("main", "").await[0];
-    assert_eq!((o.key_id.as_str(), o.outcome.as_str()), (old.as_str(), "nothing"));
+    assert_eq!(
+        (o.key_id.as_str(), o.outcome.as_str()),
+        (old.as_str(), "nothing")
+    );
     assert_eq!(c.keys("main").await, before);
     assert_eq!(c.notifications("main").await.len(), notes);
     c.shutdown().await;
@@ -101,7 +156,11 @@ async fn r02_keys_from_a_peer_never_start_renewal() {
     assert!(o.reason.contains("came from main"), "{}", o.reason);
     // a full check on the child covers only upstream keys: it has none
     assert!(c.renew("child", "").await.is_empty());
-    assert_eq!(c.keys("child").await.len(), 1, "the child stored nothing new");
+    assert_eq!(
+        c.keys("child").await.len(),
+        1,
+        "the child stored nothing new"
+    );
     c.shutdown().await;
 }
 
@@ -122,11 +181,24 @@ async fn r01_scheduled_task_renews_only_when_the_option_is_on() {
     c.add("main", &k).await;
     c.add("other", &k2).await;
     c.assign("main", &k.key.id, "child", 3).await.unwrap();
-    let new = c.purchase(&k.key.id, &["antivirus"], 10, "2028-01-31").key.id;
-    let new2 = c.purchase(&k2.key.id, &["antivirus"], 10, "2028-01-31").key.id;
+    let new = c
+        .purchase(&k.key.id, &["antivirus"], 10, "2028-01-31")
+        .key
+        .id;
+    let new2 = c
+        .purchase(&k2.key.id, &["antivirus"], 10, "2028-01-31")
+        .key
+        .id;
     c.advance(Duration::seconds(3601));
-    eventually("the schedule renews main's key and the child gets it", || c.has_key("child", &new)).await;
-    assert!(!c.has_key("other", &new2).await, "a node with update_license_keys off does not renew on its own");
+    eventually(
+        "the schedule renews main's key and the child gets it",
+        || c.has_key("child", &new),
+    )
+    .await;
+    assert!(
+        !c.has_key("other", &new2).await,
+        "a node with update_license_keys off does not renew on its own"
+    );
     // the administrator's button still works there
     assert_eq!(c.renew("other", "").await[0].outcome, "distributed");
     assert!(c.has_key("other", &new2).await);
@@ -136,21 +208,43 @@ async fn r01_scheduled_task_renews_only_when_the_option_is_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r07_old_key_kept_until_offline_child_returns() {
     let (mut c, old) = seeded(tree()).await;
-    let new = c.purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31").key.id;
+    let new = c
+        .purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31")
+        .key
+        .id;
     c.stop("child").await;
     c.renew("main", &old).await;
-    eventually("the neighbor took the new key", || c.has_key("neighbor", &new)).await;
+    eventually("the neighbor took the new key", || {
+        c.has_key("neighbor", &new)
+    })
+    .await;
     // the child was offline: main keeps the old key for it
-    let k = c.key("main", &old).await.expect("old key kept while the child is offline");
+    let k = c
+        .key("main", &old)
+        .await
+        .expect("old key kept while the child is offline");
     assert_eq!((k.state.as_str(), k.seats_assigned), ("superseded", 5));
-    let peers = c.admin("main").await.list_peers(pb::Empty {}).await.unwrap().into_inner().peers;
+    let peers = c
+        .admin("main")
+        .await
+        .list_peers(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
     let child = peers.iter().find(|p| p.node_id == "child").unwrap();
     assert!(!child.online && child.outbox_depth >= 1, "{child:?}");
     // the child comes back, takes the new key, and the old key is retired
     c.restart("child").await;
-    eventually("main retires the old key", || async { !c.has_key("main", &old).await }).await;
+    eventually("main retires the old key", || async {
+        !c.has_key("main", &old).await
+    })
+    .await;
     eventually("child and leaf hold only the new key", || async {
-        c.has_key("child", &new).await && !c.has_key("child", &old).await && c.has_key("leaf", &new).await && !c.has_key("leaf", &old).await
+        c.has_key("child", &new).await
+            && !c.has_key("child", &old).await
+            && c.has_key("leaf", &new).await
+            && !c.has_key("leaf", &old).await
     })
     .await;
     c.shutdown().await;
@@ -159,23 +253,42 @@ async fn r07_old_key_kept_until_offline_child_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r08_old_protocol_neighbor_gets_the_key_but_old_key_waits_for_the_administrator() {
     let (c, old) = seeded(tree().tweak("neighbor", |cfg| cfg.protocol_version = 1)).await;
-    let new = c.purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31").key.id;
+    let new = c
+        .purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31")
+        .key
+        .id;
     c.renew("main", &old).await;
-    eventually("the old neighbor was given the new key", || c.has_key("neighbor", &new)).await;
+    eventually("the old neighbor was given the new key", || {
+        c.has_key("neighbor", &new)
+    })
+    .await;
     eventually("the child took the new key", || c.has_key("child", &new)).await;
     // not distributed there: no seats of the new key, the old key stays in use
     assert_eq!(held(&c, "neighbor", &new).await, Some((0, 0)));
     assert_eq!(held(&c, "neighbor", &old).await, Some((4, 0)));
     // main keeps the old key and says why
     eventually("the child's claim on the old key is released", || async {
-        c.key("main", &old).await.is_some_and(|k| k.seats_assigned == 4)
+        c.key("main", &old)
+            .await
+            .is_some_and(|k| k.seats_assigned == 4)
     })
     .await;
     let ns = c.notifications("main").await;
-    let kept = ns.iter().find(|n| n.event == "old-key-kept").expect("administrator told the old key is kept");
-    assert!(kept.message.contains("neighbor") && kept.message.contains("protocol 1"), "{}", kept.message);
+    let kept = ns
+        .iter()
+        .find(|n| n.event == "old-key-kept")
+        .expect("administrator told the old key is kept");
+    assert!(
+        kept.message.contains("neighbor") && kept.message.contains("protocol 1"),
+        "{}",
+        kept.message
+    );
     // until the administrator deletes it
-    c.admin("main").await.delete_key(pb::KeyId { id: old.clone() }).await.unwrap();
+    c.admin("main")
+        .await
+        .delete_key(pb::KeyId { id: old.clone() })
+        .await
+        .unwrap();
     assert!(!c.has_key("main", &old).await);
     c.shutdown().await;
 }
@@ -193,10 +306,31 @@ async fn r10_renewal_added_by_hand_first_is_only_propagated() {
     let o = &c.renew("main", &old).await[0];
     assert_eq!(o.outcome, "propagated");
     eventually("the child got the new key", || c.has_key("child", &new)).await;
-    eventually("the old key is retired", || async { !c.has_key("main", &old).await }).await;
-    let objects = c.admin("main").await.list_objects(pb::Empty {}).await.unwrap().into_inner().objects;
-    let seats = |name: &str| objects.iter().find(|o| o.name == name).map(|o| o.grants.iter().map(|g| (g.key_id.clone(), g.seats)).collect::<Vec<_>>());
-    assert_eq!(seats("station-1"), Some(vec![(new.clone(), 3)]), "left alone with what it was given by hand");
+    eventually("the old key is retired", || async {
+        !c.has_key("main", &old).await
+    })
+    .await;
+    let objects = c
+        .admin("main")
+        .await
+        .list_objects(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    let seats = |name: &str| {
+        objects.iter().find(|o| o.name == name).map(|o| {
+            o.grants
+                .iter()
+                .map(|g| (g.key_id.clone(), g.seats))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(
+        seats("station-1"),
+        Some(vec![(new.clone(), 3)]),
+        "left alone with what it was given by hand"
+    );
     assert_eq!(seats("station-hand"), Some(vec![(new.clone(), 1)]), "kept");
     assert_eq!(seats("child"), Some(vec![(new.clone(), 5)]));
     c.shutdown().await;
@@ -211,17 +345,44 @@ async fn r11_objects_without_a_seat_wait_and_get_one_as_soon_as_it_frees() {
     // 12 of the 20 new seats go elsewhere by hand: 8 left for 11 needed
     c.assign("main", &new, "station-x", 12).await.unwrap();
     c.renew("main", &old).await;
-    eventually("the old key is still deleted", || async { !c.has_key("main", &old).await }).await;
+    eventually("the old key is still deleted", || async {
+        !c.has_key("main", &old).await
+    })
+    .await;
     // in object order: child (5) fits, neighbor (4) does not, station-1 (2) does
     let ns = c.notifications("main").await;
-    let waiting: Vec<_> = ns.iter().filter(|n| n.event == "object-unlicensed").map(|n| n.details["object"].clone()).collect();
+    let waiting: Vec<_> = ns
+        .iter()
+        .filter(|n| n.event == "object-unlicensed")
+        .map(|n| n.details["object"].clone())
+        .collect();
     assert_eq!(waiting, vec!["neighbor".to_owned()], "{ns:?}");
-    eventually("the neighbor lost the old key", || async { !c.has_key("neighbor", &old).await }).await;
-    assert!(!c.has_key("neighbor", &new).await, "unlicensed until seats free up");
+    eventually("the neighbor lost the old key", || async {
+        !c.has_key("neighbor", &old).await
+    })
+    .await;
+    assert!(
+        !c.has_key("neighbor", &new).await,
+        "unlicensed until seats free up"
+    );
     // freeing seats reaches the waiting neighbor through its link at once
-    c.admin("main").await.unassign_seats(pb::UnassignSeatsRequest { key_id: new.clone(), object: "station-x".into() }).await.unwrap();
-    eventually("the neighbor gets its seats", || async { held(&c, "neighbor", &new).await == Some((4, 0)) }).await;
-    assert!(has_event(&c.notifications("main").await, "object-licensed", &new));
+    c.admin("main")
+        .await
+        .unassign_seats(pb::UnassignSeatsRequest {
+            key_id: new.clone(),
+            object: "station-x".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the neighbor gets its seats", || async {
+        held(&c, "neighbor", &new).await == Some((4, 0))
+    })
+    .await;
+    assert!(has_event(
+        &c.notifications("main").await,
+        "object-licensed",
+        &new
+    ));
     c.shutdown().await;
 }
 
@@ -232,7 +393,11 @@ async fn r13_seats_are_conserved_across_the_tree_through_restarts_and_replays() 
     c.assign("child", &id, "station-a", 3).await.unwrap();
     let over = c.assign("child", &id, "station-b", 1).await.unwrap_err();
     assert_eq!(over.code(), Code::FailedPrecondition);
-    assert!(over.message().contains("0 free seat(s) of 5"), "{}", over.message());
+    assert!(
+        over.message().contains("0 free seat(s) of 5"),
+        "{}",
+        over.message()
+    );
     // grants made while the child is offline wait durably in main's outbox,
     // survive a restart of main, and apply once
     c.stop("child").await;
@@ -240,7 +405,10 @@ async fn r13_seats_are_conserved_across_the_tree_through_restarts_and_replays() 
     c.stop("main").await;
     c.restart("main").await;
     c.restart("child").await;
-    eventually("child holds 7", || async { held(&c, "child", &id).await == Some((7, 5)) }).await;
+    eventually("child holds 7", || async {
+        held(&c, "child", &id).await == Some((7, 5))
+    })
+    .await;
     // restart both again: replays change nothing
     c.stop("child").await;
     c.restart("child").await;
@@ -253,11 +421,36 @@ async fn r13_seats_are_conserved_across_the_tree_through_restarts_and_replays() 
         let (total, used) = held(&c, node, &id).await.unwrap();
         assert!(used <= total, "{node} over-allocated");
     }
-    let granted = |objs: Vec<pb::ObjectInfo>, name: &str| objs.iter().find(|o| o.name == name).unwrap().grants[0].seats;
-    let main_objs = c.admin("main").await.list_objects(pb::Empty {}).await.unwrap().into_inner().objects;
-    let child_objs = c.admin("child").await.list_objects(pb::Empty {}).await.unwrap().into_inner().objects;
-    assert_eq!(granted(main_objs.clone(), "child"), held(&c, "child", &id).await.unwrap().0);
-    assert_eq!(granted(main_objs, "neighbor"), held(&c, "neighbor", &id).await.unwrap().0);
-    assert_eq!(granted(child_objs, "leaf"), held(&c, "leaf", &id).await.unwrap().0);
+    let granted = |objs: Vec<pb::ObjectInfo>, name: &str| {
+        objs.iter().find(|o| o.name == name).unwrap().grants[0].seats
+    };
+    let main_objs = c
+        .admin("main")
+        .await
+        .list_objects(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    let child_objs = c
+        .admin("child")
+        .await
+        .list_objects(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .objects;
+    assert_eq!(
+        granted(main_objs.clone(), "child"),
+        held(&c, "child", &id).await.unwrap().0
+    );
+    assert_eq!(
+        granted(main_objs, "neighbor"),
+        held(&c, "neighbor", &id).await.unwrap().0
+    );
+    assert_eq!(
+        granted(child_objs, "leaf"),
+        held(&c, "leaf", &id).await.unwrap().0
+    );
     c.shutdown().await;
 }

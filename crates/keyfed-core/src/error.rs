@@ -6,7 +6,11 @@ pub enum KeyError {
     #[error("key file is empty")]
     Empty,
     #[error("key file line {line}: expected `{expected}: ...`, found {found:?}")]
-    UnexpectedLine { line: usize, expected: &'static str, found: String },
+    UnexpectedLine {
+        line: usize,
+        expected: &'static str,
+        found: String,
+    },
     #[error("key file is truncated: it ends before the `{missing}` line")]
     Truncated { missing: &'static str },
     #[error("key file has trailing content after the signature at line {line}")]

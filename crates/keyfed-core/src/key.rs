@@ -38,10 +38,13 @@ impl fmt::Display for KeyKind {
 impl FromStr for KeyKind {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| KeyError::InvalidField {
-            field: "kind",
-            why: format!("{s:?} is not one of term, subscription, trial, nfr"),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| KeyError::InvalidField {
+                field: "kind",
+                why: format!("{s:?} is not one of term, subscription, trial, nfr"),
+            })
     }
 }
 
@@ -63,7 +66,10 @@ impl Components {
             set.insert(name.to_owned());
         }
         if set.is_empty() {
-            return Err(KeyError::InvalidField { field: "components", why: "a key licenses at least one component".into() });
+            return Err(KeyError::InvalidField {
+                field: "components",
+                why: "a key licenses at least one component".into(),
+            });
         }
         Ok(Self(set))
     }
@@ -140,12 +146,18 @@ impl Key {
         validate_token("customer", &self.customer, 64)?;
         validate_token("product", &self.product, 64)?;
         if self.seats == 0 {
-            return Err(KeyError::InvalidField { field: "seats", why: "a key has at least one seat".into() });
+            return Err(KeyError::InvalidField {
+                field: "seats",
+                why: "a key has at least one seat".into(),
+            });
         }
         if let Some(r) = &self.renews {
             validate_token("renews", r, 64)?;
             if r == &self.id {
-                return Err(KeyError::InvalidField { field: "renews", why: "a key cannot renew itself".into() });
+                return Err(KeyError::InvalidField {
+                    field: "renews",
+                    why: "a key cannot renew itself".into(),
+                });
             }
         }
         Ok(())
@@ -155,22 +167,33 @@ impl Key {
 /// e01 as a function of the date alone.
 #[must_use]
 pub fn expiry_instant(expires: NaiveDate) -> DateTime<Utc> {
-    let next = expires.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
+    let next = expires
+        .checked_add_days(Days::new(1))
+        .unwrap_or(NaiveDate::MAX);
     next.and_time(NaiveTime::MIN).and_utc()
 }
 
 fn validate_token(field: &'static str, value: &str, max: usize) -> Result<(), KeyError> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
     if value.is_empty() {
-        return Err(KeyError::InvalidField { field, why: "must not be empty".into() });
+        return Err(KeyError::InvalidField {
+            field,
+            why: "must not be empty".into(),
+        });
     }
     if value.len() > max {
-        return Err(KeyError::InvalidField { field, why: format!("longer than {max} characters") });
+        return Err(KeyError::InvalidField {
+            field,
+            why: format!("longer than {max} characters"),
+        });
     }
     if let Some(bad) = value.chars().find(|c| !ok_char(*c)) {
         return Err(KeyError::InvalidField {
             field,
-            why: format!("{value:?} contains {bad:?}; use lowercase letters, digits, '-', '_' or '.'"),
+            why: format!(
+                "{value:?} contains {bad:?}; use lowercase letters, digits, '-', '_' or '.'"
+            ),
         });
     }
     Ok(())

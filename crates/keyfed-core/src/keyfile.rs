@@ -11,8 +11,20 @@ const HEADER: &str = "# keyfed license key: do not edit, the signature covers ev
 const FORMAT: &str = "keyfed-key/1";
 /// Field order of the canonical encoding.
 const FIELDS: [&str; 14] = [
-    "format", "id", "license", "serial", "customer", "product", "kind", "components", "seats", "issued",
-    "expires", "renews", "signer", "signature",
+    "format",
+    "id",
+    "license",
+    "serial",
+    "customer",
+    "product",
+    "kind",
+    "components",
+    "seats",
+    "issued",
+    "expires",
+    "renews",
+    "signer",
+    "signature",
 ];
 /// Upper bound on a key file's size; anything larger is not a key file.
 pub const MAX_KEY_FILE_BYTES: usize = 4096;
@@ -78,14 +90,21 @@ impl KeyFile {
         if text.len() > MAX_KEY_FILE_BYTES {
             return Err(KeyError::InvalidField {
                 field: "file",
-                why: format!("{} bytes is larger than a key file can be ({MAX_KEY_FILE_BYTES})", text.len()),
+                why: format!(
+                    "{} bytes is larger than a key file can be ({MAX_KEY_FILE_BYTES})",
+                    text.len()
+                ),
             });
         }
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, l)) if l == HEADER => {}
             Some((_, l)) => {
-                return Err(KeyError::UnexpectedLine { line: 1, expected: "# keyfed license key", found: clip(l) })
+                return Err(KeyError::UnexpectedLine {
+                    line: 1,
+                    expected: "# keyfed license key",
+                    found: clip(l),
+                })
             }
             None => return Err(KeyError::Empty),
         }
@@ -97,7 +116,11 @@ impl KeyFile {
             let value = line
                 .strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix(": "))
-                .ok_or_else(|| KeyError::UnexpectedLine { line: n + 1, expected: name, found: clip(line) })?;
+                .ok_or_else(|| KeyError::UnexpectedLine {
+                    line: n + 1,
+                    expected: name,
+                    found: clip(line),
+                })?;
             values.push(value);
         }
         if let Some((n, _)) = lines.find(|(_, l)| !l.trim().is_empty()) {
@@ -109,7 +132,10 @@ impl KeyFile {
             unreachable!("FIELDS has 14 entries")
         };
         if format != FORMAT {
-            return Err(KeyError::InvalidField { field: "format", why: format!("{format:?} is not {FORMAT}") });
+            return Err(KeyError::InvalidField {
+                field: "format",
+                why: format!("{format:?} is not {FORMAT}"),
+            });
         }
         let key = Key {
             id: id.to_owned(),
@@ -121,21 +147,38 @@ impl KeyFile {
             components: Components::new(components.split(','))?,
             seats: parse_num("seats", seats)?,
             issued_at: DateTime::parse_from_rfc3339(issued)
-                .map_err(|e| KeyError::InvalidField { field: "issued", why: format!("{issued:?}: {e}") })?
+                .map_err(|e| KeyError::InvalidField {
+                    field: "issued",
+                    why: format!("{issued:?}: {e}"),
+                })?
                 .to_utc(),
-            expires: NaiveDate::parse_from_str(expires, "%Y-%m-%d")
-                .map_err(|e| KeyError::InvalidField { field: "expires", why: format!("{expires:?}: {e}") })?,
+            expires: NaiveDate::parse_from_str(expires, "%Y-%m-%d").map_err(|e| {
+                KeyError::InvalidField {
+                    field: "expires",
+                    why: format!("{expires:?}: {e}"),
+                }
+            })?,
             renews: (renews != "-").then(|| renews.to_owned()),
         };
         key.validate()?;
         let signer_bytes = decode_hex::<32>("signer", signer)?;
-        VerifyingKey::from_bytes(&signer_bytes)
-            .map_err(|_| KeyError::InvalidField { field: "signer", why: "not an Ed25519 public key".into() })?;
-        let file = Self { key, signer: signer.to_owned(), signature: decode_hex::<64>("signature", signature)? };
+        VerifyingKey::from_bytes(&signer_bytes).map_err(|_| KeyError::InvalidField {
+            field: "signer",
+            why: "not an Ed25519 public key".into(),
+        })?;
+        let file = Self {
+            key,
+            signer: signer.to_owned(),
+            signature: decode_hex::<64>("signature", signature)?,
+        };
         // Anything that would not render back identically (a reordered
         // component list, "+00:00" for "Z", uppercase hex) is refused.
         let canonical = file.render();
-        let normalized: String = text.lines().filter(|l| !l.is_empty()).flat_map(|l| [l, "\n"]).collect();
+        let normalized: String = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .flat_map(|l| [l, "\n"])
+            .collect();
         if canonical != normalized {
             let field = first_difference(&canonical, &normalized);
             return Err(KeyError::NotCanonical { field });
@@ -146,18 +189,27 @@ impl KeyFile {
     /// Checks the signature against the signer named in the file.
     pub fn verify(&self) -> Result<(), KeyError> {
         let bytes = decode_hex::<32>("signer", &self.signer)?;
-        let vk = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| KeyError::InvalidField { field: "signer", why: "not an Ed25519 public key".into() })?;
+        let vk = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidField {
+            field: "signer",
+            why: "not an Ed25519 public key".into(),
+        })?;
         let sig = Signature::from_bytes(&self.signature);
         vk.verify(Self::canonical(&self.key, &self.signer).as_bytes(), &sig)
-            .map_err(|_| KeyError::BadSignature { signer: short(&self.signer) })
+            .map_err(|_| KeyError::BadSignature {
+                signer: short(&self.signer),
+            })
     }
 
     /// Parses, then checks that a trusted vendor key signed it.
     pub fn parse_trusted<S: AsRef<str>>(text: &str, trusted: &[S]) -> Result<Self, KeyError> {
         let file = Self::parse(text)?;
-        if !trusted.iter().any(|t| t.as_ref().eq_ignore_ascii_case(&file.signer)) {
-            return Err(KeyError::UnknownSigner { signer: short(&file.signer) });
+        if !trusted
+            .iter()
+            .any(|t| t.as_ref().eq_ignore_ascii_case(&file.signer))
+        {
+            return Err(KeyError::UnknownSigner {
+                signer: short(&file.signer),
+            });
         }
         file.verify()?;
         Ok(file)
@@ -172,7 +224,9 @@ pub struct VendorSigner {
 impl VendorSigner {
     #[must_use]
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Self { key: SigningKey::from_bytes(&seed) }
+        Self {
+            key: SigningKey::from_bytes(&seed),
+        }
     }
 
     #[must_use]
@@ -189,8 +243,15 @@ impl VendorSigner {
     pub fn sign(&self, key: Key) -> Result<KeyFile, KeyError> {
         key.validate()?;
         let signer = self.public_hex();
-        let signature = self.key.sign(KeyFile::canonical(&key, &signer).as_bytes()).to_bytes();
-        Ok(KeyFile { key, signer, signature })
+        let signature = self
+            .key
+            .sign(KeyFile::canonical(&key, &signer).as_bytes())
+            .to_bytes();
+        Ok(KeyFile {
+            key,
+            signer,
+            signature,
+        })
     }
 }
 
@@ -204,20 +265,33 @@ fn parse_num<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, Ke
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e| KeyError::InvalidField { field, why: format!("{s:?}: {e}") })
+    s.parse().map_err(|e| KeyError::InvalidField {
+        field,
+        why: format!("{s:?}: {e}"),
+    })
 }
 
 fn decode_hex<const N: usize>(field: &'static str, s: &str) -> Result<[u8; N], KeyError> {
-    let bytes = hex::decode(s).map_err(|e| KeyError::InvalidField { field, why: format!("not hex: {e}") })?;
+    let bytes = hex::decode(s).map_err(|e| KeyError::InvalidField {
+        field,
+        why: format!("not hex: {e}"),
+    })?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| KeyError::InvalidField { field, why: format!("{} bytes, expected {N}", b.len()) })
+        .map_err(|b: Vec<u8>| KeyError::InvalidField {
+            field,
+            why: format!("{} bytes, expected {N}", b.len()),
+        })
 }
 
 fn first_difference(a: &str, b: &str) -> &'static str {
     for (i, (la, lb)) in a.lines().zip(b.lines()).enumerate() {
         if la != lb {
-            return if i == 0 { "header" } else { FIELDS.get(i - 1).copied().unwrap_or("file") };
+            return if i == 0 {
+                "header"
+            } else {
+                FIELDS.get(i - 1).copied().unwrap_or("file")
+            };
         }
     }
     "file"
@@ -265,12 +339,18 @@ mod tests {
         let back = KeyFile::parse_trusted(&text, &[vendor(1).public_hex()]).unwrap();
         assert_eq!(back.render(), text);
         assert_eq!(back.key, sample_key());
-        assert!(text.contains("seats: 50\n") && text.lines().last().unwrap().starts_with("signature: "));
+        assert!(
+            text.contains("seats: 50\n") && text.lines().last().unwrap().starts_with("signature: ")
+        );
     }
 
     #[test]
     fn a_tampered_key_fails_the_signature_check() {
-        let text = vendor(1).sign(sample_key()).unwrap().render().replace("seats: 50", "seats: 500");
+        let text = vendor(1)
+            .sign(sample_key())
+            .unwrap()
+            .render()
+            .replace("seats: 50", "seats: 500");
         let err = KeyFile::parse_trusted(&text, &[vendor(1).public_hex()]).unwrap_err();
         assert!(matches!(err, KeyError::BadSignature { .. }), "{err}");
         assert!(err.to_string().contains("signature"));
@@ -300,7 +380,16 @@ mod tests {
 
     #[test]
     fn non_canonical_but_correctly_signed_text_is_refused() {
-        let text = vendor(1).sign(sample_key()).unwrap().render().replace("antivirus,firewall", "firewall,antivirus");
-        assert!(matches!(KeyFile::parse(&text).unwrap_err(), KeyError::NotCanonical { field: "components" }));
+        let text = vendor(1)
+            .sign(sample_key())
+            .unwrap()
+            .render()
+            .replace("antivirus,firewall", "firewall,antivirus");
+        assert!(matches!(
+            KeyFile::parse(&text).unwrap_err(),
+            KeyError::NotCanonical {
+                field: "components"
+            }
+        ));
     }
 }

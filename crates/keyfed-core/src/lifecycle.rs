@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 pub enum KeyState {
     Active,
     /// Expired; seats keep working but the key is read-only until `until`.
-    Grace { until: DateTime<Utc> },
-    Suspended { since: DateTime<Utc> },
+    Grace {
+        until: DateTime<Utc>,
+    },
+    Suspended {
+        since: DateTime<Utc>,
+    },
 }
 
 impl KeyState {
@@ -39,7 +43,11 @@ pub struct GracePolicy {
 
 impl Default for GracePolicy {
     fn default() -> Self {
-        Self { term_days: 7, subscription_days: 30, other_days: 0 }
+        Self {
+            term_days: 7,
+            subscription_days: 30,
+            other_days: 0,
+        }
     }
 }
 

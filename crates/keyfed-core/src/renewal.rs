@@ -30,10 +30,16 @@ impl std::fmt::Display for IncompatibleReasons {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if !self.missing_components.is_empty() {
-            parts.push(format!("the new key lacks component(s) {}", self.missing_components.join(", ")));
+            parts.push(format!(
+                "the new key lacks component(s) {}",
+                self.missing_components.join(", ")
+            ));
         }
         if self.fewer_seats() {
-            parts.push(format!("the new key has {} seats, the old key {}", self.new_seats, self.old_seats));
+            parts.push(format!(
+                "the new key has {} seats, the old key {}",
+                self.new_seats, self.old_seats
+            ));
         }
         f.write_str(&parts.join("; "))
     }

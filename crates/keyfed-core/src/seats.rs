@@ -5,7 +5,13 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SeatError {
     #[error("key {key_id} has {free} free seat(s) of {total}; {object} asked for {requested}")]
-    NotEnough { key_id: String, object: String, requested: u32, free: u32, total: u32 },
+    NotEnough {
+        key_id: String,
+        object: String,
+        requested: u32,
+        free: u32,
+        total: u32,
+    },
     #[error("a grant must be at least one seat; to take seats back, unassign {object}")]
     Zero { object: String },
 }
@@ -20,7 +26,9 @@ pub fn check_assign(
     requested: u32,
 ) -> Result<(), SeatError> {
     if requested == 0 {
-        return Err(SeatError::Zero { object: object.to_owned() });
+        return Err(SeatError::Zero {
+            object: object.to_owned(),
+        });
     }
     let free = total.saturating_sub(held_by_others);
     if requested > free {
@@ -50,7 +58,10 @@ mod tests {
     fn r13_a_grant_never_exceeds_the_free_seats() {
         assert!(check_assign("k", "a", 10, 6, 4).is_ok());
         let err = check_assign("k", "a", 10, 6, 5).unwrap_err();
-        assert_eq!(err.to_string(), "key k has 4 free seat(s) of 10; a asked for 5");
+        assert_eq!(
+            err.to_string(),
+            "key k has 4 free seat(s) of 10; a asked for 5"
+        );
         assert!(check_assign("k", "a", 10, 0, 0).is_err());
         assert_eq!(fit(10, 8, 5), 2);
         assert_eq!(fit(10, 12, 5), 0);

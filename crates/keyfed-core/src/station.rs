@@ -16,7 +16,10 @@ pub struct StationPolicy {
 
 impl Default for StationPolicy {
     fn default() -> Self {
-        Self { offline_validity: Duration::days(30), retire_after: Duration::days(90) }
+        Self {
+            offline_validity: Duration::days(30),
+            retire_after: Duration::days(90),
+        }
     }
 }
 
@@ -57,7 +60,12 @@ pub struct ReportQueue<T> {
 impl<T> ReportQueue<T> {
     #[must_use]
     pub fn new(capacity: usize, policy: QueueFullPolicy) -> Self {
-        Self { items: VecDeque::new(), capacity: capacity.max(1), policy, lost: 0 }
+        Self {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            policy,
+            lost: 0,
+        }
     }
 
     /// Queues a report; returns false when it was not kept.

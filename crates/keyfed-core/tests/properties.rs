@@ -7,7 +7,8 @@ use proptest::prelude::*;
 const NAMES: [&str; 6] = ["antivirus", "antispam", "firewall", "edr", "vpn", "dlp"];
 
 fn components() -> impl Strategy<Value = Components> {
-    proptest::sample::subsequence(NAMES.to_vec(), 1..=NAMES.len()).prop_map(|v| Components::new(v).unwrap())
+    proptest::sample::subsequence(NAMES.to_vec(), 1..=NAMES.len())
+        .prop_map(|v| Components::new(v).unwrap())
 }
 
 fn token() -> impl Strategy<Value = String> {
@@ -88,8 +89,18 @@ fn r05_reasons_name_the_components_and_both_seat_counts() {
         expires: "2026-12-31".parse().unwrap(),
         renews: None,
     };
-    let new = Key { id: "k-2".into(), components: Components::new(["antivirus"]).unwrap(), seats: 40, ..base.clone() };
-    let RenewalDecision::StoreOnly(r) = decide(&base, &new) else { panic!("must not distribute") };
-    assert_eq!(r.missing_components, vec!["antispam".to_owned(), "firewall".to_owned()]);
+    let new = Key {
+        id: "k-2".into(),
+        components: Components::new(["antivirus"]).unwrap(),
+        seats: 40,
+        ..base.clone()
+    };
+    let RenewalDecision::StoreOnly(r) = decide(&base, &new) else {
+        panic!("must not distribute")
+    };
+    assert_eq!(
+        r.missing_components,
+        vec!["antispam".to_owned(), "firewall".to_owned()]
+    );
     assert_eq!(r.to_string(), "the new key lacks component(s) antispam, firewall; the new key has 40 seats, the old key 50");
 }

@@ -76,7 +76,9 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GusError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => serde_json::from_slice(rest).map_err(|e| GusError::Corrupt(e.to_string())),
+        Some((&FORMAT_VERSION, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| GusError::Corrupt(e.to_string()))
+        }
         _ => Err(GusError::Corrupt("unknown format version".into())),
     }
 }
@@ -105,17 +107,27 @@ impl Upstream {
         let db = sled::open(data_dir.join("store"))?;
         let meta = db.open_tree("meta")?;
         let seed: [u8; 32] = match meta.get("signing_seed")? {
-            Some(v) => decode::<String>(&v).ok().and_then(|h| hex::decode(h).ok()).and_then(|b| b.try_into().ok()).ok_or_else(|| GusError::Corrupt("signing seed".into()))?,
+            Some(v) => decode::<String>(&v)
+                .ok()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| GusError::Corrupt("signing seed".into()))?,
             None => {
                 let mut s = [0u8; 32];
-                getrandom::getrandom(&mut s).map_err(|e| GusError::Io(std::io::Error::other(e.to_string())))?;
+                getrandom::getrandom(&mut s)
+                    .map_err(|e| GusError::Io(std::io::Error::other(e.to_string())))?;
                 meta.insert("signing_seed", encode(&hex::encode(s)))?;
                 db.flush()?;
                 s
             }
         };
         let keys = db.open_tree("keys")?;
-        Ok(Self(Arc::new(Inner { db, keys, signer: VendorSigner::from_seed(seed), clock })))
+        Ok(Self(Arc::new(Inner {
+            db,
+            keys,
+            signer: VendorSigner::from_seed(seed),
+            clock,
+        })))
     }
 
     #[must_use]
@@ -128,7 +140,9 @@ impl Upstream {
     }
 
     fn get(&self, id: &str) -> Result<(IssuedKey, KeyFile), GusError> {
-        let v = self.0.keys.get(id)?.ok_or_else(|| GusError::NotFound(format!("key {id} was not issued by this upstream")))?;
+        let v = self.0.keys.get(id)?.ok_or_else(|| {
+            GusError::NotFound(format!("key {id} was not issued by this upstream"))
+        })?;
         let rec: IssuedKey = decode(&v)?;
         let file = KeyFile::parse(&rec.text)?;
         Ok((rec, file))
@@ -142,7 +156,9 @@ impl Upstream {
 
     fn check_expiry(&self, expires: NaiveDate) -> Result<(), GusError> {
         if expires < self.now().date_naive() {
-            return Err(GusError::InvalidArgument(format!("expires {expires} is in the past")));
+            return Err(GusError::InvalidArgument(format!(
+                "expires {expires} is in the past"
+            )));
         }
         Ok(())
     }
@@ -166,23 +182,41 @@ impl Upstream {
             renews: None,
         };
         let file = self.0.signer.sign(key)?;
-        self.put(&IssuedKey { text: file.render(), renewal: None }, &file.key.id)?;
+        self.put(
+            &IssuedKey {
+                text: file.render(),
+                renewal: None,
+            },
+            &file.key.id,
+        )?;
         tracing::info!(key_id = %file.key.id, customer = %file.key.customer, "key issued");
         Ok(file)
     }
 
     /// Sells a renewal of `key_id`. One renewal is held per key: buying again
     /// replaces the one held before.
-    pub fn purchase_renewal(&self, key_id: &str, components: Vec<String>, seats: u32, expires: NaiveDate) -> Result<KeyFile, GusError> {
+    pub fn purchase_renewal(
+        &self,
+        key_id: &str,
+        components: Vec<String>,
+        seats: u32,
+        expires: NaiveDate,
+    ) -> Result<KeyFile, GusError> {
         let (mut rec, old) = self.get(key_id)?;
         if old.key.is_expired(self.now()) {
-            return Err(GusError::FailedPrecondition(format!("key {key_id} expired on {}; a renewal must be bought before", old.key.expires)));
+            return Err(GusError::FailedPrecondition(format!(
+                "key {key_id} expired on {}; a renewal must be bought before",
+                old.key.expires
+            )));
         }
         if seats == 0 {
             return Err(GusError::InvalidArgument("seats must be at least 1".into()));
         }
         if expires <= old.key.expires {
-            return Err(GusError::InvalidArgument(format!("expires {expires} must be after the renewed key's {}", old.key.expires)));
+            return Err(GusError::InvalidArgument(format!(
+                "expires {expires} must be after the renewed key's {}",
+                old.key.expires
+            )));
         }
         let key = Key {
             id: random_id("k")?,
@@ -195,7 +229,13 @@ impl Upstream {
             ..old.key.clone()
         };
         let file = self.0.signer.sign(key)?;
-        self.put(&IssuedKey { text: file.render(), renewal: None }, &file.key.id)?;
+        self.put(
+            &IssuedKey {
+                text: file.render(),
+                renewal: None,
+            },
+            &file.key.id,
+        )?;
         rec.renewal = Some(file.key.id.clone());
         self.put(&rec, key_id)?;
         tracing::info!(key_id, renewal = %file.key.id, "renewal purchased");
@@ -219,7 +259,9 @@ impl Upstream {
 }
 
 fn parse_date(field: &str, s: &str) -> Result<NaiveDate, GusError> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| GusError::InvalidArgument(format!("{field} {s:?} is not a YYYY-MM-DD date: {e}")))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| {
+        GusError::InvalidArgument(format!("{field} {s:?} is not a YYYY-MM-DD date: {e}"))
+    })
 }
 
 struct UpstreamService(Upstream);
@@ -230,15 +272,22 @@ type R<T> = Result<Response<T>, Status>;
 impl pb::upstream_server::Upstream for UpstreamService {
     async fn check_renewal(&self, r: Request<pb::KeyId>) -> R<pb::RenewalAvailability> {
         let id = self.0.renewal_of(&r.into_inner().id)?;
-        Ok(Response::new(pb::RenewalAvailability { available: id.is_some(), renewal_key_id: id.unwrap_or_default() }))
+        Ok(Response::new(pb::RenewalAvailability {
+            available: id.is_some(),
+            renewal_key_id: id.unwrap_or_default(),
+        }))
     }
 
     async fn download_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyFile> {
-        Ok(Response::new(pb::KeyFile { text: self.0.download(&r.into_inner().id)? }))
+        Ok(Response::new(pb::KeyFile {
+            text: self.0.download(&r.into_inner().id)?,
+        }))
     }
 
     async fn submit_telemetry(&self, _: Request<pb::TelemetrySubmission>) -> R<pb::TelemetryAck> {
-        Err(Status::unimplemented("telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)"))
+        Err(Status::unimplemented(
+            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
+        ))
     }
 
     async fn issue_key(&self, r: Request<pb::IssueKeyRequest>) -> R<pb::KeyFile> {
@@ -257,33 +306,54 @@ impl pb::upstream_server::Upstream for UpstreamService {
             kind,
             expires: parse_date("expires", &r.expires)?,
         })?;
-        Ok(Response::new(pb::KeyFile { text: file.render() }))
+        Ok(Response::new(pb::KeyFile {
+            text: file.render(),
+        }))
     }
 
     async fn purchase_renewal(&self, r: Request<pb::PurchaseRenewalRequest>) -> R<pb::KeyFile> {
         let r = r.into_inner();
-        let file = self.0.purchase_renewal(&r.key_id, r.components, r.seats, parse_date("expires", &r.expires)?)?;
-        Ok(Response::new(pb::KeyFile { text: file.render() }))
+        let file = self.0.purchase_renewal(
+            &r.key_id,
+            r.components,
+            r.seats,
+            parse_date("expires", &r.expires)?,
+        )?;
+        Ok(Response::new(pb::KeyFile {
+            text: file.render(),
+        }))
     }
 
     async fn public_key(&self, _: Request<pb::Empty>) -> R<pb::PublicKeyReply> {
-        Ok(Response::new(pb::PublicKeyReply { public_key_hex: self.0.public_key_hex() }))
+        Ok(Response::new(pb::PublicKeyReply {
+            public_key_hex: self.0.public_key_hex(),
+        }))
     }
 
     async fn compliance(&self, _: Request<pb::ComplianceRequest>) -> R<pb::ComplianceReport> {
-        Err(Status::unimplemented("telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)"))
+        Err(Status::unimplemented(
+            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
+        ))
     }
 
     async fn set_exempt(&self, _: Request<pb::SetExemptRequest>) -> R<pb::Empty> {
-        Err(Status::unimplemented("telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)"))
+        Err(Status::unimplemented(
+            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
+        ))
     }
 }
 
 /// Serves the Upstream service, health and reflection on `listener` until
 /// `shutdown` is cancelled, then flushes the store.
-pub async fn serve(upstream: Upstream, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GusError> {
+pub async fn serve(
+    upstream: Upstream,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GusError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<pb::upstream_server::UpstreamServer<UpstreamService>>().await;
+    reporter
+        .set_serving::<pb::upstream_server::UpstreamServer<UpstreamService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -292,7 +362,10 @@ pub async fn serve(upstream: Upstream, listener: TcpListener, shutdown: Cancella
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::upstream_server::UpstreamServer::new(UpstreamService(upstream.clone())).max_decoding_message_size(1024 * 1024))
+        .add_service(
+            pb::upstream_server::UpstreamServer::new(UpstreamService(upstream.clone()))
+                .max_decoding_message_size(1024 * 1024),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     upstream.flush()

@@ -25,9 +25,18 @@ fn unimplemented<T>(what: &'static str) -> R<T> {
 impl AdminService {
     fn key_info(&self, k: &StoredKey) -> Result<pb::KeyInfo, NodeError> {
         let used = self.node.store.used(&k.key.id)?;
-        let state = if k.superseded_by.is_some() { "superseded" } else { self.node.key_state(k).label() };
+        let state = if k.superseded_by.is_some() {
+            "superseded"
+        } else {
+            self.node.key_state(k).label()
+        };
         Ok(pb::KeyInfo {
-            key: Some(convert::key(&k.key, &keyfed_core::KeyFile::parse(&k.text).map(|f| f.signer).unwrap_or_default())),
+            key: Some(convert::key(
+                &k.key,
+                &keyfed_core::KeyFile::parse(&k.text)
+                    .map(|f| f.signer)
+                    .unwrap_or_default(),
+            )),
             origin: Some(convert::origin(&k.origin)),
             seats_assigned: used,
             seats_free: k.held.saturating_sub(used),
@@ -46,16 +55,23 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_keys(&self, _: Request<pb::Empty>) -> R<pb::KeyList> {
         let keys = self.node.store.keys().map_err(NodeError::from)?;
-        let keys = keys.iter().map(|k| self.key_info(k)).collect::<Result<_, _>>()?;
+        let keys = keys
+            .iter()
+            .map(|k| self.key_info(k))
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::KeyList { keys }))
     }
 
     async fn get_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyInfo> {
-        Ok(Response::new(self.key_info(&self.node.get_key(&r.into_inner().id)?)?))
+        Ok(Response::new(
+            self.key_info(&self.node.get_key(&r.into_inner().id)?)?,
+        ))
     }
 
     async fn export_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyFile> {
-        Ok(Response::new(pb::KeyFile { text: self.node.get_key(&r.into_inner().id)?.text }))
+        Ok(Response::new(pb::KeyFile {
+            text: self.node.get_key(&r.into_inner().id)?.text,
+        }))
     }
 
     async fn delete_key(&self, r: Request<pb::KeyId>) -> R<pb::Empty> {
@@ -70,7 +86,10 @@ impl pb::admin_server::Admin for AdminService {
             pb::ObjectKind::Station => Some(ObjectKind::Station),
             pb::ObjectKind::Server => Some(ObjectKind::Server),
         };
-        let g = self.node.assign(&r.key_id, &r.object, r.seats, kind, r.donation_days).await?;
+        let g = self
+            .node
+            .assign(&r.key_id, &r.object, r.seats, kind, r.donation_days)
+            .await?;
         Ok(Response::new(convert::grant(&g)))
     }
 
@@ -83,33 +102,48 @@ impl pb::admin_server::Admin for AdminService {
     async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
         let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
         for g in self.node.store.all_grants().map_err(NodeError::from)? {
-            let o = objects.entry(g.object.clone()).or_insert_with(|| pb::ObjectInfo {
-                name: g.object.clone(),
-                kind: convert::object_kind(g.kind).into(),
-                state: "licensed".into(),
-                ..Default::default()
-            });
+            let o = objects
+                .entry(g.object.clone())
+                .or_insert_with(|| pb::ObjectInfo {
+                    name: g.object.clone(),
+                    kind: convert::object_kind(g.kind).into(),
+                    state: "licensed".into(),
+                    ..Default::default()
+                });
             o.grants.push(convert::grant(&g));
         }
         for w in self.node.store.waiting().map_err(NodeError::from)? {
-            objects.entry(w.object.clone()).or_insert_with(|| pb::ObjectInfo {
-                name: w.object.clone(),
-                kind: convert::object_kind(w.kind).into(),
-                state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
-                ..Default::default()
-            });
+            objects
+                .entry(w.object.clone())
+                .or_insert_with(|| pb::ObjectInfo {
+                    name: w.object.clone(),
+                    kind: convert::object_kind(w.kind).into(),
+                    state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
+                    ..Default::default()
+                });
         }
-        Ok(Response::new(pb::ObjectList { objects: objects.into_values().collect() }))
+        Ok(Response::new(pb::ObjectList {
+            objects: objects.into_values().collect(),
+        }))
     }
 
-    async fn list_notifications(&self, r: Request<pb::ListNotificationsRequest>) -> R<pb::NotificationList> {
+    async fn list_notifications(
+        &self,
+        r: Request<pb::ListNotificationsRequest>,
+    ) -> R<pb::NotificationList> {
         let ns = self.node.notifications_after(r.into_inner().after_seq)?;
-        Ok(Response::new(pb::NotificationList { notifications: ns.iter().map(convert::notification).collect() }))
+        Ok(Response::new(pb::NotificationList {
+            notifications: ns.iter().map(convert::notification).collect(),
+        }))
     }
 
-    type WatchNotificationsStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+    type WatchNotificationsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
 
-    async fn watch_notifications(&self, r: Request<pb::ListNotificationsRequest>) -> R<Self::WatchNotificationsStream> {
+    async fn watch_notifications(
+        &self,
+        r: Request<pb::ListNotificationsRequest>,
+    ) -> R<Self::WatchNotificationsStream> {
         // subscribe first so nothing falls between the stored list and the live feed
         let live = tokio_stream::wrappers::BroadcastStream::new(self.node.events.subscribe());
         let stored = self.node.notifications_after(r.into_inner().after_seq)?;
@@ -121,7 +155,9 @@ impl pb::admin_server::Admin for AdminService {
                 Some(Ok(convert::notification(&n)))
             }
             Ok(_) => None,
-            Err(_) => Some(Err(Status::data_loss("the watcher fell behind; list notifications after the last seq seen"))),
+            Err(_) => Some(Err(Status::data_loss(
+                "the watcher fell behind; list notifications after the last seq seen",
+            ))),
         });
         let mut feed = Box::pin(backlog.chain(live));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -139,7 +175,9 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn status(&self, _: Request<pb::Empty>) -> R<pb::NodeStatus> {
@@ -149,13 +187,23 @@ impl pb::admin_server::Admin for AdminService {
         for k in &keys {
             let used = n.store.used(&k.key.id).map_err(NodeError::from)?;
             if used > k.held {
-                warnings.push(format!("key {} is over-allocated: {used} granted of {}", k.key.id, k.held));
+                warnings.push(format!(
+                    "key {} is over-allocated: {used} granted of {}",
+                    k.key.id, k.held
+                ));
             }
         }
         if n.config.upstream.is_none() {
             warnings.push("no upstream configured: automatic renewal cannot run".into());
         }
-        let objects = n.store.all_grants().map_err(NodeError::from)?.iter().map(|g| g.object.clone()).collect::<std::collections::BTreeSet<_>>().len();
+        let objects = n
+            .store
+            .all_grants()
+            .map_err(NodeError::from)?
+            .iter()
+            .map(|g| g.object.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         Ok(Response::new(pb::NodeStatus {
             node_id: n.id().into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -169,9 +217,15 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn check_for_updates(&self, r: Request<pb::CheckForUpdatesRequest>) -> R<pb::RenewalReport> {
+    async fn check_for_updates(
+        &self,
+        r: Request<pb::CheckForUpdatesRequest>,
+    ) -> R<pb::RenewalReport> {
         let id = r.into_inner().key_id;
-        let outcomes = self.node.check_for_updates((!id.is_empty()).then_some(id.as_str())).await?;
+        let outcomes = self
+            .node
+            .check_for_updates((!id.is_empty()).then_some(id.as_str()))
+            .await?;
         Ok(Response::new(pb::RenewalReport { outcomes }))
     }
 
@@ -181,8 +235,12 @@ impl pb::admin_server::Admin for AdminService {
         for (id, role) in n.config.peers() {
             let meta = n.peer_meta(&id).unwrap_or_default();
             let address = match role {
-                crate::config::PeerRole::Parent => n.config.parent.as_ref().map(|p| p.address.clone()),
-                crate::config::PeerRole::Neighbor => n.config.neighbor(&id).and_then(|x| x.address.clone()),
+                crate::config::PeerRole::Parent => {
+                    n.config.parent.as_ref().map(|p| p.address.clone())
+                }
+                crate::config::PeerRole::Neighbor => {
+                    n.config.neighbor(&id).and_then(|x| x.address.clone())
+                }
                 crate::config::PeerRole::Child => None,
             };
             peers.push(pb::PeerInfo {
@@ -201,7 +259,10 @@ impl pb::admin_server::Admin for AdminService {
     async fn usage(&self, r: Request<pb::UsageRequest>) -> R<pb::UsageReport> {
         let r = r.into_inner();
         let rows = self.node.usage_rows(r.tree)?;
-        let rows = rows.into_iter().filter(|u| r.key_id.is_empty() || u.key_id == r.key_id).collect();
+        let rows = rows
+            .into_iter()
+            .filter(|u| r.key_id.is_empty() || u.key_id == r.key_id)
+            .collect();
         Ok(Response::new(pb::UsageReport { rows }))
     }
 
@@ -242,6 +303,8 @@ impl pb::admin_server::Admin for AdminService {
             return Err(NodeError::InvalidArgument("the clock only moves forward".into()).into());
         }
         let now = manual.advance(chrono::Duration::seconds(secs));
-        Ok(Response::new(pb::ClockReply { now: convert::ts(now) }))
+        Ok(Response::new(pb::ClockReply {
+            now: convert::ts(now),
+        }))
     }
 }

@@ -61,7 +61,12 @@ pub struct NeighborConfig {
 
 impl Default for NeighborConfig {
     fn default() -> Self {
-        Self { node_id: String::new(), address: None, allow_send: true, allow_receive: true }
+        Self {
+            node_id: String::new(),
+            address: None,
+            allow_send: true,
+            allow_receive: true,
+        }
     }
 }
 
@@ -77,7 +82,11 @@ pub struct HookConfig {
 
 impl Default for HookConfig {
     fn default() -> Self {
-        Self { path: PathBuf::new(), timeout_secs: 10, with_key_file: false }
+        Self {
+            path: PathBuf::new(),
+            timeout_secs: 10,
+            with_key_file: false,
+        }
     }
 }
 
@@ -128,13 +137,19 @@ impl NodeConfig {
             self.upstream = Some(v);
         }
         if let Some(v) = get("KEYFED_TRUSTED_VENDOR_KEYS") {
-            self.trusted_vendor_keys = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            self.trusted_vendor_keys = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         Ok(())
     }
 
     pub fn key_dir(&self) -> PathBuf {
-        self.key_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+        self.key_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys"))
     }
 
     pub fn neighbor(&self, id: &str) -> Option<&NeighborConfig> {
@@ -156,16 +171,32 @@ impl NodeConfig {
 
     /// Every configured peer with its role.
     pub fn peers(&self) -> Vec<(String, PeerRole)> {
-        let mut v: Vec<(String, PeerRole)> = self.parent.iter().map(|p| (p.node_id.clone(), PeerRole::Parent)).collect();
+        let mut v: Vec<(String, PeerRole)> = self
+            .parent
+            .iter()
+            .map(|p| (p.node_id.clone(), PeerRole::Parent))
+            .collect();
         v.extend(self.children.iter().map(|c| (c.clone(), PeerRole::Child)));
-        v.extend(self.neighbors.iter().map(|n| (n.node_id.clone(), PeerRole::Neighbor)));
+        v.extend(
+            self.neighbors
+                .iter()
+                .map(|n| (n.node_id.clone(), PeerRole::Neighbor)),
+        );
         v
     }
 
     /// Peers this node dials: its parent and neighbors with an address.
     pub fn dialed_peers(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self.parent.iter().map(|p| (p.node_id.clone(), p.address.clone())).collect();
-        v.extend(self.neighbors.iter().filter_map(|n| n.address.clone().map(|a| (n.node_id.clone(), a))));
+        let mut v: Vec<(String, String)> = self
+            .parent
+            .iter()
+            .map(|p| (p.node_id.clone(), p.address.clone()))
+            .collect();
+        v.extend(
+            self.neighbors
+                .iter()
+                .filter_map(|n| n.address.clone().map(|a| (n.node_id.clone(), a))),
+        );
         v
     }
 }
@@ -197,7 +228,10 @@ mod tests {
         assert_eq!(c.node_id, "main");
         let err = NodeConfig::from_toml("nod_id = \"x\"").unwrap_err();
         assert!(err.contains("nod_id"), "{err}");
-        let c = NodeConfig::from_toml("node_id = \"child\"\n[parent]\nnode_id = \"main\"\naddress = \"http://x\"").unwrap();
+        let c = NodeConfig::from_toml(
+            "node_id = \"child\"\n[parent]\nnode_id = \"main\"\naddress = \"http://x\"",
+        )
+        .unwrap();
         assert_eq!(c.role_of("main"), Some(PeerRole::Parent));
     }
 }

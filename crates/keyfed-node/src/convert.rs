@@ -16,7 +16,9 @@ pub fn parse_ts(field: &str, s: &str) -> Result<Option<DateTime<Utc>>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    DateTime::parse_from_rfc3339(s).map(|t| Some(t.to_utc())).map_err(|e| format!("{field} {s:?}: {e}"))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| Some(t.to_utc()))
+        .map_err(|e| format!("{field} {s:?}: {e}"))
 }
 
 pub fn kind(k: KeyKind) -> pb::KeyKind {

@@ -16,7 +16,11 @@ pub enum NodeError {
     #[error(transparent)]
     Seat(#[from] SeatError),
     #[error("key {key_id} is {state} until {until}: assigning, transferring or distributing it is refused")]
-    ReadOnly { key_id: String, state: &'static str, until: String },
+    ReadOnly {
+        key_id: String,
+        state: &'static str,
+        until: String,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -33,7 +37,10 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        Self::NotFound { what, id: id.into() }
+        Self::NotFound {
+            what,
+            id: id.into(),
+        }
     }
 
     fn code(&self) -> Code {
@@ -42,7 +49,9 @@ impl NodeError {
             Self::Key(_) | Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::DuplicateKey(_) => Code::AlreadyExists,
             Self::NotFound { .. } => Code::NotFound,
-            Self::Seat(_) | Self::ReadOnly { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Seat(_) | Self::ReadOnly { .. } | Self::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             Self::Upstream(_) => Code::Unavailable,
             Self::Peer(_) => Code::PermissionDenied,
             Self::Unimplemented(_) => Code::Unimplemented,

@@ -39,8 +39,14 @@ fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
 }
 
 /// Runs one link until either side drops it or the node shuts down.
-async fn session<S>(node: Node, peer: String, peer_hello: pb::Hello, mut inbound: S, out: mpsc::Sender<Result<pb::LinkFrame, Status>>, stop: CancellationToken)
-where
+async fn session<S>(
+    node: Node,
+    peer: String,
+    peer_hello: pb::Hello,
+    mut inbound: S,
+    out: mpsc::Sender<Result<pb::LinkFrame, Status>>,
+    stop: CancellationToken,
+) where
     S: Stream<Item = Result<pb::LinkFrame, Status>> + Unpin,
 {
     if let Err(e) = node.set_peer_online(&peer, true, Some(&peer_hello)) {
@@ -57,7 +63,13 @@ where
         Err(e) => tracing::warn!(%peer, error = %e, "ack not recorded"),
     }
     let sender_stop = stop.child_token();
-    let sender = tokio::spawn(push_outbox(node.clone(), peer.clone(), peer_hello.last_applied_seq, out.clone(), sender_stop.clone()));
+    let sender = tokio::spawn(push_outbox(
+        node.clone(),
+        peer.clone(),
+        peer_hello.last_applied_seq,
+        out.clone(),
+        sender_stop.clone(),
+    ));
     loop {
         let frame = tokio::select! {
             () = stop.cancelled() => break,
@@ -72,7 +84,13 @@ where
                     tracing::warn!(%peer, seq, error = %e, "delivery not applied");
                     break;
                 }
-                if out.send(Ok(pb::LinkFrame { frame: Some(Frame::Ack(pb::Ack { seq })) })).await.is_err() {
+                if out
+                    .send(Ok(pb::LinkFrame {
+                        frame: Some(Frame::Ack(pb::Ack { seq })),
+                    }))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -84,7 +102,9 @@ where
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "ack not recorded"),
             },
-            Some(Frame::Hello(_)) | None => tracing::warn!(%peer, "unexpected frame on an open link ignored"),
+            Some(Frame::Hello(_)) | None => {
+                tracing::warn!(%peer, "unexpected frame on an open link ignored")
+            }
         }
     }
     sender_stop.cancel();
@@ -96,7 +116,13 @@ where
 }
 
 /// Sends every outbox entry past what the peer applied, then waits for more.
-async fn push_outbox(node: Node, peer: String, peer_applied: u64, out: mpsc::Sender<Result<pb::LinkFrame, Status>>, stop: CancellationToken) {
+async fn push_outbox(
+    node: Node,
+    peer: String,
+    peer_applied: u64,
+    out: mpsc::Sender<Result<pb::LinkFrame, Status>>,
+    stop: CancellationToken,
+) {
     let wake = node.waker(&peer);
     let mut next = peer_applied + 1;
     loop {
@@ -118,7 +144,13 @@ async fn push_outbox(node: Node, peer: String, peer_applied: u64, out: mpsc::Sen
             };
             d.seq = e.seq;
             d.message_id = e.message_id.clone();
-            if out.send(Ok(pb::LinkFrame { frame: Some(Frame::Delivery(d)) })).await.is_err() {
+            if out
+                .send(Ok(pb::LinkFrame {
+                    frame: Some(Frame::Delivery(d)),
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             next = e.seq + 1;
@@ -145,29 +177,45 @@ type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::LinkFrame, Status>> + Sen
 impl pb::federation_server::Federation for FederationService {
     type LinkStream = LinkStream;
 
-    async fn link(&self, request: Request<Streaming<pb::LinkFrame>>) -> Result<Response<LinkStream>, Status> {
+    async fn link(
+        &self,
+        request: Request<Streaming<pb::LinkFrame>>,
+    ) -> Result<Response<LinkStream>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))?;
-        let Some(Ok(pb::LinkFrame { frame: Some(Frame::Hello(h)) })) = first else {
+        let Some(Ok(pb::LinkFrame {
+            frame: Some(Frame::Hello(h)),
+        })) = first
+        else {
             return Err(Status::invalid_argument("a link starts with a hello frame"));
         };
         let peer = h.node_id.clone();
         let role = self.node.config.role_of(&peer);
         match role {
             Some(PeerRole::Child | PeerRole::Neighbor) => {}
-            Some(PeerRole::Parent) => return Err(Status::permission_denied(format!("{peer} is this node's parent; a parent does not dial its child"))),
+            Some(PeerRole::Parent) => {
+                return Err(Status::permission_denied(format!(
+                    "{peer} is this node's parent; a parent does not dial its child"
+                )))
+            }
             None => {
                 tracing::warn!(%peer, "link from an unknown node refused");
-                return Err(Status::permission_denied(format!("node {peer} is not a configured child or neighbor of {}", self.node.id())));
+                return Err(Status::permission_denied(format!(
+                    "node {peer} is not a configured child or neighbor of {}",
+                    self.node.id()
+                )));
             }
         }
         let (tx, rx) = mpsc::channel(256);
         let reply = hello(&self.node, &peer).map_err(Status::from)?;
-        tx.send(Ok(reply)).await.map_err(|_| Status::internal("link closed"))?;
+        tx.send(Ok(reply))
+            .await
+            .map_err(|_| Status::internal("link closed"))?;
         let stop = self.shutdown.child_token();
-        self.tasks.spawn(session(self.node.clone(), peer, h, inbound, tx, stop));
+        self.tasks
+            .spawn(session(self.node.clone(), peer, h, inbound, tx, stop));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -179,7 +227,9 @@ pub async fn dial(node: Node, peer: String, address: String, shutdown: Cancellat
     while !shutdown.is_cancelled() {
         match dial_once(&node, &peer, &address, &shutdown).await {
             Ok(()) => backoff = Duration::from_millis(50),
-            Err(e) => tracing::debug!(node = %node.id(), %peer, %address, error = %e, "link attempt failed"),
+            Err(e) => {
+                tracing::debug!(node = %node.id(), %peer, %address, error = %e, "link attempt failed")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -189,7 +239,12 @@ pub async fn dial(node: Node, peer: String, address: String, shutdown: Cancellat
     }
 }
 
-async fn dial_once(node: &Node, peer: &str, address: &str, shutdown: &CancellationToken) -> Result<(), String> {
+async fn dial_once(
+    node: &Node,
+    peer: &str,
+    address: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
     let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
@@ -198,16 +253,40 @@ async fn dial_once(node: &Node, peer: &str, address: &str, shutdown: &Cancellati
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = FederationClient::new(channel);
     let (tx, rx) = mpsc::channel(256);
-    tx.send(Ok::<_, Status>(hello(node, peer).map_err(|e| e.to_string())?)).await.map_err(|e| e.to_string())?;
+    tx.send(Ok::<_, Status>(
+        hello(node, peer).map_err(|e| e.to_string())?,
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let outbound = ReceiverStream::new(rx).filter_map(Result::ok);
-    let mut inbound = client.link(outbound).await.map_err(|s| s.message().to_owned())?.into_inner();
-    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await.map_err(|_| "no hello from peer".to_owned())?;
-    let Some(Ok(pb::LinkFrame { frame: Some(Frame::Hello(h)) })) = first else {
+    let mut inbound = client
+        .link(outbound)
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
+        .await
+        .map_err(|_| "no hello from peer".to_owned())?;
+    let Some(Ok(pb::LinkFrame {
+        frame: Some(Frame::Hello(h)),
+    })) = first
+    else {
         return Err("the peer did not answer with a hello".into());
     };
     if h.node_id != peer {
-        return Err(format!("expected node {peer} at {address}, found {}", h.node_id));
+        return Err(format!(
+            "expected node {peer} at {address}, found {}",
+            h.node_id
+        ));
     }
-    session(node.clone(), peer.to_owned(), h, inbound, tx, shutdown.child_token()).await;
+    session(
+        node.clone(),
+        peer.to_owned(),
+        h,
+        inbound,
+        tx,
+        shutdown.child_token(),
+    )
+    .await;
     Ok(())
 }

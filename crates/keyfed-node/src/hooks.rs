@@ -40,7 +40,8 @@ async fn run_one(hook: &HookConfig, node_id: &str, store: &Store, n: &Notificati
     let _tmp = if hook.with_key_file && !n.key_id.is_empty() {
         match store.key(&n.key_id) {
             Ok(Some(k)) => {
-                let path = std::env::temp_dir().join(format!("keyfed-hook-{node_id}-{}.key", n.seq));
+                let path =
+                    std::env::temp_dir().join(format!("keyfed-hook-{node_id}-{}.key", n.seq));
                 if std::fs::write(&path, &k.text).is_ok() {
                     cmd.env("KEYFED_KEY_FILE", &path);
                     Some(TempPath(path))
@@ -60,11 +61,20 @@ async fn run_one(hook: &HookConfig, node_id: &str, store: &Store, n: &Notificati
             return;
         }
     };
-    match tokio::time::timeout(Duration::from_secs(hook.timeout_secs.max(1)), child.wait_with_output()).await {
+    match tokio::time::timeout(
+        Duration::from_secs(hook.timeout_secs.max(1)),
+        child.wait_with_output(),
+    )
+    .await
+    {
         Ok(Ok(out)) if out.status.success() => tracing::debug!(event = %n.event, "hook ran"),
-        Ok(Ok(out)) => tracing::warn!(hook = %hook.path.display(), status = %out.status, event = %n.event, "hook failed"),
+        Ok(Ok(out)) => {
+            tracing::warn!(hook = %hook.path.display(), status = %out.status, event = %n.event, "hook failed")
+        }
         Ok(Err(e)) => tracing::warn!(hook = %hook.path.display(), error = %e, "hook failed"),
-        Err(_) => tracing::warn!(hook = %hook.path.display(), timeout_secs = hook.timeout_secs, event = %n.event, "hook timed out and was killed"),
+        Err(_) => {
+            tracing::warn!(hook = %hook.path.display(), timeout_secs = hook.timeout_secs, event = %n.event, "hook timed out and was killed")
+        }
     }
 }
 

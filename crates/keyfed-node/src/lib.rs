@@ -31,41 +31,82 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long open calls may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let store = keyfed_store::Store::open(&config.data_dir.join("store"))?;
     let tasks = TaskTracker::new();
     let hooks = config.hook.clone().map(|hook| {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tasks.spawn(hooks::run_hooks(hook, config.node_id.clone(), store.clone(), rx, shutdown.clone()));
+        tasks.spawn(hooks::run_hooks(
+            hook,
+            config.node_id.clone(),
+            store.clone(),
+            rx,
+            shutdown.clone(),
+        ));
         tx
     });
     let node = Node::new(config, store.clone(), clock, hooks)?;
     import_key_dir(&node).await;
 
     for (peer, address) in node.config.dialed_peers() {
-        tasks.spawn(federation::dial(node.clone(), peer, address, shutdown.clone()));
+        tasks.spawn(federation::dial(
+            node.clone(),
+            peer,
+            address,
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::admin_server::AdminServer<admin::AdminService>>().await;
-    health_reporter.set_serving::<pb::federation_server::FederationServer<federation::FederationService>>().await;
-    health_reporter.set_serving::<pb::station_server::StationServer<station::StationService>>().await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::federation_server::FederationServer<federation::FederationService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::station_server::StationServer<station::StationService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let fed = federation::FederationService { node: node.clone(), tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let fed = federation::FederationService {
+        node: node.clone(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
     tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "keyfed node serving (plaintext gRPC)");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::admin_server::AdminServer::new(admin::AdminService { node: node.clone(), shutdown: shutdown.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(pb::federation_server::FederationServer::new(fed).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(pb::station_server::StationServer::new(station::StationService { node: node.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .add_service(
+            pb::admin_server::AdminServer::new(admin::AdminService {
+                node: node.clone(),
+                shutdown: shutdown.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::federation_server::FederationServer::new(fed)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::station_server::StationServer::new(station::StationService { node: node.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
     // graceful shutdown waits for open streams; give them a bounded grace
     let grace = async {
         shutdown.cancelled().await;
@@ -76,7 +117,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, 
         () = grace => tracing::warn!(node = %node.id(), "open calls did not finish within the shutdown grace; closing"),
     }
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not stop within 10 s");
     }
     store.flush()?;
@@ -88,24 +132,39 @@ pub async fn run(config: NodeConfig, listener: TcpListener, clock: SharedClock, 
 /// except ones the administrator deleted.
 async fn import_key_dir(node: &Node) {
     let dir = node.config.key_dir();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let path = e.path();
         if path.extension().is_none_or(|x| x != "key") {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         let Ok(file) = keyfed_core::KeyFile::parse(&text) else {
             tracing::warn!(path = %path.display(), "not a key file; left alone");
             continue;
         };
         let id = &file.key.id;
-        if node.store.meta(&format!("deleted:{id}")).ok().flatten().is_some() || node.store.key(id).ok().flatten().is_some() {
+        if node
+            .store
+            .meta(&format!("deleted:{id}"))
+            .ok()
+            .flatten()
+            .is_some()
+            || node.store.key(id).ok().flatten().is_some()
+        {
             continue;
         }
         match node.add_key(&text).await {
-            Ok(_) => tracing::info!(path = %path.display(), key_id = %id, "key imported from the key folder"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "key file in the key folder refused"),
+            Ok(_) => {
+                tracing::info!(path = %path.display(), key_id = %id, "key imported from the key folder")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "key file in the key folder refused")
+            }
         }
     }
 }

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "keyfed", version, about = "license key distribution server with neighbor federation")]
+#[command(
+    name = "keyfed",
+    version,
+    about = "license key distribution server with neighbor federation"
+)]
 struct Cli {
     /// log format: text or json
     #[arg(long, env = "KEYFED_LOG_FORMAT", default_value = "text", global = true)]
@@ -55,7 +59,8 @@ enum Command {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn,sled=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,h2=warn,tower=warn,sled=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();
@@ -77,7 +82,9 @@ fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -97,25 +104,60 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     match cli.command {
-        Command::Serve { config, node_id, listen, data_dir, upstream, trust, debug_clock } => {
+        Command::Serve {
+            config,
+            node_id,
+            listen,
+            data_dir,
+            upstream,
+            trust,
+            debug_clock,
+        } => {
             let mut cfg = match &config {
-                Some(p) => NodeConfig::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                Some(p) => NodeConfig::from_toml(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
                 None => NodeConfig::default(),
             };
-            cfg.apply_env(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
-            if let Some(v) = node_id { cfg.node_id = v; }
-            if let Some(v) = listen { cfg.listen = v; }
-            if let Some(v) = data_dir { cfg.data_dir = v; }
-            if let Some(v) = upstream { cfg.upstream = Some(v); }
+            cfg.apply_env(|k| std::env::var(k).ok())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(v) = node_id {
+                cfg.node_id = v;
+            }
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = data_dir {
+                cfg.data_dir = v;
+            }
+            if let Some(v) = upstream {
+                cfg.upstream = Some(v);
+            }
             cfg.trusted_vendor_keys.extend(trust);
             cfg.debug_clock |= debug_clock;
-            let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.listen))?;
             let clock = clock(cfg.debug_clock);
             keyfed_node::run(cfg, listener, clock, shutdown).await
         }
-        Command::Sandbox { dir, base_port, ip, debug_clock } => {
-            keyfed_node::sandbox::run(dir, ip, base_port, clock(debug_clock), debug_clock, shutdown).await
+        Command::Sandbox {
+            dir,
+            base_port,
+            ip,
+            debug_clock,
+        } => {
+            keyfed_node::sandbox::run(
+                dir,
+                ip,
+                base_port,
+                clock(debug_clock),
+                debug_clock,
+                shutdown,
+            )
+            .await
         }
     }
 }

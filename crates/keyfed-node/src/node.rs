@@ -11,7 +11,8 @@ use keyfed_core::seats::{check_assign, fit};
 use keyfed_core::{KeyFile, SharedClock};
 use keyfed_proto::v1 as pb;
 use keyfed_store::{
-    abort, Grant, Notification, ObjectKind, Origin, OutboxEntry, Store, StoredKey, Tx, TxResult, Waiting,
+    abort, Grant, Notification, ObjectKind, Origin, OutboxEntry, Store, StoredKey, Tx, TxResult,
+    Waiting,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -37,8 +38,12 @@ impl Effects {
         message: String,
         details: &[(&str, String)],
     ) -> TxResult<(), NodeError> {
-        let details = details.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-        self.notifications.push(tx.notify(at, event, key_id, message, details)?);
+        let details = details
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        self.notifications
+            .push(tx.notify(at, event, key_id, message, details)?);
         Ok(())
     }
 
@@ -51,7 +56,12 @@ impl Effects {
         body: pb::delivery::Body,
     ) -> TxResult<OutboxEntry, NodeError> {
         let what = body_name(&body);
-        let bytes = pb::Delivery { seq: 0, message_id: String::new(), body: Some(body) }.encode_to_vec();
+        let bytes = pb::Delivery {
+            seq: 0,
+            message_id: String::new(),
+            body: Some(body),
+        }
+        .encode_to_vec();
         self.wake.insert(peer.to_owned());
         tx.enqueue(peer, at, key_id, what, bytes)
     }
@@ -111,8 +121,10 @@ impl Node {
         let (events, _) = broadcast::channel(1024);
         let mut peers = HashMap::new();
         for (id, _) in config.peers() {
-            let mut meta: PeerMeta =
-                store.meta(&format!("peer:{id}"))?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+            let mut meta: PeerMeta = store
+                .meta(&format!("peer:{id}"))?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
             meta.online = false;
             peers.insert(id, meta);
         }
@@ -160,14 +172,24 @@ impl Node {
     }
 
     pub fn waker(&self, peer: &str) -> Arc<Notify> {
-        self.wakers.lock().expect("wakers lock").entry(peer.to_owned()).or_default().clone()
+        self.wakers
+            .lock()
+            .expect("wakers lock")
+            .entry(peer.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub fn peer_meta(&self, peer: &str) -> Option<PeerMeta> {
         self.peers.lock().expect("peers lock").get(peer).cloned()
     }
 
-    pub fn set_peer_online(&self, peer: &str, online: bool, hello: Option<&pb::Hello>) -> NodeResult<()> {
+    pub fn set_peer_online(
+        &self,
+        peer: &str,
+        online: bool,
+        hello: Option<&pb::Hello>,
+    ) -> NodeResult<()> {
         let meta = {
             let mut peers = self.peers.lock().expect("peers lock");
             let m = peers.entry(peer.to_owned()).or_default();
@@ -179,18 +201,27 @@ impl Node {
             }
             m.clone()
         };
-        self.store.set_meta(&format!("peer:{peer}"), &serde_json::to_string(&meta).expect("meta serializes"))?;
+        self.store.set_meta(
+            &format!("peer:{peer}"),
+            &serde_json::to_string(&meta).expect("meta serializes"),
+        )?;
         Ok(())
     }
 
     /// Protocol version of a peer as of its last Hello; unknown peers are
     /// assumed current until they say otherwise.
     fn peer_protocol(&self, peer: &str) -> u32 {
-        self.peer_meta(peer).map(|m| m.protocol_version).filter(|v| *v > 0).unwrap_or(keyfed_core::PROTOCOL_VERSION)
+        self.peer_meta(peer)
+            .map(|m| m.protocol_version)
+            .filter(|v| *v > 0)
+            .unwrap_or(keyfed_core::PROTOCOL_VERSION)
     }
 
     fn parse_key(&self, text: &str) -> NodeResult<KeyFile> {
-        Ok(KeyFile::parse_trusted(text, &self.config.trusted_vendor_keys)?)
+        Ok(KeyFile::parse_trusted(
+            text,
+            &self.config.trusted_vendor_keys,
+        )?)
     }
 
     pub fn key_state(&self, k: &StoredKey) -> KeyState {
@@ -200,9 +231,11 @@ impl Node {
     fn writable(&self, k: &StoredKey) -> NodeResult<()> {
         match self.key_state(k) {
             KeyState::Active => Ok(()),
-            KeyState::Grace { until } => {
-                Err(NodeError::ReadOnly { key_id: k.key.id.clone(), state: "in grace after expiry", until: ts(until) })
-            }
+            KeyState::Grace { until } => Err(NodeError::ReadOnly {
+                key_id: k.key.id.clone(),
+                state: "in grace after expiry",
+                until: ts(until),
+            }),
             KeyState::Suspended { since } => Err(NodeError::ReadOnly {
                 key_id: k.key.id.clone(),
                 state: "suspended",
@@ -218,8 +251,11 @@ impl Node {
         let file = self.parse_key(text)?;
         let key = file.key.clone();
         // refuse a rollback: an older key of a license we already hold a newer one of
-        if let Some(newer) =
-            self.store.keys()?.into_iter().find(|k| k.key.license == key.license && k.key.serial > key.serial)
+        if let Some(newer) = self
+            .store
+            .keys()?
+            .into_iter()
+            .find(|k| k.key.license == key.license && k.key.serial > key.serial)
         {
             return Err(NodeError::FailedPrecondition(format!(
                 "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
@@ -248,8 +284,14 @@ impl Node {
                 now,
                 "key-added",
                 &k.id,
-                format!("key {} added: {} seats of {} for {}", k.id, k.seats, k.components, k.customer),
-                &[("seats", k.seats.to_string()), ("expires", k.expires.to_string())],
+                format!(
+                    "key {} added: {} seats of {} for {}",
+                    k.id, k.seats, k.components, k.customer
+                ),
+                &[
+                    ("seats", k.seats.to_string()),
+                    ("expires", k.expires.to_string()),
+                ],
             )
         })
         .await?;
@@ -257,7 +299,9 @@ impl Node {
     }
 
     pub fn get_key(&self, id: &str) -> NodeResult<StoredKey> {
-        self.store.key(id)?.ok_or_else(|| NodeError::not_found("key", id))
+        self.store
+            .key(id)?
+            .ok_or_else(|| NodeError::not_found("key", id))
     }
 
     /// Admin.DeleteKey: the key leaves the database; a key file in the key
@@ -267,7 +311,9 @@ impl Node {
         let grants = self.store.grants_of_key(id)?;
         let now = self.now();
         self.commit(|tx, fx| {
-            let Some(k) = tx.key::<NodeError>(id)? else { return abort(NodeError::not_found("key", id)) };
+            let Some(k) = tx.key::<NodeError>(id)? else {
+                return abort(NodeError::not_found("key", id));
+            };
             for g in &grants {
                 tx.remove_grant::<NodeError>(id, &g.object)?;
                 // a superseded key's servers get the renewal from their outbox
@@ -277,7 +323,14 @@ impl Node {
                 }
             }
             tx.remove_key::<NodeError>(id)?;
-            fx.notify(tx, now, "key-deleted", id, format!("key {id} deleted by the administrator"), &[])
+            fx.notify(
+                tx,
+                now,
+                "key-deleted",
+                id,
+                format!("key {id} deleted by the administrator"),
+                &[],
+            )
         })
         .await?;
         self.store.set_meta(&format!("deleted:{id}"), &ts(now))?;
@@ -295,7 +348,9 @@ impl Node {
         donation_days: u32,
     ) -> NodeResult<Grant> {
         if object.trim().is_empty() {
-            return Err(NodeError::InvalidArgument("object must name a station or a peer node".into()));
+            return Err(NodeError::InvalidArgument(
+                "object must name a station or a peer node".into(),
+            ));
         }
         let role = self.config.role_of(object);
         let kind = match (kind, role) {
@@ -326,7 +381,9 @@ impl Node {
         let k = self.get_key(key_id)?;
         self.writable(&k)?;
         if k.origin.peer() == Some(object) {
-            return Err(NodeError::InvalidArgument(format!("key {key_id} came from {object}; it cannot be lent back")));
+            return Err(NodeError::InvalidArgument(format!(
+                "key {key_id} came from {object}; it cannot be lent back"
+            )));
         }
         self.commit(|tx, fx| {
             let Some(k) = tx.key::<NodeError>(key_id)? else { return abort(NodeError::not_found("key", key_id)) };
@@ -400,10 +457,19 @@ impl Node {
         let now = self.now();
         self.commit(|tx, fx| {
             let Some(g) = tx.remove_grant::<NodeError>(key_id, object)? else {
-                return abort(NodeError::not_found("grant", format!("of key {key_id} to {object}")));
+                return abort(NodeError::not_found(
+                    "grant",
+                    format!("of key {key_id} to {object}"),
+                ));
             };
             if g.kind == ObjectKind::Server {
-                fx.send(tx, object, now, key_id, withdrawn(key_id, "unassigned by the administrator".into()))?;
+                fx.send(
+                    tx,
+                    object,
+                    now,
+                    key_id,
+                    withdrawn(key_id, "unassigned by the administrator".into()),
+                )?;
             }
             retire_if_free(tx, fx, key_id, now)?;
             Ok(())
@@ -440,16 +506,26 @@ impl Node {
         };
         newk.distributable = true;
         tx.put_key(&newk)?;
-        let Some(mut old) = tx.key::<NodeError>(old_id)? else { return Ok(()) };
+        let Some(mut old) = tx.key::<NodeError>(old_id)? else {
+            return Ok(());
+        };
         old.superseded_by = Some(new_id.clone());
         tx.put_key(&old)?;
         for g in grants {
-            let Some(g) = tx.grant::<NodeError>(old_id, &g.object)? else { continue };
+            let Some(g) = tx.grant::<NodeError>(old_id, &g.object)? else {
+                continue;
+            };
             let server = g.kind == ObjectKind::Server;
             if let Some(have) = tx.grant::<NodeError>(&new_id, &g.object)? {
                 // r10: already given the new key by hand; left as it is
                 if server && self.peer_protocol(&g.object) >= keyfed_core::AUTO_RENEWAL_SINCE {
-                    fx.send(tx, &g.object, now, old_id, renewed(old_id, &newk, have.seats, have.lent_until))?;
+                    fx.send(
+                        tx,
+                        &g.object,
+                        now,
+                        old_id,
+                        renewed(old_id, &newk, have.seats, have.lent_until),
+                    )?;
                 } else {
                     tx.remove_grant::<NodeError>(old_id, &g.object)?;
                 }
@@ -458,7 +534,17 @@ impl Node {
             if server && self.peer_protocol(&g.object) < keyfed_core::AUTO_RENEWAL_SINCE {
                 // r08: the old peer gets the key file but does not distribute it;
                 // the old key stays here until the administrator deletes it
-                fx.send(tx, &g.object, now, &new_id, pb::delivery::Body::Offer(pb::KeyOffer { key: Some(pb::KeyFile { text: newk.text.clone() }) }))?;
+                fx.send(
+                    tx,
+                    &g.object,
+                    now,
+                    &new_id,
+                    pb::delivery::Body::Offer(pb::KeyOffer {
+                        key: Some(pb::KeyFile {
+                            text: newk.text.clone(),
+                        }),
+                    }),
+                )?;
                 fx.notify(
                     tx,
                     now,
@@ -506,11 +592,22 @@ impl Node {
                 )?;
                 continue;
             }
-            let moved = Grant { key_id: new_id.clone(), granted_at: now, delivered: !server, ..g.clone() };
+            let moved = Grant {
+                key_id: new_id.clone(),
+                granted_at: now,
+                delivered: !server,
+                ..g.clone()
+            };
             tx.put_grant(&moved)?;
             if server {
                 // the old grant stays until the peer acks: it still uses the old key (r07)
-                fx.send(tx, &g.object, now, old_id, renewed(old_id, &newk, g.seats, g.lent_until))?;
+                fx.send(
+                    tx,
+                    &g.object,
+                    now,
+                    old_id,
+                    renewed(old_id, &newk, g.seats, g.lent_until),
+                )?;
             } else {
                 tx.remove_grant::<NodeError>(old_id, &g.object)?;
             }
@@ -526,7 +623,9 @@ impl Node {
         let now = self.now();
         self.commit(|tx, fx| {
             for e in &entries {
-                let Ok(d) = pb::Delivery::decode(e.body.as_slice()) else { continue };
+                let Ok(d) = pb::Delivery::decode(e.body.as_slice()) else {
+                    continue;
+                };
                 match d.body {
                     Some(pb::delivery::Body::Grant(g)) => {
                         if let Some(mut mine) = tx.grant::<NodeError>(&e.key_id, peer)? {
@@ -537,8 +636,15 @@ impl Node {
                         }
                     }
                     Some(pb::delivery::Body::Renewed(r)) => {
-                        let new_id = r.new_key.as_ref().and_then(|k| KeyFile::parse(&k.text).ok()).map(|f| f.key.id);
-                        if let Some(mut g) = new_id.and_then(|id| tx.grant::<NodeError>(&id, peer).transpose()).transpose()? {
+                        let new_id = r
+                            .new_key
+                            .as_ref()
+                            .and_then(|k| KeyFile::parse(&k.text).ok())
+                            .map(|f| f.key.id);
+                        if let Some(mut g) = new_id
+                            .and_then(|id| tx.grant::<NodeError>(&id, peer).transpose())
+                            .transpose()?
+                        {
                             g.delivered = true;
                             tx.put_grant(&g)?;
                         }
@@ -567,7 +673,9 @@ impl Node {
                     continue;
                 };
                 let used = tx.used::<NodeError>(&w.key_id)?;
-                if tx.grant::<NodeError>(&w.key_id, &w.object)?.is_some() || fit(k.held, used, w.seats) < w.seats {
+                if tx.grant::<NodeError>(&w.key_id, &w.object)?.is_some()
+                    || fit(k.held, used, w.seats) < w.seats
+                {
                     continue;
                 }
                 let server = w.kind == ObjectKind::Server;
@@ -586,14 +694,23 @@ impl Node {
                         Some(old) => renewed(old, &k, w.seats, w.lent_until),
                         None => seat_grant(&k, w.seats, w.lent_until),
                     };
-                    fx.send(tx, &w.object, now, w.replaces.as_deref().unwrap_or(&w.key_id), body)?;
+                    fx.send(
+                        tx,
+                        &w.object,
+                        now,
+                        w.replaces.as_deref().unwrap_or(&w.key_id),
+                        body,
+                    )?;
                 }
                 fx.notify(
                     tx,
                     now,
                     "object-licensed",
                     &w.key_id,
-                    format!("{} got {} seat(s) of key {} that freed up", w.object, w.seats, w.key_id),
+                    format!(
+                        "{} got {} seat(s) of key {} that freed up",
+                        w.object, w.seats, w.key_id
+                    ),
                     &[("object", w.object.clone())],
                 )?;
             }
@@ -616,7 +733,9 @@ impl Node {
         let parsed = match &d.body {
             Some(pb::delivery::Body::Grant(pb::SeatGrant { key: Some(k), .. }))
             | Some(pb::delivery::Body::Offer(pb::KeyOffer { key: Some(k) }))
-            | Some(pb::delivery::Body::Renewed(pb::KeyRenewed { new_key: Some(k), .. })) => Some(self.parse_key(&k.text)),
+            | Some(pb::delivery::Body::Renewed(pb::KeyRenewed {
+                new_key: Some(k), ..
+            })) => Some(self.parse_key(&k.text)),
             _ => None,
         };
         let role = self.config.role_of(peer);
@@ -633,7 +752,14 @@ impl Node {
             let file = match &parsed {
                 Some(Ok(f)) => Some(f),
                 Some(Err(e)) => {
-                    fx.notify(tx, now, "peer-message-refused", "", format!("a key from {peer} was refused: {e}"), &[("peer", peer.to_owned())])?;
+                    fx.notify(
+                        tx,
+                        now,
+                        "peer-message-refused",
+                        "",
+                        format!("a key from {peer} was refused: {e}"),
+                        &[("peer", peer.to_owned())],
+                    )?;
                     return Ok(());
                 }
                 None => None,
@@ -641,21 +767,41 @@ impl Node {
             match (&d.body, file) {
                 (Some(pb::delivery::Body::Grant(g)), Some(f)) => {
                     if role == Some(PeerRole::Child) {
-                        fx.notify(tx, now, "peer-message-refused", &f.key.id, format!("child {peer} tried to grant seats upward; refused"), &[("peer", peer.to_owned())])?;
+                        fx.notify(
+                            tx,
+                            now,
+                            "peer-message-refused",
+                            &f.key.id,
+                            format!("child {peer} tried to grant seats upward; refused"),
+                            &[("peer", peer.to_owned())],
+                        )?;
                         return Ok(());
                     }
-                    if role == Some(PeerRole::Neighbor) && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive) {
-                        fx.notify(tx, now, "peer-message-refused", &f.key.id, format!("neighbor {peer} lent seats but allow_receive is off; refused"), &[("peer", peer.to_owned())])?;
+                    if role == Some(PeerRole::Neighbor)
+                        && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive)
+                    {
+                        fx.notify(
+                            tx,
+                            now,
+                            "peer-message-refused",
+                            &f.key.id,
+                            format!("neighbor {peer} lent seats but allow_receive is off; refused"),
+                            &[("peer", peer.to_owned())],
+                        )?;
                         return Ok(());
                     }
-                    let lent = crate::convert::parse_ts("lent_until", &g.lent_until).ok().flatten();
+                    let lent = crate::convert::parse_ts("lent_until", &g.lent_until)
+                        .ok()
+                        .flatten();
                     self.receive_key_tx(tx, fx, peer, f, g.seats, lent, true, now)?;
                 }
                 (Some(pb::delivery::Body::Offer(_)), Some(f)) => {
                     self.receive_key_tx(tx, fx, peer, f, 0, None, false, now)?;
                 }
                 (Some(pb::delivery::Body::Renewed(r)), Some(f)) => {
-                    let lent = crate::convert::parse_ts("lent_until", &r.lent_until).ok().flatten();
+                    let lent = crate::convert::parse_ts("lent_until", &r.lent_until)
+                        .ok()
+                        .flatten();
                     if self.config.protocol_version < keyfed_core::AUTO_RENEWAL_SINCE {
                         return self.receive_key_tx(tx, fx, peer, f, r.seats, lent, false, now);
                     }
@@ -669,14 +815,23 @@ impl Node {
                         lent_until: lent,
                         distributable: true,
                     };
-                    let old_here = tx.key::<NodeError>(&r.old_key_id)?.filter(|k| k.origin.peer() == Some(peer));
+                    let old_here = tx
+                        .key::<NodeError>(&r.old_key_id)?
+                        .filter(|k| k.origin.peer() == Some(peer));
                     fx.notify(
                         tx,
                         now,
                         "key-renewed-automatically",
                         &f.key.id,
-                        format!("key {} was renewed automatically as {} ({} seats) by {peer}", r.old_key_id, f.key.id, r.seats),
-                        &[("old_key_id", r.old_key_id.clone()), ("new_key_id", f.key.id.clone()), ("from", peer.to_owned())],
+                        format!(
+                            "key {} was renewed automatically as {} ({} seats) by {peer}",
+                            r.old_key_id, f.key.id, r.seats
+                        ),
+                        &[
+                            ("old_key_id", r.old_key_id.clone()),
+                            ("new_key_id", f.key.id.clone()),
+                            ("from", peer.to_owned()),
+                        ],
                     )?;
                     if old_here.is_some() {
                         self.distribute_tx(tx, fx, &r.old_key_id, &old_grants, &new, now)?;
@@ -694,12 +849,25 @@ impl Node {
                             key_id: line.key_id.clone(),
                             seats: line.seats,
                             used: line.used,
-                            reported_at: crate::convert::parse_ts("reported_at", &line.reported_at).ok().flatten().unwrap_or(now),
+                            reported_at: crate::convert::parse_ts("reported_at", &line.reported_at)
+                                .ok()
+                                .flatten()
+                                .unwrap_or(now),
                         })?;
                     }
                 }
                 _ => {
-                    fx.notify(tx, now, "peer-message-refused", "", format!("an empty or malformed delivery {} from {peer} was ignored", d.seq), &[("peer", peer.to_owned())])?;
+                    fx.notify(
+                        tx,
+                        now,
+                        "peer-message-refused",
+                        "",
+                        format!(
+                            "an empty or malformed delivery {} from {peer} was ignored",
+                            d.seq
+                        ),
+                        &[("peer", peer.to_owned())],
+                    )?;
                 }
             }
             Ok(())
@@ -743,8 +911,19 @@ impl Node {
             fx.notify(tx, now, "over-allocated", id, format!("key {id}: {used} seats granted but only {seats} held from {peer}; new grants refused until fixed"), &[("used", used.to_string()), ("held", seats.to_string())])?;
         }
         if existing.is_none() {
-            let event = if distributable { "key-received" } else { "key-offered" };
-            fx.notify(tx, now, event, id, format!("key {id} received from {peer} with {seats} seat(s)"), &[("from", peer.to_owned()), ("seats", seats.to_string())])?;
+            let event = if distributable {
+                "key-received"
+            } else {
+                "key-offered"
+            };
+            fx.notify(
+                tx,
+                now,
+                event,
+                id,
+                format!("key {id} received from {peer} with {seats} seat(s)"),
+                &[("from", peer.to_owned()), ("seats", seats.to_string())],
+            )?;
         }
         Ok(())
     }
@@ -761,17 +940,34 @@ impl Node {
         grants: &[Grant],
         now: DateTime<Utc>,
     ) -> Tr<()> {
-        let Some(k) = tx.key::<NodeError>(key_id)? else { return Ok(()) };
+        let Some(k) = tx.key::<NodeError>(key_id)? else {
+            return Ok(());
+        };
         if k.origin.peer() != Some(peer) {
             return Ok(());
         }
         for g in grants {
-            if tx.remove_grant::<NodeError>(key_id, &g.object)?.is_some() && g.kind == ObjectKind::Server {
-                fx.send(tx, &g.object, now, key_id, withdrawn(key_id, format!("withdrawn upstream: {reason}")))?;
+            if tx.remove_grant::<NodeError>(key_id, &g.object)?.is_some()
+                && g.kind == ObjectKind::Server
+            {
+                fx.send(
+                    tx,
+                    &g.object,
+                    now,
+                    key_id,
+                    withdrawn(key_id, format!("withdrawn upstream: {reason}")),
+                )?;
             }
         }
         tx.remove_key::<NodeError>(key_id)?;
-        fx.notify(tx, now, "key-withdrawn", key_id, format!("{peer} withdrew key {key_id}: {reason}"), &[("from", peer.to_owned())])
+        fx.notify(
+            tx,
+            now,
+            "key-withdrawn",
+            key_id,
+            format!("{peer} withdrew key {key_id}: {reason}"),
+            &[("from", peer.to_owned())],
+        )
     }
 
     pub fn notifications_after(&self, seq: u64) -> NodeResult<Vec<Notification>> {
@@ -781,34 +977,61 @@ impl Node {
 
 /// r07: a superseded key leaves once no object still holds it.
 fn retire_if_free(tx: &Tx<'_>, fx: &mut Effects, key_id: &str, now: DateTime<Utc>) -> Tr<()> {
-    let Some(k) = tx.key::<NodeError>(key_id)? else { return Ok(()) };
-    let Some(new) = &k.superseded_by else { return Ok(()) };
+    let Some(k) = tx.key::<NodeError>(key_id)? else {
+        return Ok(());
+    };
+    let Some(new) = &k.superseded_by else {
+        return Ok(());
+    };
     if tx.used::<NodeError>(key_id)? > 0 {
         return Ok(());
     }
     tx.remove_key::<NodeError>(key_id)?;
-    fx.notify(tx, now, "key-retired", key_id, format!("key {key_id} retired: every object now holds {new}"), &[("new_key_id", new.clone())])
+    fx.notify(
+        tx,
+        now,
+        "key-retired",
+        key_id,
+        format!("key {key_id} retired: every object now holds {new}"),
+        &[("new_key_id", new.clone())],
+    )
 }
 
-pub fn seat_grant(k: &StoredKey, seats: u32, lent_until: Option<DateTime<Utc>>) -> pb::delivery::Body {
+pub fn seat_grant(
+    k: &StoredKey,
+    seats: u32,
+    lent_until: Option<DateTime<Utc>>,
+) -> pb::delivery::Body {
     pb::delivery::Body::Grant(pb::SeatGrant {
-        key: Some(pb::KeyFile { text: k.text.clone() }),
+        key: Some(pb::KeyFile {
+            text: k.text.clone(),
+        }),
         seats,
         lent_until: crate::convert::opt_ts(lent_until),
     })
 }
 
-pub fn renewed(old_id: &str, new: &StoredKey, seats: u32, lent_until: Option<DateTime<Utc>>) -> pb::delivery::Body {
+pub fn renewed(
+    old_id: &str,
+    new: &StoredKey,
+    seats: u32,
+    lent_until: Option<DateTime<Utc>>,
+) -> pb::delivery::Body {
     pb::delivery::Body::Renewed(pb::KeyRenewed {
         old_key_id: old_id.to_owned(),
-        new_key: Some(pb::KeyFile { text: new.text.clone() }),
+        new_key: Some(pb::KeyFile {
+            text: new.text.clone(),
+        }),
         seats,
         lent_until: crate::convert::opt_ts(lent_until),
     })
 }
 
 pub fn withdrawn(key_id: &str, reason: String) -> pb::delivery::Body {
-    pb::delivery::Body::Withdrawn(pb::GrantWithdrawn { key_id: key_id.to_owned(), reason })
+    pb::delivery::Body::Withdrawn(pb::GrantWithdrawn {
+        key_id: key_id.to_owned(),
+        reason,
+    })
 }
 
 /// Details map helper for tests and hooks.

@@ -19,22 +19,36 @@ pub fn upstream_client(url: &str) -> NodeResult<UpstreamClient<Channel>> {
 }
 
 fn outcome(key_id: &str, outcome: &str, reason: String) -> pb::RenewalOutcome {
-    pb::RenewalOutcome { key_id: key_id.into(), outcome: outcome.into(), reason, ..Default::default() }
+    pb::RenewalOutcome {
+        key_id: key_id.into(),
+        outcome: outcome.into(),
+        reason,
+        ..Default::default()
+    }
 }
 
 impl Node {
     /// "Check for updates and replace keys" (r01): one key, or every key whose
     /// origin is the upstream (r02).
-    pub async fn check_for_updates(&self, key_id: Option<&str>) -> NodeResult<Vec<pb::RenewalOutcome>> {
+    pub async fn check_for_updates(
+        &self,
+        key_id: Option<&str>,
+    ) -> NodeResult<Vec<pb::RenewalOutcome>> {
         let keys: Vec<StoredKey> = match key_id {
             Some(id) => vec![self.get_key(id)?],
-            None => self.store.keys()?.into_iter().filter(|k| k.origin == Origin::Upstream).collect(),
+            None => self
+                .store
+                .keys()?
+                .into_iter()
+                .filter(|k| k.origin == Origin::Upstream)
+                .collect(),
         };
         let mut out = Vec::new();
         for k in keys {
             out.push(self.renew_one(&k).await?);
         }
-        self.store.set_meta("last_renewal_check", &crate::convert::ts(self.now()))?;
+        self.store
+            .set_meta("last_renewal_check", &crate::convert::ts(self.now()))?;
         Ok(out)
     }
 
@@ -45,31 +59,57 @@ impl Node {
             return Ok(outcome(id, "skipped", why));
         }
         if let Some(new) = &k.superseded_by {
-            return Ok(outcome(id, "skipped", format!("already renewed as {new}; waiting for objects to take it")));
+            return Ok(outcome(
+                id,
+                "skipped",
+                format!("already renewed as {new}; waiting for objects to take it"),
+            ));
         }
         let url = self.config.upstream.clone().ok_or_else(|| {
-            NodeError::FailedPrecondition("no upstream is configured on this node (set `upstream` in its config)".into())
+            NodeError::FailedPrecondition(
+                "no upstream is configured on this node (set `upstream` in its config)".into(),
+            )
         })?;
         let mut client = upstream_client(&url)?;
         // (1) is there a renewal?
         let avail = client
             .check_renewal(pb::KeyId { id: id.clone() })
             .await
-            .map_err(|s| NodeError::Upstream(format!("asking {url} for a renewal of {id}: {}", s.message())))?
+            .map_err(|s| {
+                NodeError::Upstream(format!(
+                    "asking {url} for a renewal of {id}: {}",
+                    s.message()
+                ))
+            })?
             .into_inner();
         if !avail.available {
-            return Ok(outcome(id, "nothing", "the upstream holds no renewal for this key (r04)".into()));
+            return Ok(outcome(
+                id,
+                "nothing",
+                "the upstream holds no renewal for this key (r04)".into(),
+            ));
         }
         // (2) download and verify
         let text = client
-            .download_key(pb::KeyId { id: avail.renewal_key_id.clone() })
+            .download_key(pb::KeyId {
+                id: avail.renewal_key_id.clone(),
+            })
             .await
-            .map_err(|s| NodeError::Upstream(format!("downloading {} from {url}: {}", avail.renewal_key_id, s.message())))?
+            .map_err(|s| {
+                NodeError::Upstream(format!(
+                    "downloading {} from {url}: {}",
+                    avail.renewal_key_id,
+                    s.message()
+                ))
+            })?
             .into_inner()
             .text;
         let file = KeyFile::parse_trusted(&text, &self.config.trusted_vendor_keys)?;
         if file.key.renews.as_deref() != Some(id.as_str()) {
-            return Err(NodeError::Upstream(format!("the upstream's renewal {} does not name {id} as the key it renews", file.key.id)));
+            return Err(NodeError::Upstream(format!(
+                "the upstream's renewal {} does not name {id} as the key it renews",
+                file.key.id
+            )));
         }
         let new = StoredKey {
             key: file.key.clone(),
@@ -117,15 +157,25 @@ impl Node {
                 // (3) r06 (or r10 when it was added by hand first: only propagate)
                 o.outcome = if already { "propagated" } else { "distributed" }.into();
                 let grants = self.store.grants_of_key(id)?;
-                o.reason = format!("{} object(s) of {id} are handed {}", grants.len(), new.key.id);
+                o.reason = format!(
+                    "{} object(s) of {id} are handed {}",
+                    grants.len(),
+                    new.key.id
+                );
                 self.commit(|tx, fx| {
                     fx.notify(
                         tx,
                         now,
                         "key-renewed-automatically",
                         &new.key.id,
-                        format!("key {id} was renewed automatically as {} ({} seats)", new.key.id, new.key.seats),
-                        &[("old_key_id", id.clone()), ("new_key_id", new.key.id.clone())],
+                        format!(
+                            "key {id} was renewed automatically as {} ({} seats)",
+                            new.key.id, new.key.seats
+                        ),
+                        &[
+                            ("old_key_id", id.clone()),
+                            ("new_key_id", new.key.id.clone()),
+                        ],
                     )?;
                     self.distribute_tx(tx, fx, id, &grants, &new, now)
                 })

@@ -14,7 +14,13 @@ pub struct SandboxNode {
 }
 
 /// The three node configs of the sandbox, wired main → child, neighbor ↔ main.
-pub fn configs(dir: &Path, ip: IpAddr, base_port: u16, vendor_key: &str, tick_millis: u64) -> Vec<NodeConfig> {
+pub fn configs(
+    dir: &Path,
+    ip: IpAddr,
+    base_port: u16,
+    vendor_key: &str,
+    tick_millis: u64,
+) -> Vec<NodeConfig> {
     let addr = |n: u16| SocketAddr::new(ip, base_port + n);
     let url = |n: u16| format!("http://{}", addr(n));
     let base = |id: &str, n: u16| NodeConfig {
@@ -29,33 +35,66 @@ pub fn configs(dir: &Path, ip: IpAddr, base_port: u16, vendor_key: &str, tick_mi
     };
     let mut main = base("main", 1);
     main.children = vec!["child".into()];
-    main.neighbors = vec![NeighborConfig { node_id: "neighbor".into(), ..NeighborConfig::default() }];
+    main.neighbors = vec![NeighborConfig {
+        node_id: "neighbor".into(),
+        ..NeighborConfig::default()
+    }];
     let mut neighbor = base("neighbor", 2);
-    neighbor.neighbors = vec![NeighborConfig { node_id: "main".into(), address: Some(url(1)), ..NeighborConfig::default() }];
+    neighbor.neighbors = vec![NeighborConfig {
+        node_id: "main".into(),
+        address: Some(url(1)),
+        ..NeighborConfig::default()
+    }];
     let mut child = base("child", 3);
-    child.parent = Some(PeerConfig { node_id: "main".into(), address: url(1) });
+    child.parent = Some(PeerConfig {
+        node_id: "main".into(),
+        address: url(1),
+    });
     vec![main, neighbor, child]
 }
 
-pub async fn run(dir: PathBuf, ip: IpAddr, base_port: u16, clock: SharedClock, debug_clock: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    ip: IpAddr,
+    base_port: u16,
+    clock: SharedClock,
+    debug_clock: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let upstream = keyfed_gus::Upstream::open(&dir.join("upstream"), clock.clone())?;
     let vendor_key = upstream.public_key_hex();
     let gus_addr = SocketAddr::new(ip, base_port);
-    let gus_listener = TcpListener::bind(gus_addr).await.map_err(|e| anyhow::anyhow!("binding the upstream to {gus_addr}: {e}"))?;
+    let gus_listener = TcpListener::bind(gus_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the upstream to {gus_addr}: {e}"))?;
     let mut tasks = tokio::task::JoinSet::new();
     let gus_shutdown = shutdown.clone();
-    tasks.spawn(async move { keyfed_gus::serve(upstream, gus_listener, gus_shutdown).await.map_err(anyhow::Error::from) });
-    let mut table = vec![SandboxNode { name: "upstream", role: "vendor (GUS)", addr: gus_addr }];
+    tasks.spawn(async move {
+        keyfed_gus::serve(upstream, gus_listener, gus_shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    let mut table = vec![SandboxNode {
+        name: "upstream",
+        role: "vendor (GUS)",
+        addr: gus_addr,
+    }];
     for mut cfg in configs(&dir, ip, base_port, &vendor_key, 500) {
         cfg.debug_clock = debug_clock;
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|e| anyhow::anyhow!("binding {} to {}: {e}", cfg.node_id, cfg.listen))?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {} to {}: {e}", cfg.node_id, cfg.listen))?;
         let role = match cfg.node_id.as_str() {
             "main" => "parent of child, neighbor of neighbor",
             "child" => "child of main",
             _ => "neighbor of main",
         };
-        table.push(SandboxNode { name: leak(&cfg.node_id), role, addr: cfg.listen });
+        table.push(SandboxNode {
+            name: leak(&cfg.node_id),
+            role,
+            addr: cfg.listen,
+        });
         tasks.spawn(crate::run(cfg, listener, clock.clone(), shutdown.clone()));
     }
     print_banner(&dir, &table, &vendor_key);

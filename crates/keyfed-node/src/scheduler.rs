@@ -9,7 +9,9 @@ use keyfed_store::{ObjectKind, Origin};
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(node: Node, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(node.config.tick_millis.max(10)));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+        node.config.tick_millis.max(10),
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -25,7 +27,10 @@ pub async fn run(node: Node, shutdown: CancellationToken) {
 /// True once `every_secs` passed since the time recorded under `meta`; the
 /// first call only starts the period, so a fresh node does not run at once.
 fn due(node: &Node, meta: &str, every_secs: i64) -> NodeResult<bool> {
-    let last = node.store.meta(meta)?.and_then(|s| parse_ts(meta, &s).ok().flatten());
+    let last = node
+        .store
+        .meta(meta)?
+        .and_then(|s| parse_ts(meta, &s).ok().flatten());
     let Some(last) = last else {
         node.store.set_meta(meta, &ts(node.now()))?;
         return Ok(false);
@@ -34,7 +39,14 @@ fn due(node: &Node, meta: &str, every_secs: i64) -> NodeResult<bool> {
 }
 
 pub async fn once(node: &Node) -> NodeResult<()> {
-    if node.config.update_license_keys && node.config.upstream.is_some() && due(node, "last_renewal_check", node.config.renewal_interval_secs)? {
+    if node.config.update_license_keys
+        && node.config.upstream.is_some()
+        && due(
+            node,
+            "last_renewal_check",
+            node.config.renewal_interval_secs,
+        )?
+    {
         let outcomes = node.check_for_updates(None).await?;
         tracing::info!(node = %node.id(), keys = outcomes.len(), "scheduled renewal task ran");
     }
@@ -52,7 +64,9 @@ async fn donations(node: &Node) -> NodeResult<()> {
     let now = node.now();
     let period = Duration::days(node.config.donation_days);
     for g in node.store.all_grants()? {
-        let (ObjectKind::Server, Some(until)) = (g.kind, g.lent_until) else { continue };
+        let (ObjectKind::Server, Some(until)) = (g.kind, g.lent_until) else {
+            continue;
+        };
         let online = node.peer_meta(&g.object).is_some_and(|m| m.online);
         if now >= until {
             node.commit(|tx, fx| {
@@ -66,18 +80,31 @@ async fn donations(node: &Node) -> NodeResult<()> {
         } else if online && until - now <= period / 2 {
             let renewed_until = now + period;
             node.commit(|tx, fx| {
-                let Some(mut mine) = tx.grant::<crate::error::NodeError>(&g.key_id, &g.object)? else { return Ok(()) };
-                let Some(k) = tx.key::<crate::error::NodeError>(&g.key_id)? else { return Ok(()) };
+                let Some(mut mine) = tx.grant::<crate::error::NodeError>(&g.key_id, &g.object)?
+                else {
+                    return Ok(());
+                };
+                let Some(k) = tx.key::<crate::error::NodeError>(&g.key_id)? else {
+                    return Ok(());
+                };
                 mine.lent_until = Some(renewed_until);
                 tx.put_grant(&mine)?;
-                fx.send(tx, &g.object, now, &g.key_id, seat_grant(&k, mine.seats, mine.lent_until))?;
+                fx.send(
+                    tx,
+                    &g.object,
+                    now,
+                    &g.key_id,
+                    seat_grant(&k, mine.seats, mine.lent_until),
+                )?;
                 Ok(())
             })
             .await?;
         }
     }
     for k in node.store.keys()? {
-        let (Origin::Peer(peer), Some(until)) = (&k.origin, k.lent_until) else { continue };
+        let (Origin::Peer(peer), Some(until)) = (&k.origin, k.lent_until) else {
+            continue;
+        };
         if now < until {
             continue;
         }
@@ -85,12 +112,33 @@ async fn donations(node: &Node) -> NodeResult<()> {
         let peer = peer.clone();
         node.commit(|tx, fx| {
             for g in &grants {
-                if tx.remove_grant::<crate::error::NodeError>(&k.key.id, &g.object)?.is_some() && g.kind == ObjectKind::Server {
-                    fx.send(tx, &g.object, now, &k.key.id, withdrawn(&k.key.id, "the lender's period ended".into()))?;
+                if tx
+                    .remove_grant::<crate::error::NodeError>(&k.key.id, &g.object)?
+                    .is_some()
+                    && g.kind == ObjectKind::Server
+                {
+                    fx.send(
+                        tx,
+                        &g.object,
+                        now,
+                        &k.key.id,
+                        withdrawn(&k.key.id, "the lender's period ended".into()),
+                    )?;
                 }
             }
             tx.remove_key::<crate::error::NodeError>(&k.key.id)?;
-            fx.notify(tx, now, "donation-lapsed", &k.key.id, format!("seats of key {} lent by {peer} lapsed: not renewed before {}", k.key.id, ts(until)), &[("from", peer.clone())])
+            fx.notify(
+                tx,
+                now,
+                "donation-lapsed",
+                &k.key.id,
+                format!(
+                    "seats of key {} lent by {peer} lapsed: not renewed before {}",
+                    k.key.id,
+                    ts(until)
+                ),
+                &[("from", peer.clone())],
+            )
         })
         .await?;
     }

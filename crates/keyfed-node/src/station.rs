@@ -20,7 +20,10 @@ impl pb::station_server::Station for StationService {
     async fn renew(&self, _: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
         Err(NodeError::Unimplemented(LATER).into())
     }
-    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseReply>, Status> {
+    async fn release(
+        &self,
+        _: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
         Err(NodeError::Unimplemented(LATER).into())
     }
     async fn report(&self, _: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {

@@ -47,10 +47,18 @@ impl Node {
         let keys = self.store.keys()?;
         let mut by_peer: BTreeMap<String, Vec<pb::UsageLine>> = BTreeMap::new();
         for k in &keys {
-            let Some(peer) = k.origin.peer() else { continue };
+            let Some(peer) = k.origin.peer() else {
+                continue;
+            };
             let lines = by_peer.entry(peer.to_owned()).or_default();
             for r in rows.iter().filter(|r| r.key_id == k.key.id) {
-                lines.push(pb::UsageLine { node_id: r.node_id.clone(), key_id: r.key_id.clone(), seats: r.seats, used: r.used, reported_at: String::new() });
+                lines.push(pb::UsageLine {
+                    node_id: r.node_id.clone(),
+                    key_id: r.key_id.clone(),
+                    seats: r.seats,
+                    used: r.used,
+                    reported_at: String::new(),
+                });
             }
         }
         let now = self.now();
@@ -60,9 +68,24 @@ impl Node {
             if self.store.meta(&meta)?.as_deref() == Some(fingerprint.as_str()) {
                 continue;
             }
-            let stamped: Vec<pb::UsageLine> = lines.into_iter().map(|mut l| { l.reported_at = ts(now); l }).collect();
+            let stamped: Vec<pb::UsageLine> = lines
+                .into_iter()
+                .map(|mut l| {
+                    l.reported_at = ts(now);
+                    l
+                })
+                .collect();
             self.commit(|tx, fx| {
-                fx.send(tx, &peer, now, "", pb::delivery::Body::Usage(pb::UsageRollup { keys: vec![], lines: stamped.clone() }))?;
+                fx.send(
+                    tx,
+                    &peer,
+                    now,
+                    "",
+                    pb::delivery::Body::Usage(pb::UsageRollup {
+                        keys: vec![],
+                        lines: stamped.clone(),
+                    }),
+                )?;
                 Ok(())
             })
             .await?;

@@ -3,10 +3,10 @@
 //! acknowledges anything (durable before acknowledged).
 mod records;
 
+use chrono::{DateTime, Utc};
 pub use records::{
     Grant, Notification, ObjectKind, Origin, OutboxEntry, PeerCursor, StoredKey, UsageLine, Waiting,
 };
-use chrono::{DateTime, Utc};
 pub use sled::transaction::ConflictableTransactionError;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
 use sled::Transactional;
@@ -21,14 +21,21 @@ pub enum StoreError {
     #[error("store tree `{tree}` holds an unreadable value: {why}")]
     Corrupt { tree: &'static str, why: String },
     #[error("store at {path} was written by schema version {found}, this build reads {expected}")]
-    Schema { path: String, found: u8, expected: u8 },
+    Schema {
+        path: String,
+        found: u8,
+        expected: u8,
+    },
 }
 
 impl From<UnabortableTransactionError> for StoreError {
     fn from(e: UnabortableTransactionError) -> Self {
         match e {
             UnabortableTransactionError::Storage(e) => Self::Sled(e),
-            UnabortableTransactionError::Conflict => Self::Corrupt { tree: "-", why: "transaction conflict escaped".into() },
+            UnabortableTransactionError::Conflict => Self::Corrupt {
+                tree: "-",
+                why: "transaction conflict escaped".into(),
+            },
         }
     }
 }
@@ -41,8 +48,18 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 10] =
-    ["keys", "grants", "used", "notifications", "outbox", "cursors", "applied", "usage", "waiting", "meta"];
+const TREES: [&str; 10] = [
+    "keys",
+    "grants",
+    "used",
+    "notifications",
+    "outbox",
+    "cursors",
+    "applied",
+    "usage",
+    "waiting",
+    "meta",
+];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
 const USED: usize = 2;
@@ -84,7 +101,10 @@ fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
-        let trees = TREES.iter().map(|t| db.open_tree(t)).collect::<Result<Vec<_>, _>>()?;
+        let trees = TREES
+            .iter()
+            .map(|t| db.open_tree(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let path = dir.display().to_string();
         match trees[META].get("schema")? {
             None => {
@@ -92,7 +112,11 @@ impl Store {
             }
             Some(v) if v.as_ref() == [SCHEMA_VERSION] => {}
             Some(v) => {
-                return Err(StoreError::Schema { path, found: v.first().copied().unwrap_or(0), expected: SCHEMA_VERSION })
+                return Err(StoreError::Schema {
+                    path,
+                    found: v.first().copied().unwrap_or(0),
+                    expected: SCHEMA_VERSION,
+                })
             }
         }
         Ok(Self { db, trees, path })
@@ -105,10 +129,13 @@ impl Store {
         E: From<StoreError>,
         F: Fn(&Tx<'_>) -> TxResult<T, E>,
     {
-        self.trees.as_slice().transaction(|trees| f(&Tx { trees })).map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => E::from(StoreError::Sled(e)),
-        })
+        self.trees
+            .as_slice()
+            .transaction(|trees| f(&Tx { trees }))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => E::from(StoreError::Sled(e)),
+            })
     }
 
     /// Makes everything written so far durable.
@@ -122,7 +149,11 @@ impl Store {
         Ok(())
     }
 
-    fn scan<T: serde::de::DeserializeOwned>(&self, tree: usize, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
         self.trees[tree]
             .scan_prefix(prefix)
             .map(|kv| {
@@ -132,8 +163,15 @@ impl Store {
             .collect()
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, tree: usize, key: &[u8]) -> Result<Option<T>, StoreError> {
-        self.trees[tree].get(key)?.map(|v| records::decode(TREES[tree], &v)).transpose()
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: usize,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.trees[tree]
+            .get(key)?
+            .map(|v| records::decode(TREES[tree], &v))
+            .transpose()
     }
 
     pub fn key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
@@ -229,11 +267,19 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(&self, tree: usize, v: &[u8]) -> TxResult<T, E> {
+    fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(
+        &self,
+        tree: usize,
+        v: &[u8],
+    ) -> TxResult<T, E> {
         records::decode(TREES[tree], v).map_err(|e| ConflictableTransactionError::Abort(E::from(e)))
     }
 
-    fn read<T: serde::de::DeserializeOwned, E: From<StoreError>>(&self, tree: usize, key: &[u8]) -> TxResult<Option<T>, E> {
+    fn read<T: serde::de::DeserializeOwned, E: From<StoreError>>(
+        &self,
+        tree: usize,
+        key: &[u8],
+    ) -> TxResult<Option<T>, E> {
         match self.trees[tree].get(key)? {
             Some(v) => Ok(Some(self.decode(tree, &v)?)),
             None => Ok(None),
@@ -260,7 +306,11 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn grant<E: From<StoreError>>(&self, key_id: &str, object: &str) -> TxResult<Option<Grant>, E> {
+    pub fn grant<E: From<StoreError>>(
+        &self,
+        key_id: &str,
+        object: &str,
+    ) -> TxResult<Option<Grant>, E> {
         self.read(GRANTS, &pair(key_id, object))
     }
 
@@ -270,14 +320,22 @@ impl Tx<'_> {
 
     /// Writes a grant and keeps the key's used-seat counter exact.
     pub fn put_grant<E: From<StoreError>>(&self, g: &Grant) -> TxResult<(), E> {
-        let before = self.grant::<E>(&g.key_id, &g.object)?.map_or(0, |old| old.seats);
+        let before = self
+            .grant::<E>(&g.key_id, &g.object)?
+            .map_or(0, |old| old.seats);
         let used = self.used::<E>(&g.key_id)? - before + g.seats;
         self.write(USED, g.key_id.as_bytes(), &used)?;
         self.write(GRANTS, &pair(&g.key_id, &g.object), g)
     }
 
-    pub fn remove_grant<E: From<StoreError>>(&self, key_id: &str, object: &str) -> TxResult<Option<Grant>, E> {
-        let Some(old) = self.grant::<E>(key_id, object)? else { return Ok(None) };
+    pub fn remove_grant<E: From<StoreError>>(
+        &self,
+        key_id: &str,
+        object: &str,
+    ) -> TxResult<Option<Grant>, E> {
+        let Some(old) = self.grant::<E>(key_id, object)? else {
+            return Ok(None);
+        };
         let used = self.used::<E>(key_id)?.saturating_sub(old.seats);
         self.write(USED, key_id.as_bytes(), &used)?;
         self.trees[GRANTS].remove(pair(key_id, object))?;
@@ -299,7 +357,14 @@ impl Tx<'_> {
         details: BTreeMap<String, String>,
     ) -> TxResult<Notification, E> {
         let seq = self.next_counter("notification_seq")?;
-        let n = Notification { seq, at, event: event.into(), key_id: key_id.into(), message, details };
+        let n = Notification {
+            seq,
+            at,
+            event: event.into(),
+            key_id: key_id.into(),
+            message,
+            details,
+        };
         self.write(NOTIFICATIONS, &seq.to_be_bytes(), &n)?;
         Ok(n)
     }
@@ -338,7 +403,11 @@ impl Tx<'_> {
     }
 
     /// Idempotency record: true the first time a message id is seen.
-    pub fn first_sight<E: From<StoreError>>(&self, message_id: &str, at: DateTime<Utc>) -> TxResult<bool, E> {
+    pub fn first_sight<E: From<StoreError>>(
+        &self,
+        message_id: &str,
+        at: DateTime<Utc>,
+    ) -> TxResult<bool, E> {
         if self.trees[APPLIED].get(message_id.as_bytes())?.is_some() {
             return Ok(false);
         }

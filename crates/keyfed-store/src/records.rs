@@ -129,12 +129,24 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, crate::StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, crate::StoreError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => {
-            serde_json::from_slice(rest).map_err(|e| crate::StoreError::Corrupt { tree, why: e.to_string() })
+            serde_json::from_slice(rest).map_err(|e| crate::StoreError::Corrupt {
+                tree,
+                why: e.to_string(),
+            })
         }
-        Some((v, _)) => Err(crate::StoreError::Corrupt { tree, why: format!("unknown format version {v}") }),
-        None => Err(crate::StoreError::Corrupt { tree, why: "empty value".into() }),
+        Some((v, _)) => Err(crate::StoreError::Corrupt {
+            tree,
+            why: format!("unknown format version {v}"),
+        }),
+        None => Err(crate::StoreError::Corrupt {
+            tree,
+            why: "empty value".into(),
+        }),
     }
 }

@@ -46,7 +46,9 @@ fn stored(id: &str, seats: u32) -> StoredKey {
 fn assign(store: &Store, key_id: &str, object: &str, seats: u32) -> Result<(), TestError> {
     store.transact(|tx| {
         let k = tx.key::<TestError>(key_id)?.expect("key exists");
-        let mine = tx.grant::<TestError>(key_id, object)?.map_or(0, |g| g.seats);
+        let mine = tx
+            .grant::<TestError>(key_id, object)?
+            .map_or(0, |g| g.seats);
         let others = tx.used::<TestError>(key_id)? - mine;
         if let Err(e) = check_assign(key_id, object, k.held, others, seats) {
             return abort(e.into());
@@ -67,17 +69,28 @@ fn assign(store: &Store, key_id: &str, object: &str, seats: u32) -> Result<(), T
 fn r13_concurrent_assignments_never_overcommit_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    store.transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 10))).unwrap();
+    store
+        .transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 10)))
+        .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
-            std::thread::spawn(move || (0..10).filter(|i| assign(&store, "k-1", &format!("st-{t}-{i}"), 1).is_ok()).count())
+            std::thread::spawn(move || {
+                (0..10)
+                    .filter(|i| assign(&store, "k-1", &format!("st-{t}-{i}"), 1).is_ok())
+                    .count()
+            })
         })
         .collect();
     let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(granted, 10, "exactly the key's seats are granted");
     assert_eq!(store.used("k-1").unwrap(), 10);
-    let sum: u32 = store.grants_of_key("k-1").unwrap().iter().map(|g| g.seats).sum();
+    let sum: u32 = store
+        .grants_of_key("k-1")
+        .unwrap()
+        .iter()
+        .map(|g| g.seats)
+        .sum();
     assert_eq!(sum, 10, "the counter matches the grants");
 }
 
@@ -85,10 +98,15 @@ fn r13_concurrent_assignments_never_overcommit_a_key() {
 fn over_limit_assignment_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 5))).unwrap();
+    store
+        .transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 5)))
+        .unwrap();
     assign(&store, "k-1", "a", 3).unwrap();
     let err = assign(&store, "k-1", "b", 3).unwrap_err();
-    assert_eq!(err.to_string(), "key k-1 has 2 free seat(s) of 5; b asked for 3");
+    assert_eq!(
+        err.to_string(),
+        "key k-1 has 2 free seat(s) of 5; b asked for 3"
+    );
     assert_eq!(store.used("k-1").unwrap(), 3);
     assert_eq!(store.grants_of_key("k-1").unwrap().len(), 1);
     // re-assigning the same object replaces its grant instead of adding to it
@@ -101,11 +119,19 @@ fn everything_survives_a_reopen_and_values_carry_a_format_version() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        store.transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 5))).unwrap();
+        store
+            .transact(|tx| tx.put_key::<StoreError>(&stored("k-1", 5)))
+            .unwrap();
         assign(&store, "k-1", "a", 2).unwrap();
         store
             .transact(|tx| {
-                tx.notify::<StoreError>(now(), "key-added", "k-1", "added".into(), BTreeMap::new())?;
+                tx.notify::<StoreError>(
+                    now(),
+                    "key-added",
+                    "k-1",
+                    "added".into(),
+                    BTreeMap::new(),
+                )?;
                 tx.enqueue::<StoreError>("child", now(), "k-1", "grant", vec![1, 2, 3])
             })
             .unwrap();
@@ -116,7 +142,10 @@ fn everything_survives_a_reopen_and_values_carry_a_format_version() {
     assert_eq!(store.used("k-1").unwrap(), 2);
     assert_eq!(store.notifications_after(0).unwrap()[0].event, "key-added");
     let out = store.outbox("child").unwrap();
-    assert_eq!((out.len(), out[0].seq, out[0].body.clone()), (1, 1, vec![1, 2, 3]));
+    assert_eq!(
+        (out.len(), out[0].seq, out[0].body.clone()),
+        (1, 1, vec![1, 2, 3])
+    );
     store.ack("child", 1).unwrap();
     assert!(store.outbox("child").unwrap().is_empty());
     assert_eq!(store.outbox_depth("child").unwrap(), 0);
@@ -129,7 +158,11 @@ fn everything_survives_a_reopen_and_values_carry_a_format_version() {
 fn idempotency_record_sees_a_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let first = store.transact(|tx| tx.first_sight::<StoreError>("m-1", now())).unwrap();
-    let again = store.transact(|tx| tx.first_sight::<StoreError>("m-1", now())).unwrap();
+    let first = store
+        .transact(|tx| tx.first_sight::<StoreError>("m-1", now()))
+        .unwrap();
+    let again = store
+        .transact(|tx| tx.first_sight::<StoreError>("m-1", now()))
+        .unwrap();
     assert!(first && !again);
 }

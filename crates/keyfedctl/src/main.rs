@@ -1,0 +1,645 @@
+//! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
+mod render;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyfed_proto::v1 as pb;
+use keyfed_proto::v1::admin_client::AdminClient;
+use keyfed_proto::v1::upstream_client::UpstreamClient;
+use render::{emit, table};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "keyfedctl",
+    version,
+    about = "administer keyfed nodes and the vendor upstream"
+)]
+struct Cli {
+    /// node (or upstream) address
+    #[arg(
+        long,
+        env = "KEYFED_ADDR",
+        default_value = "http://127.0.0.1:7601",
+        global = true
+    )]
+    addr: String,
+    /// print replies as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    /// admin token, sent as `authorization: Bearer <token>`
+    #[arg(long, env = "KEYFED_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// keys on a node
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// objects (stations and servers) holding seats
+    Objects,
+    /// stored notifications; --follow watches live
+    Notifications {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// node status
+    Status,
+    /// federation peers and their links
+    Peers,
+    /// seat usage per key; --tree adds the whole subtree
+    Usage {
+        key_id: Option<String>,
+        #[arg(long)]
+        tree: bool,
+    },
+    /// move a debug node's manual clock forward
+    #[command(subcommand)]
+    Clock(ClockCmd),
+    /// the vendor upstream (point --addr at it)
+    #[command(subcommand)]
+    Upstream(UpstreamCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// add a vendor key file
+    Add {
+        file: PathBuf,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    /// write the key file to FILE or stdout
+    Export {
+        id: String,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    Delete {
+        id: String,
+    },
+    /// give OBJECT (a station, or a child/neighbor node id) SEATS seats
+    Assign {
+        id: String,
+        object: String,
+        seats: u32,
+        #[arg(long, conflicts_with = "server")]
+        station: bool,
+        #[arg(long)]
+        server: bool,
+        /// lending period for a neighbor (b01)
+        #[arg(long, default_value_t = 0)]
+        donation_days: u32,
+    },
+    Unassign {
+        id: String,
+        object: String,
+    },
+    /// check for updates and replace keys (one key, or every upstream key)
+    Renew {
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClockCmd {
+    Advance { seconds: i64 },
+}
+
+#[derive(Subcommand)]
+enum UpstreamCmd {
+    /// issue a key; with -o, writes the key file and prints only the key id
+    Issue {
+        #[arg(long)]
+        customer: String,
+        #[arg(long)]
+        product: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        components: Vec<String>,
+        #[arg(long)]
+        seats: u32,
+        #[arg(long, value_parser = parse_date)]
+        expires: String,
+        #[arg(long, default_value = "term", value_parser = ["term", "subscription", "trial", "nfr"])]
+        kind: String,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// buy a renewal of KEY_ID, held upstream until KEY_ID expires
+    Renewal {
+        key_id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        components: Vec<String>,
+        #[arg(long)]
+        seats: u32,
+        #[arg(long, value_parser = parse_date)]
+        expires: String,
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// the vendor public key nodes pin
+    Pubkey,
+}
+
+fn parse_date(s: &str) -> Result<String, String> {
+    let ok = s.len() == 10
+        && s.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a YYYY-MM-DD date"))
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+async fn channel(cli: &Cli) -> anyhow::Result<(Channel, Auth)> {
+    let channel = tonic::transport::Endpoint::from_shared(cli.addr.clone())
+        .with_context(|| format!("{:?} is not a valid address", cli.addr))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("could not reach {}", cli.addr))?;
+    let token = match &cli.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token has characters not allowed in a header")?,
+        ),
+        None => None,
+    };
+    Ok((channel, Auth(token)))
+}
+
+async fn admin(cli: &Cli) -> anyhow::Result<AdminClient<Intercepted>> {
+    let (c, a) = channel(cli).await?;
+    Ok(AdminClient::with_interceptor(c, a))
+}
+
+async fn upstream(cli: &Cli) -> anyhow::Result<UpstreamClient<Intercepted>> {
+    let (c, a) = channel(cli).await?;
+    Ok(UpstreamClient::with_interceptor(c, a))
+}
+
+fn origin(o: Option<&pb::Origin>) -> String {
+    match o.and_then(|o| o.from.as_ref()) {
+        Some(pb::origin::From::Upstream(_)) => "upstream".into(),
+        Some(pb::origin::From::Peer(p)) => p.clone(),
+        None => "-".into(),
+    }
+}
+
+fn keys_table(keys: &[pb::KeyInfo]) -> String {
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let key = k.key.clone().unwrap_or_default();
+            vec![
+                key.id,
+                key.customer,
+                key.components.join(","),
+                format!("{}/{}", k.seats_assigned, k.seats_assigned + k.seats_free),
+                key.expires,
+                k.state.clone(),
+                origin(k.origin.as_ref()),
+                if key.renews.is_empty() {
+                    "-".into()
+                } else {
+                    key.renews
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "CUSTOMER",
+            "COMPONENTS",
+            "USED/HELD",
+            "EXPIRES",
+            "STATE",
+            "ORIGIN",
+            "RENEWS",
+        ],
+        &rows,
+    )
+}
+
+fn notification_line(n: &pb::Notification) -> String {
+    format!("{:>5}  {}  {:<32} {}\n", n.seq, n.at, n.event, n.message)
+}
+
+fn write_key(output: Option<&PathBuf>, text: &str, id: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("{id}");
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn key_id_of(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Key(cmd) => key(cli, cmd).await?,
+        Command::Objects => {
+            let r = admin(cli)
+                .await?
+                .list_objects(pb::Empty {})
+                .await?
+                .into_inner();
+            emit(json, &r, |r| {
+                let mut rows = Vec::new();
+                for o in &r.objects {
+                    let kind = if o.kind == pb::ObjectKind::Server as i32 {
+                        "server"
+                    } else {
+                        "station"
+                    };
+                    if o.grants.is_empty() {
+                        rows.push(vec![
+                            o.name.clone(),
+                            kind.into(),
+                            "-".into(),
+                            "-".into(),
+                            o.state.clone(),
+                        ]);
+                    }
+                    for g in &o.grants {
+                        let state = if g.delivered {
+                            o.state.clone()
+                        } else {
+                            "pending delivery".into()
+                        };
+                        rows.push(vec![
+                            o.name.clone(),
+                            kind.into(),
+                            g.key_id.clone(),
+                            g.seats.to_string(),
+                            state,
+                        ]);
+                    }
+                }
+                table(&["OBJECT", "KIND", "KEY", "SEATS", "STATE"], &rows)
+            });
+        }
+        Command::Notifications { after, follow } => {
+            let mut client = admin(cli).await?;
+            let req = pb::ListNotificationsRequest { after_seq: *after };
+            if *follow {
+                let mut stream = client.watch_notifications(req).await?.into_inner();
+                while let Some(n) = stream.next().await {
+                    let n = n?;
+                    emit(json, &n, notification_line);
+                }
+            } else {
+                let r = client.list_notifications(req).await?.into_inner();
+                emit(json, &r, |r| {
+                    r.notifications.iter().map(notification_line).collect()
+                });
+            }
+        }
+        Command::Status => {
+            let s = admin(cli).await?.status(pb::Empty {}).await?.into_inner();
+            emit(json, &s, |s| {
+                let mut out = table(
+                    &[
+                        "NODE",
+                        "VERSION",
+                        "PROTOCOL",
+                        "NOW",
+                        "KEYS",
+                        "OBJECTS",
+                        "NOTIFICATIONS",
+                    ],
+                    &[vec![
+                        s.node_id.clone(),
+                        s.version.clone(),
+                        s.protocol_version.to_string(),
+                        s.now.clone(),
+                        s.keys.to_string(),
+                        s.objects.to_string(),
+                        s.notifications.to_string(),
+                    ]],
+                );
+                for w in &s.warnings {
+                    out.push_str(&format!("warning: {w}\n"));
+                }
+                out
+            });
+        }
+        Command::Peers => {
+            let r = admin(cli)
+                .await?
+                .list_peers(pb::Empty {})
+                .await?
+                .into_inner();
+            emit(json, &r, |r| {
+                let rows: Vec<Vec<String>> = r
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let state = if p.online { "online" } else { "offline" };
+                        vec![
+                            p.node_id.clone(),
+                            p.role.clone(),
+                            p.address.clone(),
+                            p.protocol_version.to_string(),
+                            state.into(),
+                            p.since.clone(),
+                            p.outbox_depth.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "PEER", "ROLE", "ADDRESS", "PROTOCOL", "LINK", "SINCE", "OUTBOX",
+                    ],
+                    &rows,
+                )
+            });
+        }
+        Command::Usage { key_id, tree } => {
+            let req = pb::UsageRequest {
+                key_id: key_id.clone().unwrap_or_default(),
+                tree: *tree,
+            };
+            let r = admin(cli).await?.usage(req).await?.into_inner();
+            emit(json, &r, |r| {
+                let rows: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.node_id.clone(),
+                            u.key_id.clone(),
+                            u.seats.to_string(),
+                            u.used.to_string(),
+                            u.free.to_string(),
+                            u.reported_at.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["NODE", "KEY", "SEATS", "USED", "FREE", "AS OF"], &rows)
+            });
+        }
+        Command::Clock(ClockCmd::Advance { seconds }) => {
+            let r = admin(cli)
+                .await?
+                .advance_clock(pb::AdvanceClockRequest { seconds: *seconds })
+                .await?
+                .into_inner();
+            emit(json, &r, |r| format!("now {}\n", r.now));
+        }
+        Command::Upstream(cmd) => upstream_cmd(cli, cmd).await?,
+    }
+    Ok(())
+}
+
+async fn key(cli: &Cli, cmd: &KeyCmd) -> anyhow::Result<()> {
+    let json = cli.json;
+    // read a local file before dialing, so a typo is reported as such
+    let text = match cmd {
+        KeyCmd::Add { file } => std::fs::read_to_string(file)
+            .with_context(|| format!("reading key file {}", file.display()))?,
+        _ => String::new(),
+    };
+    let mut client = admin(cli).await?;
+    match cmd {
+        KeyCmd::Add { .. } => {
+            let k = client
+                .add_key(pb::AddKeyRequest { key_file: text })
+                .await?
+                .into_inner();
+            emit(json, &k, |k| keys_table(std::slice::from_ref(k)));
+        }
+        KeyCmd::List => {
+            let r = client.list_keys(pb::Empty {}).await?.into_inner();
+            emit(json, &r, |r| keys_table(&r.keys));
+        }
+        KeyCmd::Show { id } => {
+            let k = client
+                .get_key(pb::KeyId { id: id.clone() })
+                .await?
+                .into_inner();
+            emit(json, &k, |k| keys_table(std::slice::from_ref(k)));
+        }
+        KeyCmd::Export { id, output } => {
+            let f = client
+                .export_key(pb::KeyId { id: id.clone() })
+                .await?
+                .into_inner();
+            if json {
+                emit(true, &f, |_| String::new());
+            } else {
+                write_key(output.as_ref(), &f.text, id)?;
+            }
+        }
+        KeyCmd::Delete { id } => {
+            client.delete_key(pb::KeyId { id: id.clone() }).await?;
+            emit(json, &serde_json::json!({ "deleted": id }), |_| {
+                format!("deleted {id}\n")
+            });
+        }
+        KeyCmd::Assign {
+            id,
+            object,
+            seats,
+            station,
+            server,
+            donation_days,
+        } => {
+            let kind = if *station {
+                pb::ObjectKind::Station
+            } else if *server {
+                pb::ObjectKind::Server
+            } else {
+                pb::ObjectKind::Unspecified
+            };
+            let req = pb::AssignSeatsRequest {
+                key_id: id.clone(),
+                object: object.clone(),
+                seats: *seats,
+                kind: kind.into(),
+                donation_days: *donation_days,
+            };
+            let g = client.assign_seats(req).await?.into_inner();
+            emit(json, &g, |g| {
+                let until = if g.lent_until.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (lent until {})", g.lent_until)
+                };
+                format!(
+                    "{} seat(s) of {} assigned to {}{until}\n",
+                    g.seats, g.key_id, g.object
+                )
+            });
+        }
+        KeyCmd::Unassign { id, object } => {
+            client
+                .unassign_seats(pb::UnassignSeatsRequest {
+                    key_id: id.clone(),
+                    object: object.clone(),
+                })
+                .await?;
+            emit(
+                json,
+                &serde_json::json!({ "unassigned": object, "key_id": id }),
+                |_| format!("seats of {id} taken back from {object}\n"),
+            );
+        }
+        KeyCmd::Renew { id } => {
+            let r = client
+                .check_for_updates(pb::CheckForUpdatesRequest {
+                    key_id: id.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            emit(json, &r, |r| {
+                let rows: Vec<Vec<String>> = r
+                    .outcomes
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.key_id.clone(),
+                            o.outcome.clone(),
+                            if o.new_key_id.is_empty() {
+                                "-".into()
+                            } else {
+                                o.new_key_id.clone()
+                            },
+                            o.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["KEY", "OUTCOME", "NEW KEY", "REASON"], &rows)
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn upstream_cmd(cli: &Cli, cmd: &UpstreamCmd) -> anyhow::Result<()> {
+    let json = cli.json;
+    let mut client = upstream(cli).await?;
+    let (file, output) = match cmd {
+        UpstreamCmd::Issue {
+            customer,
+            product,
+            components,
+            seats,
+            expires,
+            kind,
+            output,
+        } => {
+            let kind = match kind.as_str() {
+                "subscription" => pb::KeyKind::Subscription,
+                "trial" => pb::KeyKind::Trial,
+                "nfr" => pb::KeyKind::Nfr,
+                _ => pb::KeyKind::Term,
+            };
+            let req = pb::IssueKeyRequest {
+                customer: customer.clone(),
+                product: product.clone(),
+                components: components.clone(),
+                seats: *seats,
+                kind: kind.into(),
+                expires: expires.clone(),
+            };
+            (client.issue_key(req).await?.into_inner(), output)
+        }
+        UpstreamCmd::Renewal {
+            key_id,
+            components,
+            seats,
+            expires,
+            output,
+        } => {
+            let req = pb::PurchaseRenewalRequest {
+                key_id: key_id.clone(),
+                components: components.clone(),
+                seats: *seats,
+                expires: expires.clone(),
+            };
+            (client.purchase_renewal(req).await?.into_inner(), output)
+        }
+        UpstreamCmd::Pubkey => {
+            let r = client.public_key(pb::Empty {}).await?.into_inner();
+            emit(json, &r, |r| format!("{}\n", r.public_key_hex));
+            return Ok(());
+        }
+    };
+    if json {
+        emit(true, &file, |_| String::new());
+        if let Some(path) = output {
+            std::fs::write(path, &file.text)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    write_key(output.as_ref(), &file.text, &key_id_of(&file.text))
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}").chars().fold(String::new(), |mut s, c| {
+        if c.is_uppercase() && !s.is_empty() {
+            s.push('_');
+        }
+        s.push(c.to_ascii_uppercase());
+        s
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::from(1)
+        }
+    }
+}

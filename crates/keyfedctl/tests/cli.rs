@@ -1,0 +1,185 @@
+//! Drives the keyfedctl binary against a real upstream and node.
+use keyfed_tests::{TestCluster, Topology};
+use std::process::Output;
+
+async fn ctl(addr: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfedctl"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("KEYFED_TOKEN")
+        .output()
+        .await
+        .expect("keyfedctl runs")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyfedctl_drives_a_node_and_the_upstream() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    c.wait_healthy("main").await;
+    let up = format!("http://{}", c.upstream_addr);
+    let node = c.url("main");
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("acme.key");
+    let kp = key_path.to_str().unwrap();
+
+    let issued = ctl(
+        &up,
+        &[
+            "upstream",
+            "issue",
+            "--customer",
+            "acme",
+            "--product",
+            "endpoint",
+            "--components",
+            "antivirus,firewall",
+            "--seats",
+            "5",
+            "--expires",
+            "2027-12-31",
+            "-o",
+            kp,
+        ],
+    )
+    .await;
+    assert!(issued.status.success(), "{}", err(&issued));
+    let id = out(&issued).trim().to_owned();
+    assert!(id.starts_with("k-"), "the key id alone on stdout: {id:?}");
+
+    let pubkey = ctl(&up, &["upstream", "pubkey"]).await;
+    assert_eq!(out(&pubkey).trim(), c.upstream.public_key_hex());
+
+    let added = ctl(&node, &["key", "add", kp]).await;
+    assert!(added.status.success(), "{}", err(&added));
+    assert!(
+        out(&added).contains(&id) && out(&added).contains("0/5"),
+        "{}",
+        out(&added)
+    );
+
+    let assigned = ctl(&node, &["key", "assign", &id, "station-1", "3"]).await;
+    assert!(assigned.status.success(), "{}", err(&assigned));
+    assert_eq!(
+        out(&assigned),
+        format!("3 seat(s) of {id} assigned to station-1\n")
+    );
+
+    // over the limit: non-zero exit, the server's code and message
+    let over = ctl(&node, &["key", "assign", &id, "station-2", "3"]).await;
+    assert_eq!(over.status.code(), Some(1));
+    assert!(
+        err(&over).contains("FAILED_PRECONDITION") && err(&over).contains("2 free seat(s) of 5"),
+        "{}",
+        err(&over)
+    );
+
+    // JSON for scripts
+    let listed = ctl(&node, &["--json", "key", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out(&listed)).expect("valid JSON");
+    assert_eq!(v["keys"][0]["key"]["id"], id.as_str());
+    assert_eq!(v["keys"][0]["seats_assigned"], 3);
+
+    // export writes the same bytes
+    let copy = dir.path().join("copy.key");
+    let exported = ctl(&node, &["key", "export", &id, "-o", copy.to_str().unwrap()]).await;
+    assert!(exported.status.success(), "{}", err(&exported));
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&key_path).unwrap()
+    );
+
+    // a tampered file is refused with the server's reason
+    let forged = dir.path().join("forged.key");
+    std::fs::write(
+        &forged,
+        std::fs::read_to_string(&key_path)
+            .unwrap()
+            .replace("seats: 5", "seats: 50"),
+    )
+    .unwrap();
+    let refused = ctl(&node, &["key", "add", forged.to_str().unwrap()]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        err(&refused).contains("INVALID_ARGUMENT") && err(&refused).contains("signature"),
+        "{}",
+        err(&refused)
+    );
+
+    let objects = ctl(&node, &["objects"]).await;
+    assert!(
+        out(&objects).contains("station-1") && out(&objects).contains("station"),
+        "{}",
+        out(&objects)
+    );
+    let notes = ctl(&node, &["notifications"]).await;
+    assert!(out(&notes).contains("key-added"), "{}", out(&notes));
+    let status = ctl(&node, &["status"]).await;
+    assert!(out(&status).contains("main"), "{}", out(&status));
+    let renew = ctl(&node, &["key", "renew"]).await;
+    assert!(out(&renew).contains("nothing"), "{}", out(&renew));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn keyfedctl_reports_local_mistakes_clearly() {
+    let help = ctl("http://127.0.0.1:1", &["--help"]).await;
+    for group in [
+        "key",
+        "objects",
+        "notifications",
+        "status",
+        "peers",
+        "usage",
+        "upstream",
+    ] {
+        assert!(out(&help).contains(group), "help lists {group}");
+    }
+    // an address where nothing listens
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let down = ctl(&addr, &["status"]).await;
+    assert_eq!(down.status.code(), Some(1));
+    assert!(err(&down).contains(&addr), "{}", err(&down));
+    // a missing key file names the file
+    let missing = ctl(&addr, &["key", "add", "/nonexistent/acme.key"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        err(&missing).contains("/nonexistent/acme.key"),
+        "{}",
+        err(&missing)
+    );
+    // a bad date is a usage error naming the flag
+    let bad = ctl(
+        &addr,
+        &[
+            "upstream",
+            "issue",
+            "--customer",
+            "a",
+            "--product",
+            "p",
+            "--components",
+            "x",
+            "--seats",
+            "1",
+            "--expires",
+            "31.12.2027",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(err(&bad).contains("--expires"), "{}", err(&bad));
+}
