@@ -156,7 +156,12 @@ impl Node {
             let v = f(tx, &mut fx)?;
             Ok((v, fx))
         })?;
-        self.store.flush_async().await?;
+        // sled's flush_async was seen to stall under many concurrent
+        // flushers; a blocking flush on the blocking pool does not
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| NodeError::FailedPrecondition(format!("flush task failed: {e}")))??;
         self.usage_dirty.store(true, Ordering::Relaxed);
         for n in fx.notifications {
             tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
