@@ -454,3 +454,45 @@ async fn r13_seats_are_conserved_across_the_tree_through_restarts_and_replays() 
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r03_each_step_can_end_the_procedure_and_a_full_run_stores_then_hands_out() {
+    // step 1 fails: the upstream cannot be reached; nothing changes
+    let topo = tree().tweak("neighbor", |cfg| {
+        cfg.upstream = Some("http://127.0.0.1:9".into())
+    });
+    let (c, old) = seeded(topo).await;
+    let mine = c.issue(&["antivirus"], 3, EXPIRES);
+    c.add("neighbor", &mine).await;
+    c.purchase(&mine.key.id, &["antivirus"], 3, "2028-01-31");
+    let before = c.keys("neighbor").await;
+    let err = c
+        .admin("neighbor")
+        .await
+        .check_for_updates(pb::CheckForUpdatesRequest {
+            key_id: mine.key.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains(&mine.key.id), "{}", err.message());
+    assert_eq!(c.keys("neighbor").await, before);
+    // all three steps: asked, downloaded and stored with its origin, handed to K's objects
+    let new = c
+        .purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31")
+        .key
+        .id;
+    let o = &c.renew("main", &old).await[0];
+    assert_eq!(
+        (o.outcome.as_str(), o.new_key_id.as_str()),
+        ("distributed", new.as_str())
+    );
+    let stored = c.key("main", &new).await.expect("stored");
+    assert_eq!(
+        stored.origin.unwrap().from,
+        Some(pb::origin::From::Upstream(true))
+    );
+    assert_eq!(stored.key.unwrap().renews, old);
+    eventually("handed to the child", || c.has_key("child", &new)).await;
+    c.shutdown().await;
+}
