@@ -35,12 +35,15 @@ pub struct TestCluster {
     pub nodes: BTreeMap<String, RunningNode>,
 }
 
+/// A change to one node's config before the cluster starts.
+type Tweak = Box<dyn Fn(&mut NodeConfig)>;
+
 /// Describes a tree before it starts.
 #[derive(Default)]
 pub struct Topology {
     nodes: Vec<(String, Option<String>)>,
     neighbors: Vec<(String, String)>,
-    tweaks: Vec<(String, Box<dyn Fn(&mut NodeConfig)>)>,
+    tweaks: Vec<(String, Tweak)>,
 }
 
 impl Topology {
