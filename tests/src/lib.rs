@@ -297,6 +297,16 @@ impl TestCluster {
             .map(tonic::Response::into_inner)
     }
 
+    pub async fn objects(&self, node: &str) -> Vec<pb::ObjectInfo> {
+        self.admin(node)
+            .await
+            .list_objects(pb::Empty {})
+            .await
+            .expect("list objects")
+            .into_inner()
+            .objects
+    }
+
     pub async fn keys(&self, node: &str) -> Vec<pb::KeyInfo> {
         self.admin(node)
             .await

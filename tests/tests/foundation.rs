@@ -137,14 +137,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     assert_eq!((keys[0].seats_assigned, keys[0].seats_free), (4, 6));
     let ns = c.notifications("main").await;
     assert!(keyfed_tests::has_event(&ns, "key-added", &id));
-    let objects = c
-        .admin("main")
-        .await
-        .list_objects(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let objects = c.objects("main").await;
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0].name, "station-1");
     c.shutdown().await;

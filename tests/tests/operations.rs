@@ -204,14 +204,7 @@ async fn b01_donated_seats_renew_while_linked_and_return_when_the_neighbor_vanis
     // while linked, the period is renewed before it ends
     c.advance(Duration::days(6));
     let lent_until = || async {
-        let objs = c
-            .admin("main")
-            .await
-            .list_objects(pb::Empty {})
-            .await
-            .unwrap()
-            .into_inner()
-            .objects;
+        let objs = c.objects("main").await;
         objs.iter()
             .find(|o| o.name == "neighbor")
             .map(|o| o.grants[0].lent_until.clone())

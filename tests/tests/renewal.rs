@@ -310,14 +310,7 @@ async fn r10_renewal_added_by_hand_first_is_only_propagated() {
         !c.has_key("main", &old).await
     })
     .await;
-    let objects = c
-        .admin("main")
-        .await
-        .list_objects(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let objects = c.objects("main").await;
     let seats = |name: &str| {
         objects.iter().find(|o| o.name == name).map(|o| {
             o.grants
@@ -424,22 +417,8 @@ async fn r13_seats_are_conserved_across_the_tree_through_restarts_and_replays() 
     let granted = |objs: Vec<pb::ObjectInfo>, name: &str| {
         objs.iter().find(|o| o.name == name).unwrap().grants[0].seats
     };
-    let main_objs = c
-        .admin("main")
-        .await
-        .list_objects(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
-    let child_objs = c
-        .admin("child")
-        .await
-        .list_objects(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner()
-        .objects;
+    let main_objs = c.objects("main").await;
+    let child_objs = c.objects("child").await;
     assert_eq!(
         granted(main_objs.clone(), "child"),
         held(&c, "child", &id).await.unwrap().0
