@@ -13,16 +13,21 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+/// Why the upstream refused or failed a request. Mapped to a gRPC status
+/// once, in [`GusError::to_status`].
 #[derive(Debug, Error)]
 pub enum GusError {
+    /// The request names a bad field; the message says which.
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The key the request describes is not a valid key (bad customer,
+    /// product, component name ...); the message names the field.
     #[error(transparent)]
-    Key(#[from] KeyError),
+    InvalidKey(#[from] KeyError),
     #[error("upstream store: {0}")]
     Store(#[from] sled::Error),
     #[error("upstream store holds an unreadable value: {0}")]
@@ -33,18 +38,29 @@ pub enum GusError {
     Transport(#[from] tonic::transport::Error),
 }
 
-impl From<GusError> for Status {
-    fn from(e: GusError) -> Self {
-        let msg = e.to_string();
-        match e {
-            GusError::InvalidArgument(_) | GusError::Key(_) => Status::invalid_argument(msg),
+impl GusError {
+    /// The one place upstream errors become gRPC statuses.
+    #[must_use]
+    pub fn to_status(&self) -> Status {
+        let msg = self.to_string();
+        match self {
+            GusError::InvalidArgument(_) | GusError::InvalidKey(_) => Status::invalid_argument(msg),
             GusError::NotFound(_) => Status::not_found(msg),
             GusError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            _ => {
+            GusError::Store(_)
+            | GusError::Corrupt(_)
+            | GusError::Io(_)
+            | GusError::Transport(_) => {
                 tracing::error!(error = %msg, "upstream failure");
                 Status::internal(msg)
             }
         }
+    }
+}
+
+impl From<GusError> for Status {
+    fn from(e: GusError) -> Self {
+        e.to_status()
     }
 }
 
@@ -83,6 +99,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GusError> {
     }
 }
 
+/// Store layout: tree `meta` holds `signing_seed` (hex); tree `keys` maps a
+/// key id to its [`IssuedKey`]. Every value is `FORMAT_VERSION` + JSON.
 struct Inner {
     db: sled::Db,
     keys: sled::Tree,
@@ -144,7 +162,9 @@ impl Upstream {
             GusError::NotFound(format!("key {id} was not issued by this upstream"))
         })?;
         let rec: IssuedKey = decode(&v)?;
-        let file = KeyFile::parse(&rec.text)?;
+        // the upstream wrote this text itself: a parse failure is corruption, not bad input
+        let file =
+            KeyFile::parse(&rec.text).map_err(|e| GusError::Corrupt(format!("key {id}: {e}")))?;
         Ok((rec, file))
     }
 
@@ -155,18 +175,19 @@ impl Upstream {
     }
 
     fn check_expiry(&self, expires: NaiveDate) -> Result<(), GusError> {
-        if expires < self.now().date_naive() {
+        let today = self.now().date_naive();
+        if expires < today {
             return Err(GusError::InvalidArgument(format!(
-                "expires {expires} is in the past"
+                "expires {expires} is in the past (today is {today})"
             )));
         }
         Ok(())
     }
 
+    /// Issues a new key (serial 1, a new license) and keeps it for download.
     pub fn issue(&self, req: IssueRequest) -> Result<KeyFile, GusError> {
-        if req.seats == 0 {
-            return Err(GusError::InvalidArgument("seats must be at least 1".into()));
-        }
+        check_seats(req.seats)?;
+        let components = Components::new(&req.components)?;
         self.check_expiry(req.expires)?;
         let key = Key {
             id: random_id("k")?,
@@ -174,7 +195,7 @@ impl Upstream {
             serial: 1,
             customer: req.customer,
             product: req.product,
-            components: Components::new(&req.components)?,
+            components,
             seats: req.seats,
             kind: req.kind,
             issued_at: self.now(),
@@ -193,8 +214,13 @@ impl Upstream {
         Ok(file)
     }
 
-    /// Sells a renewal of `key_id`. One renewal is held per key: buying again
-    /// replaces the one held before.
+    /// Sells a renewal of `key_id`: same customer, product, kind and license,
+    /// the next serial, `renews = key_id`. The renewed key must exist and not
+    /// be expired, and the renewal must expire after it.
+    ///
+    /// Only one renewal is held per key: buying again replaces the one held
+    /// before (CheckRenewal then names the newer one). The replaced renewal
+    /// stays downloadable by id, as every key this upstream signed does.
     pub fn purchase_renewal(
         &self,
         key_id: &str,
@@ -209,9 +235,8 @@ impl Upstream {
                 old.key.expires
             )));
         }
-        if seats == 0 {
-            return Err(GusError::InvalidArgument("seats must be at least 1".into()));
-        }
+        check_seats(seats)?;
+        let components = Components::new(&components)?;
         if expires <= old.key.expires {
             return Err(GusError::InvalidArgument(format!(
                 "expires {expires} must be after the renewed key's {}",
@@ -221,7 +246,7 @@ impl Upstream {
         let key = Key {
             id: random_id("k")?,
             serial: old.key.serial + 1,
-            components: Components::new(&components)?,
+            components,
             seats,
             issued_at: self.now(),
             expires,
@@ -229,33 +254,66 @@ impl Upstream {
             ..old.key.clone()
         };
         let file = self.0.signer.sign(key)?;
-        self.put(
-            &IssuedKey {
+        rec.renewal = Some(file.key.id.clone());
+        // the renewal and the link to it land together or not at all
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            file.key.id.as_bytes(),
+            encode(&IssuedKey {
                 text: file.render(),
                 renewal: None,
-            },
-            &file.key.id,
-        )?;
-        rec.renewal = Some(file.key.id.clone());
-        self.put(&rec, key_id)?;
-        tracing::info!(key_id, renewal = %file.key.id, "renewal purchased");
+            }),
+        );
+        batch.insert(key_id.as_bytes(), encode(&rec));
+        self.0.keys.apply_batch(batch)?;
+        self.0.db.flush()?;
+        tracing::info!(key_id, renewal = %file.key.id, serial = file.key.serial, "renewal purchased");
         Ok(file)
     }
 
-    /// The renewal held for `key_id`, while that key has not expired.
+    /// The renewal held for `key_id`, while that key has not expired (the
+    /// upstream holds a renewal until the key it renews expires, e01 instant).
     pub fn renewal_of(&self, key_id: &str) -> Result<Option<String>, GusError> {
         let (rec, file) = self.get(key_id)?;
         Ok(rec.renewal.filter(|_| !file.key.is_expired(self.now())))
     }
 
+    /// The key file text of any key this upstream signed, issued or renewal.
     pub fn download(&self, key_id: &str) -> Result<String, GusError> {
         Ok(self.get(key_id)?.0.text)
     }
 
+    /// Makes every write durable; `serve` calls it on shutdown.
     pub fn flush(&self) -> Result<(), GusError> {
         self.0.db.flush()?;
         Ok(())
     }
+}
+
+fn check_seats(seats: u32) -> Result<(), GusError> {
+    if seats == 0 {
+        return Err(GusError::InvalidArgument(
+            "seats must be at least 1, got 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, GusError> {
+    if value.trim().is_empty() {
+        return Err(GusError::InvalidArgument(format!("{field} is required")));
+    }
+    Ok(value)
+}
+
+/// Runs a store write (which flushes, a blocking call) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GusError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("upstream task failed: {e}")))?
+        .map_err(Status::from)
 }
 
 fn parse_date(field: &str, s: &str) -> Result<NaiveDate, GusError> {
@@ -271,7 +329,8 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::upstream_server::Upstream for UpstreamService {
     async fn check_renewal(&self, r: Request<pb::KeyId>) -> R<pb::RenewalAvailability> {
-        let id = self.0.renewal_of(&r.into_inner().id)?;
+        let r = r.into_inner();
+        let id = self.0.renewal_of(required("id", &r.id)?)?;
         Ok(Response::new(pb::RenewalAvailability {
             available: id.is_some(),
             renewal_key_id: id.unwrap_or_default(),
@@ -280,7 +339,7 @@ impl pb::upstream_server::Upstream for UpstreamService {
 
     async fn download_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyFile> {
         Ok(Response::new(pb::KeyFile {
-            text: self.0.download(&r.into_inner().id)?,
+            text: self.0.download(required("id", &r.into_inner().id)?)?,
         }))
     }
 
@@ -292,20 +351,28 @@ impl pb::upstream_server::Upstream for UpstreamService {
 
     async fn issue_key(&self, r: Request<pb::IssueKeyRequest>) -> R<pb::KeyFile> {
         let r = r.into_inner();
-        let kind = match pb::KeyKind::try_from(r.kind).unwrap_or_default() {
-            pb::KeyKind::Unspecified | pb::KeyKind::Term => KeyKind::Term,
-            pb::KeyKind::Subscription => KeyKind::Subscription,
-            pb::KeyKind::Trial => KeyKind::Trial,
-            pb::KeyKind::Nfr => KeyKind::Nfr,
+        let kind = match pb::KeyKind::try_from(r.kind) {
+            Ok(pb::KeyKind::Unspecified | pb::KeyKind::Term) => KeyKind::Term,
+            Ok(pb::KeyKind::Subscription) => KeyKind::Subscription,
+            Ok(pb::KeyKind::Trial) => KeyKind::Trial,
+            Ok(pb::KeyKind::Nfr) => KeyKind::Nfr,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "kind {} is not a key kind (term, subscription, trial, nfr)",
+                    r.kind
+                )))
+            }
         };
-        let file = self.0.issue(IssueRequest {
+        let req = IssueRequest {
             customer: r.customer,
             product: r.product,
             components: r.components,
             seats: r.seats,
             kind,
             expires: parse_date("expires", &r.expires)?,
-        })?;
+        };
+        let upstream = self.0.clone();
+        let file = blocking(move || upstream.issue(req)).await?;
         Ok(Response::new(pb::KeyFile {
             text: file.render(),
         }))
@@ -313,12 +380,12 @@ impl pb::upstream_server::Upstream for UpstreamService {
 
     async fn purchase_renewal(&self, r: Request<pb::PurchaseRenewalRequest>) -> R<pb::KeyFile> {
         let r = r.into_inner();
-        let file = self.0.purchase_renewal(
-            &r.key_id,
-            r.components,
-            r.seats,
-            parse_date("expires", &r.expires)?,
-        )?;
+        required("key_id", &r.key_id)?;
+        let expires = parse_date("expires", &r.expires)?;
+        let upstream = self.0.clone();
+        let file =
+            blocking(move || upstream.purchase_renewal(&r.key_id, r.components, r.seats, expires))
+                .await?;
         Ok(Response::new(pb::KeyFile {
             text: file.render(),
         }))

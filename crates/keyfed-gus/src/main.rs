@@ -1,17 +1,21 @@
-//! `keyfed-gus`: run the simulated vendor upstream.
+//! `keyfed-gus`: run the simulated vendor upstream, or print its public key.
+//! Flags and signals only; the server is `keyfed_gus::serve`.
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use keyfed_core::{ManualClock, SharedClock, SystemClock};
+use keyfed_core::{SharedClock, SystemClock};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "keyfed-gus",
     version,
-    about = "simulated vendor upstream for keyfed"
+    about = "simulated vendor upstream (GUS) for keyfed"
 )]
 struct Cli {
+    /// Directory of the upstream's store (keys and the vendor signing seed).
     #[arg(
         long,
         env = "KEYFED_GUS_DATA_DIR",
@@ -19,52 +23,58 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// Address the gRPC server listens on.
     #[arg(long, env = "KEYFED_GUS_LISTEN", default_value = "127.0.0.1:7600")]
     listen: std::net::SocketAddr,
-    /// run on a manual clock (demos)
-    #[arg(long)]
-    debug_clock: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the vendor public key (hex) for nodes to pin.
+    /// Print the vendor public key (hex) for nodes to trust
+    /// (`trusted_vendor_keys`). Creates the identity if the store is new.
     Pubkey,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let clock: SharedClock = if cli.debug_clock {
-        Arc::new(ManualClock::new(chrono::Utc::now()))
-    } else {
-        Arc::new(SystemClock)
-    };
-    let upstream = keyfed_gus::Upstream::open(&cli.data_dir, clock)?;
-    if let Some(Command::Pubkey) = cli.command {
-        println!("{}", upstream.public_key_hex());
-        return Ok(());
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,h2=warn,sled=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let upstream = keyfed_gus::Upstream::open(&cli.data_dir, clock).with_context(|| {
+        format!(
+            "opening the upstream store in {} (is another keyfed-gus using it?)",
+            cli.data_dir.display()
+        )
+    })?;
+    if let Some(Command::Pubkey) = cli.command {
+        println!("{}", upstream.public_key_hex());
+        return Ok(());
+    }
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
         }
         token.cancel();
     });
-    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
     keyfed_gus::serve(upstream, listener, shutdown).await?;
+    tracing::info!("upstream stopped, store flushed");
     Ok(())
 }
