@@ -297,6 +297,19 @@ impl TestCluster {
             .map(tonic::Response::into_inner)
     }
 
+    /// Takes `object`'s seats of `key_id` back on `node` (Admin.UnassignSeats).
+    pub async fn unassign(&self, node: &str, key_id: &str, object: &str) {
+        let req = pb::UnassignSeatsRequest {
+            key_id: key_id.into(),
+            object: object.into(),
+        };
+        self.admin(node)
+            .await
+            .unassign_seats(req)
+            .await
+            .expect("seats taken back");
+    }
+
     pub async fn objects(&self, node: &str) -> Vec<pb::ObjectInfo> {
         self.admin(node)
             .await

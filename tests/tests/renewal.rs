@@ -359,14 +359,7 @@ async fn r11_objects_without_a_seat_wait_and_get_one_as_soon_as_it_frees() {
         "unlicensed until seats free up"
     );
     // freeing seats reaches the waiting neighbor through its link at once
-    c.admin("main")
-        .await
-        .unassign_seats(pb::UnassignSeatsRequest {
-            key_id: new.clone(),
-            object: "station-x".into(),
-        })
-        .await
-        .unwrap();
+    c.unassign("main", &new, "station-x").await;
     eventually("the neighbor gets its seats", || async {
         held(&c, "neighbor", &new).await == Some((4, 0))
     })

@@ -16,7 +16,7 @@ use keyfed_store::{
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -1037,9 +1037,4 @@ pub fn withdrawn(key_id: &str, reason: String) -> pb::delivery::Body {
         key_id: key_id.to_owned(),
         reason,
     })
-}
-
-/// Details map helper for tests and hooks.
-pub fn details(n: &Notification) -> &BTreeMap<String, String> {
-    &n.details
 }

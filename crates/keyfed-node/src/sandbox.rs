@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub struct SandboxNode {
-    pub name: &'static str,
+    pub name: String,
     pub role: &'static str,
     pub addr: SocketAddr,
 }
@@ -76,7 +76,7 @@ pub async fn run(
             .map_err(anyhow::Error::from)
     });
     let mut table = vec![SandboxNode {
-        name: "upstream",
+        name: "upstream".into(),
         role: "vendor (GUS)",
         addr: gus_addr,
     }];
@@ -91,7 +91,7 @@ pub async fn run(
             _ => "neighbor of main",
         };
         table.push(SandboxNode {
-            name: leak(&cfg.node_id),
+            name: cfg.node_id.clone(),
             role,
             addr: cfg.listen,
         });
@@ -102,14 +102,6 @@ pub async fn run(
         r??;
     }
     Ok(())
-}
-
-fn leak(s: &str) -> &'static str {
-    match s {
-        "main" => "main",
-        "neighbor" => "neighbor",
-        _ => "child",
-    }
 }
 
 fn print_banner(dir: &Path, table: &[SandboxNode], vendor_key: &str) {

@@ -49,12 +49,7 @@ impl Node {
             .collect();
         // b02: a seat it already holds is its seat
         for k in &candidates {
-            if self
-                .store
-                .grants_of_key(&k.key.id)?
-                .iter()
-                .any(|g| g.object == fingerprint)
-            {
+            if self.store.grant(&k.key.id, fingerprint)?.is_some() {
                 let id = lease_id(&k.key.id, fingerprint);
                 return Ok(pb::Lease {
                     lease_id: id,
@@ -137,14 +132,13 @@ impl Node {
                 "the lease belongs to another fingerprint".into(),
             ));
         }
-        self
-            .commit(|tx, _| match tx.grant::<NodeError>(key_id, fp)? {
-                Some(g) if g.kind == ObjectKind::Station => {
-                    tx.remove_grant::<NodeError>(key_id, fp).map(|_| ())
-                }
-                _ => abort(NodeError::not_found("lease", lease)),
-            })
-            .await?;
+        self.commit(|tx, _| match tx.grant::<NodeError>(key_id, fp)? {
+            Some(g) if g.kind == ObjectKind::Station => {
+                tx.remove_grant::<NodeError>(key_id, fp).map(|_| ())
+            }
+            _ => abort(NodeError::not_found("lease", lease)),
+        })
+        .await?;
         self.fill_waiting().await
     }
 }
@@ -169,10 +163,9 @@ impl pb::station_server::Station for StationService {
             && self
                 .node
                 .store
-                .grants_of_key(key_id)
+                .grant(key_id, fp)
                 .map_err(NodeError::from)?
-                .iter()
-                .any(|g| g.object == fp);
+                .is_some();
         if !held {
             return Ok(Response::new(pb::Lease {
                 licensed: false,

@@ -144,11 +144,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
     fn scan<T: serde::de::DeserializeOwned>(
         &self,
         tree: usize,
@@ -180,6 +175,11 @@ impl Store {
 
     pub fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         self.scan(KEYS, b"")
+    }
+
+    /// The grant of one key to one object: a point lookup.
+    pub fn grant(&self, key_id: &str, object: &str) -> Result<Option<Grant>, StoreError> {
+        self.get(GRANTS, &pair(key_id, object))
     }
 
     pub fn grants_of_key(&self, key_id: &str) -> Result<Vec<Grant>, StoreError> {

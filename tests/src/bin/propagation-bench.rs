@@ -135,14 +135,7 @@ async fn freed_seat(rounds: usize) -> Vec<Duration> {
         .await;
         let w = watch_for(&c, "neighbor", "key-renewed-automatically", new.clone()).await;
         let t0 = Instant::now();
-        c.admin("main")
-            .await
-            .unassign_seats(pb::UnassignSeatsRequest {
-                key_id: new.clone(),
-                object: "station-x".into(),
-            })
-            .await
-            .expect("free");
+        c.unassign("main", &new, "station-x").await;
         match tokio::time::timeout(Duration::from_secs(15), w).await {
             Ok(t) => results.push(t.expect("watcher") - t0),
             Err(_) => {
