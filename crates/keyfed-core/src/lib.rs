@@ -3,6 +3,7 @@
 //! is a function of (state, input, now) so it can be tested directly.
 
 pub mod clock;
+pub mod entitlement;
 pub mod error;
 pub mod key;
 pub mod keyfile;

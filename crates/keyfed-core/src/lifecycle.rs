@@ -1,7 +1,8 @@
-//! Where a key is in its life (e01, e03): active, in grace after expiry
-//! (read-only), or suspended once grace is over.
-use crate::key::{Key, KeyKind};
-use chrono::{DateTime, Duration, Utc};
+//! Where a key is in its life (e01–e03): active, in grace after expiry
+//! (read-only), or suspended once grace is over; and which warnings the
+//! administrator is owed (e02).
+use crate::key::{expiry_instant, Key, KeyKind};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,12 @@ impl KeyState {
     pub fn writable(&self) -> bool {
         matches!(self, Self::Active)
     }
+
+    /// e03: seats keep working in grace; a suspended key's seats are withdrawn.
+    #[must_use]
+    pub fn seats_work(&self) -> bool {
+        !matches!(self, Self::Suspended { .. })
+    }
 }
 
 /// Grace periods per kind (e03): term 7 days, subscription 30 days.
@@ -38,7 +45,10 @@ impl KeyState {
 pub struct GracePolicy {
     pub term_days: i64,
     pub subscription_days: i64,
+    /// Trials and NFR keys stop at expiry.
     pub other_days: i64,
+    /// e02: the first warning comes this many days before expiry.
+    pub warn_days: i64,
 }
 
 impl Default for GracePolicy {
@@ -47,6 +57,7 @@ impl Default for GracePolicy {
             term_days: 7,
             subscription_days: 30,
             other_days: 0,
+            warn_days: 30,
         }
     }
 }
@@ -62,16 +73,113 @@ impl GracePolicy {
     }
 }
 
+/// The state of a key that expires at the end of `expires` (e01, e03).
 #[must_use]
-pub fn state_at(key: &Key, now: DateTime<Utc>, grace: &GracePolicy) -> KeyState {
-    let expired = key.expires_at();
+pub fn state_on(
+    expires: NaiveDate,
+    kind: KeyKind,
+    now: DateTime<Utc>,
+    grace: &GracePolicy,
+) -> KeyState {
+    let expired = expiry_instant(expires);
     if now < expired {
         return KeyState::Active;
     }
-    let until = expired + Duration::days(grace.days_for(key.kind));
+    let until = expired + Duration::days(grace.days_for(kind));
     if now < until {
         KeyState::Grace { until }
     } else {
         KeyState::Suspended { since: until }
+    }
+}
+
+#[must_use]
+pub fn state_at(key: &Key, now: DateTime<Utc>, grace: &GracePolicy) -> KeyState {
+    state_on(key.expires, key.kind, now, grace)
+}
+
+/// e02: the three moments the administrator is warned about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Milestone {
+    /// `warn_days` before expiry.
+    ExpiresSoon,
+    Expired,
+    Suspended,
+}
+
+impl Milestone {
+    #[must_use]
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::ExpiresSoon => "key-expires-soon",
+            Self::Expired => "key-expired",
+            Self::Suspended => "key-suspended",
+        }
+    }
+}
+
+/// e02: the milestones reached by `now`. The caller sends each once; the
+/// early warning is not owed once the key has already expired.
+#[must_use]
+pub fn milestones_reached(
+    expires: NaiveDate,
+    kind: KeyKind,
+    now: DateTime<Utc>,
+    grace: &GracePolicy,
+) -> Vec<Milestone> {
+    let expired = expiry_instant(expires);
+    match state_on(expires, kind, now, grace) {
+        KeyState::Active if now >= expired - Duration::days(grace.warn_days) => {
+            vec![Milestone::ExpiresSoon]
+        }
+        KeyState::Active => Vec::new(),
+        KeyState::Grace { .. } => vec![Milestone::Expired],
+        KeyState::Suspended { .. } => vec![Milestone::Expired, Milestone::Suspended],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn e03_grace_is_seven_days_for_term_thirty_for_subscription() {
+        let g = GracePolicy::default();
+        let d = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+        let day8 = at("2027-01-08T00:00:00Z");
+        assert!(matches!(
+            state_on(d, KeyKind::Term, at("2027-01-07T23:59:59Z"), &g),
+            KeyState::Grace { .. }
+        ));
+        assert!(matches!(
+            state_on(d, KeyKind::Term, day8, &g),
+            KeyState::Suspended { .. }
+        ));
+        assert!(matches!(
+            state_on(d, KeyKind::Subscription, day8, &g),
+            KeyState::Grace { .. }
+        ));
+        assert!(matches!(
+            state_on(d, KeyKind::Trial, at("2027-01-01T00:00:00Z"), &g),
+            KeyState::Suspended { .. }
+        ));
+    }
+
+    #[test]
+    fn e02_milestones_thirty_days_before_on_expiry_and_at_suspension() {
+        let g = GracePolicy::default();
+        let d = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+        let m = |s| milestones_reached(d, KeyKind::Term, at(s), &g);
+        assert!(m("2026-12-01T23:59:59Z").is_empty());
+        assert_eq!(m("2026-12-02T00:00:00Z"), vec![Milestone::ExpiresSoon]);
+        assert_eq!(m("2027-01-01T00:00:00Z"), vec![Milestone::Expired]);
+        assert_eq!(
+            m("2027-01-08T00:00:00Z"),
+            vec![Milestone::Expired, Milestone::Suspended]
+        );
     }
 }
