@@ -272,6 +272,7 @@ impl TestCluster {
             .await
             .add_key(pb::AddKeyRequest {
                 key_file: file.render(),
+                ..Default::default()
             })
             .await
             .expect("key added")

@@ -32,6 +32,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     let info = admin
         .add_key(pb::AddKeyRequest {
             key_file: text.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -60,6 +61,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     let dup = admin
         .add_key(pb::AddKeyRequest {
             key_file: text.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -69,7 +71,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     // a tampered copy is refused and the message mentions the signature
     let tampered = text.replace("seats: 10", "seats: 1000");
     let bad = admin
-        .add_key(pb::AddKeyRequest { key_file: tampered })
+        .add_key(pb::AddKeyRequest { key_file: tampered, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -79,6 +81,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     let garbage = admin
         .add_key(pb::AddKeyRequest {
             key_file: "hello".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -90,7 +93,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     );
     let cut: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
     let truncated = admin
-        .add_key(pb::AddKeyRequest { key_file: cut })
+        .add_key(pb::AddKeyRequest { key_file: cut, ..Default::default() })
         .await
         .unwrap_err();
     assert!(
@@ -105,7 +108,7 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     foreign.id = "k-foreign".into();
     let foreign = stranger.sign(foreign).unwrap().render();
     let unknown = admin
-        .add_key(pb::AddKeyRequest { key_file: foreign })
+        .add_key(pb::AddKeyRequest { key_file: foreign, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::FailedPrecondition);

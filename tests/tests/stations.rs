@@ -8,6 +8,7 @@ fn attach(fp: &str, components: &[&str]) -> pb::ConnectRequest {
         station_id: format!("host-{fp}"),
         fingerprint: fp.into(),
         components: components.iter().map(|c| (*c).to_owned()).collect(),
+        ..Default::default()
     }
 }
 
@@ -65,7 +66,7 @@ async fn r11_a_refused_station_gets_a_seat_on_a_later_connect_once_one_frees() {
         .unwrap()
         .into_inner();
     assert!(
-        !b.licensed && b.reason.contains("fully used"),
+        !b.licensed && b.reason.contains("no free seat"),
         "{}",
         b.reason
     );
@@ -101,7 +102,7 @@ async fn r11_a_refused_station_gets_a_seat_on_a_later_connect_once_one_frees() {
         .renew(pb::RenewRequest {
             lease_id: b.lease_id.clone(),
             fingerprint: "fp-b".into(),
-            settings_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -111,7 +112,7 @@ async fn r11_a_refused_station_gets_a_seat_on_a_later_connect_once_one_frees() {
         .renew(pb::RenewRequest {
             lease_id: a.lease_id.clone(),
             fingerprint: "fp-a".into(),
-            settings_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

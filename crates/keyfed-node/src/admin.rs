@@ -1,6 +1,7 @@
 //! The Admin gRPC service: a thin mapping from requests to node operations.
 use crate::convert;
 use crate::error::NodeError;
+use crate::lifecycle::command_info;
 use crate::node::Node;
 use keyfed_proto::v1 as pb;
 use keyfed_store::{ObjectKind, StoredKey};
@@ -27,6 +28,8 @@ impl AdminService {
         let used = self.node.store.used(&k.key.id)?;
         let state = if k.superseded_by.is_some() {
             "superseded"
+        } else if k.merged_into.is_some() {
+            "activated"
         } else {
             self.node.key_state(k).label()
         };
@@ -42,6 +45,12 @@ impl AdminService {
             seats_free: k.held.saturating_sub(used),
             state: state.into(),
             key_file_sha256: String::new(),
+            seats_entitled: k.entitlement().seats,
+            entitled_until: k.entitlement().expires.to_string(),
+            merged_into: k.merged_into.clone().unwrap_or_default(),
+            trial_extended: k.trial_extended,
+            over_limit: self.node.over_limit(k)?,
+            owner: k.owner().into(),
         })
     }
 }
@@ -49,7 +58,13 @@ impl AdminService {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn add_key(&self, r: Request<pb::AddKeyRequest>) -> R<pb::KeyInfo> {
-        let k = self.node.add_key(&r.into_inner().key_file).await?;
+        let r = r.into_inner();
+        let k = if r.activation.is_empty() {
+            self.node.add_key(&r.key_file).await?
+        } else {
+            let mode = r.activation.parse().map_err(NodeError::InvalidArgument)?;
+            self.node.activate_key(&r.key_file, mode).await?
+        };
         Ok(Response::new(self.key_info(&k)?))
     }
 
@@ -184,26 +199,38 @@ impl pb::admin_server::Admin for AdminService {
         let n = &self.node;
         let keys = n.store.keys().map_err(NodeError::from)?;
         let mut warnings = Vec::new();
-        for k in &keys {
+        for k in keys
+            .iter()
+            .filter(|k| k.superseded_by.is_none() && k.merged_into.is_none())
+        {
             let used = n.store.used(&k.key.id).map_err(NodeError::from)?;
             if used > k.held {
+                // e06: say who is over the limit
                 warnings.push(format!(
-                    "key {} is over-allocated: {used} granted of {}",
-                    k.key.id, k.held
+                    "key {} is over-allocated: {used} granted of {}; over the limit: {}; new grants refused until fixed",
+                    k.key.id,
+                    k.held,
+                    n.over_limit(k)?.join(", ")
                 ));
+            }
+            match n.key_state(k) {
+                keyfed_core::lifecycle::KeyState::Grace { until } => warnings.push(format!(
+                    "key {} expired: in grace until {}, read-only",
+                    k.key.id,
+                    convert::ts(until)
+                )),
+                keyfed_core::lifecycle::KeyState::Suspended { .. } => warnings.push(format!(
+                    "key {} is suspended: {used} seat(s) withdrawn until a renewal arrives",
+                    k.key.id
+                )),
+                keyfed_core::lifecycle::KeyState::Active => {}
             }
         }
         if n.config.upstream.is_none() {
             warnings.push("no upstream configured: automatic renewal cannot run".into());
         }
-        let objects = n
-            .store
-            .all_grants()
-            .map_err(NodeError::from)?
-            .iter()
-            .map(|g| g.object.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
+        // stations are counted from their records: no scan of every grant
+        let objects = n.store.station_count() + n.config.peers().len();
         Ok(Response::new(pb::NodeStatus {
             node_id: n.id().into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -266,16 +293,84 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::UsageReport { rows }))
     }
 
-    async fn queue_command(&self, _: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
-        unimplemented("commands for offline objects arrive with the stations issue (SPEC o03)")
+    async fn queue_command(&self, r: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
+        let r = r.into_inner();
+        let c = self.node.queue_command(&r.object, &r.command).await?;
+        let c = self
+            .node
+            .store
+            .commands_of(&c.object)
+            .map_err(NodeError::from)?
+            .into_iter()
+            .find(|x| x.id == c.id)
+            .unwrap_or(c);
+        Ok(Response::new(command_info(
+            &c,
+            self.node.config.stations.command_keep_days,
+        )))
     }
 
     async fn list_commands(&self, _: Request<pb::Empty>) -> R<pb::CommandList> {
-        unimplemented("commands for offline objects arrive with the stations issue (SPEC o03)")
+        let keep = self.node.config.stations.command_keep_days;
+        let commands = self
+            .node
+            .store
+            .commands()
+            .map_err(NodeError::from)?
+            .iter()
+            .map(|c| command_info(c, keep))
+            .collect();
+        Ok(Response::new(pb::CommandList { commands }))
     }
 
     async fn subscription_report(&self, _: Request<pb::Empty>) -> R<pb::SubscriptionList> {
-        unimplemented("the subscription report arrives with the lifecycle issue (SPEC e07)")
+        Ok(Response::new(pb::SubscriptionList {
+            subscriptions: self.node.subscriptions()?,
+        }))
+    }
+
+    async fn share_subscription(
+        &self,
+        r: Request<pb::ShareSubscriptionRequest>,
+    ) -> R<pb::SubscriptionInfo> {
+        let r = r.into_inner();
+        self.node
+            .share_subscription(&r.key_id, &r.tenant, r.seats, r.r#move)
+            .await?;
+        let row = self
+            .node
+            .subscriptions()?
+            .into_iter()
+            .find(|s| s.key_id == r.key_id && s.customer == r.tenant)
+            .unwrap_or_default();
+        Ok(Response::new(row))
+    }
+
+    async fn extend_trial(&self, r: Request<pb::KeyId>) -> R<pb::KeyInfo> {
+        let k = self.node.extend_trial(&r.into_inner().id).await?;
+        Ok(Response::new(self.key_info(&k)?))
+    }
+
+    async fn get_settings(&self, _: Request<pb::Empty>) -> R<pb::StationSettings> {
+        let s = self.node.settings()?;
+        Ok(Response::new(pb::StationSettings {
+            settings: s.text,
+            version: s.version,
+        }))
+    }
+
+    async fn set_settings(&self, r: Request<pb::StationSettings>) -> R<pb::StationSettings> {
+        let s = self.node.set_settings(&r.into_inner().settings).await?;
+        Ok(Response::new(pb::StationSettings {
+            settings: s.text,
+            version: s.version,
+        }))
+    }
+
+    async fn list_stations(&self, _: Request<pb::Empty>) -> R<pb::StationList> {
+        Ok(Response::new(pb::StationList {
+            stations: self.node.list_stations()?,
+        }))
     }
 
     async fn telemetry_status(&self, _: Request<pb::Empty>) -> R<pb::TelemetryStatusReply> {

@@ -38,6 +38,94 @@ pub struct NodeConfig {
     pub debug_clock: bool,
     /// Seconds between link reconnect attempts grow up to this.
     pub max_backoff_millis: u64,
+    /// Expiry, grace and seat warnings (e02, e03, b04).
+    pub lifecycle: LifecycleConfig,
+    /// Station leases, retirement and commands (o02, o03, b03).
+    pub stations: StationConfig,
+    /// The store's page cache, in MiB.
+    pub store_cache_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    pub grace_term_days: i64,
+    pub grace_subscription_days: i64,
+    /// e02: the first expiry warning comes this many days before.
+    pub warn_days: i64,
+    /// b04: warn when fewer seats than this are free ...
+    pub low_seat_count: u32,
+    /// ... or less than this percentage.
+    pub low_seat_percent: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        let g = keyfed_core::lifecycle::GracePolicy::default();
+        let l = keyfed_core::entitlement::LowSeatPolicy::default();
+        Self {
+            grace_term_days: g.term_days,
+            grace_subscription_days: g.subscription_days,
+            warn_days: g.warn_days,
+            low_seat_count: l.min_free,
+            low_seat_percent: l.min_free_percent,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    #[must_use]
+    pub fn grace(&self) -> keyfed_core::lifecycle::GracePolicy {
+        keyfed_core::lifecycle::GracePolicy {
+            term_days: self.grace_term_days,
+            subscription_days: self.grace_subscription_days,
+            other_days: 0,
+            warn_days: self.warn_days,
+        }
+    }
+
+    #[must_use]
+    pub fn low_seats(&self) -> keyfed_core::entitlement::LowSeatPolicy {
+        keyfed_core::entitlement::LowSeatPolicy {
+            min_free: self.low_seat_count,
+            min_free_percent: self.low_seat_percent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StationConfig {
+    /// o02: a lease stays valid this long without contact.
+    pub offline_validity_days: i64,
+    /// b03: a station silent this long gives its seat back.
+    pub retire_after_days: i64,
+    /// o03: undelivered commands are dropped after this long.
+    pub command_keep_days: i64,
+    /// o05: settings every station gets (free text, e.g. TOML or JSON);
+    /// changed at run time with `keyfedctl settings set`.
+    pub settings: String,
+}
+
+impl Default for StationConfig {
+    fn default() -> Self {
+        Self {
+            offline_validity_days: 30,
+            retire_after_days: 90,
+            command_keep_days: 30,
+            settings: String::new(),
+        }
+    }
+}
+
+impl StationConfig {
+    #[must_use]
+    pub fn policy(&self) -> keyfed_core::station::StationPolicy {
+        keyfed_core::station::StationPolicy {
+            offline_validity: chrono::Duration::days(self.offline_validity_days),
+            retire_after: chrono::Duration::days(self.retire_after_days),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -112,6 +200,9 @@ impl Default for NodeConfig {
             hook: None,
             debug_clock: false,
             max_backoff_millis: 5000,
+            lifecycle: LifecycleConfig::default(),
+            stations: StationConfig::default(),
+            store_cache_mb: 64,
         }
     }
 }

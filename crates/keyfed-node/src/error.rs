@@ -15,6 +15,8 @@ pub enum NodeError {
     NotFound { what: &'static str, id: String },
     #[error(transparent)]
     Seat(#[from] SeatError),
+    #[error(transparent)]
+    License(#[from] keyfed_core::entitlement::LicenseError),
     #[error("key {key_id} is {state} until {until}: assigning, transferring or distributing it is refused")]
     ReadOnly {
         key_id: String,
@@ -49,9 +51,10 @@ impl NodeError {
             Self::Key(_) | Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::DuplicateKey(_) => Code::AlreadyExists,
             Self::NotFound { .. } => Code::NotFound,
-            Self::Seat(_) | Self::ReadOnly { .. } | Self::FailedPrecondition(_) => {
-                Code::FailedPrecondition
-            }
+            Self::Seat(_)
+            | Self::License(_)
+            | Self::ReadOnly { .. }
+            | Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Upstream(_) => Code::Unavailable,
             Self::Peer(_) => Code::PermissionDenied,
             Self::Unimplemented(_) => Code::Unimplemented,

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod error;
 pub mod federation;
 pub mod hooks;
+pub mod lifecycle;
 pub mod node;
 pub mod renewal;
 pub mod sandbox;
@@ -38,7 +39,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = keyfed_store::Store::open(&config.data_dir.join("store"))?;
+    let store = keyfed_store::Store::open_with_cache(
+        &config.data_dir.join("store"),
+        config.store_cache_mb.max(1) * 1024 * 1024,
+    )?;
     let tasks = TaskTracker::new();
     let hooks = config.hook.clone().map(|hook| {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -6,7 +6,7 @@ use crate::config::{NodeConfig, PeerRole};
 use crate::convert::ts;
 use crate::error::{NodeError, NodeResult};
 use chrono::{DateTime, Duration, Utc};
-use keyfed_core::lifecycle::{state_at, GracePolicy, KeyState};
+use keyfed_core::lifecycle::{state_on, GracePolicy, KeyState};
 use keyfed_core::seats::{check_assign, fit};
 use keyfed_core::{KeyFile, SharedClock};
 use keyfed_proto::v1 as pb;
@@ -74,6 +74,7 @@ pub fn body_name(b: &pb::delivery::Body) -> &'static str {
         pb::delivery::Body::Renewed(_) => "key-renewed",
         pb::delivery::Body::Usage(_) => "usage-rollup",
         pb::delivery::Body::Offer(_) => "key-offer",
+        pb::delivery::Body::Command(_) => "command",
     }
 }
 
@@ -97,6 +98,10 @@ pub struct Inner {
     peers: Mutex<HashMap<String, PeerMeta>>,
     /// Set by any change that may alter the usage rolled up the tree (b05).
     pub usage_dirty: AtomicBool,
+    /// Group commit: tickets asked for and made durable so far.
+    flush_asked: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+    flush_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -129,10 +134,13 @@ impl Node {
             peers.insert(id, meta);
         }
         Ok(Self(Arc::new(Inner {
-            config,
+            config: config.clone(),
             store,
             clock,
-            grace: GracePolicy::default(),
+            grace: config.lifecycle.grace(),
+            flushed: std::sync::atomic::AtomicU64::new(0),
+            flush_asked: std::sync::atomic::AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
             events,
             hooks,
             wakers: Mutex::new(HashMap::new()),
@@ -156,12 +164,7 @@ impl Node {
             let v = f(tx, &mut fx)?;
             Ok((v, fx))
         })?;
-        // sled's flush_async was seen to stall under many concurrent
-        // flushers; a blocking flush on the blocking pool does not
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .map_err(|e| NodeError::FailedPrecondition(format!("flush task failed: {e}")))??;
+        self.durable().await?;
         self.usage_dirty.store(true, Ordering::Relaxed);
         for n in fx.notifications {
             tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
@@ -174,6 +177,30 @@ impl Node {
             self.waker(&peer).notify_one();
         }
         Ok(value)
+    }
+
+    /// Waits until every transaction committed before the call is on disk.
+    /// Group commit: one flush covers every commit that came before it, so
+    /// concurrent callers share flushes instead of queueing one each. (sled's
+    /// flush_async was seen to stall under many concurrent flushers; a
+    /// blocking flush on the blocking pool does not.)
+    pub async fn durable(&self) -> NodeResult<()> {
+        let ticket = self.flush_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        loop {
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            let _leader = self.flush_lock.lock().await;
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            let target = self.flush_asked.load(Ordering::SeqCst);
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.flush())
+                .await
+                .map_err(|e| NodeError::FailedPrecondition(format!("flush task failed: {e}")))??;
+            self.flushed.fetch_max(target, Ordering::SeqCst);
+        }
     }
 
     pub fn waker(&self, peer: &str) -> Arc<Notify> {
@@ -229,8 +256,9 @@ impl Node {
         )?)
     }
 
+    /// e01/e03 by the key's current entitlement (activations, trial extension).
     pub fn key_state(&self, k: &StoredKey) -> KeyState {
-        state_at(&k.key, self.now(), &self.grace)
+        state_on(k.entitlement().expires, k.key.kind, self.now(), &self.grace)
     }
 
     fn writable(&self, k: &StoredKey) -> NodeResult<()> {
@@ -268,16 +296,7 @@ impl Node {
             )));
         }
         let now = self.now();
-        let stored = StoredKey {
-            held: key.seats,
-            key,
-            text: file.render(),
-            origin: Origin::Upstream,
-            added_at: now,
-            superseded_by: None,
-            lent_until: None,
-            distributable: true,
-        };
+        let stored = StoredKey::new(key.clone(), file.render(), Origin::Upstream, now, key.seats);
         self.commit(|tx, fx| {
             if tx.key::<NodeError>(&stored.key.id)?.is_some() {
                 return abort(NodeError::DuplicateKey(stored.key.id.clone()));
@@ -421,6 +440,7 @@ impl Node {
                 granted_at: now,
                 lent_until,
                 delivered: kind == ObjectKind::Station,
+                tenant: String::new(),
             };
             tx.put_grant(&g)?;
             tx.remove_waiting::<NodeError>(key_id, object)?;
@@ -516,6 +536,11 @@ impl Node {
         };
         old.superseded_by = Some(new_id.clone());
         tx.put_key(&old)?;
+        // e07: the renewal keeps who holds the subscription
+        if newk.tenancy == Default::default() && old.tenancy != Default::default() {
+            newk.tenancy = old.tenancy.clone();
+            tx.put_key(&newk)?;
+        }
         for g in grants {
             let Some(g) = tx.grant::<NodeError>(old_id, &g.object)? else {
                 continue;
@@ -640,6 +665,12 @@ impl Node {
                             }
                         }
                     }
+                    Some(pb::delivery::Body::Command(c)) => {
+                        if let Some(mut cmd) = tx.command::<NodeError>(peer, c.id)? {
+                            cmd.state = keyfed_store::CommandState::Delivered { at: now };
+                            tx.put_command(&cmd)?;
+                        }
+                    }
                     Some(pb::delivery::Body::Renewed(r)) => {
                         let new_id = r
                             .new_key
@@ -692,6 +723,7 @@ impl Node {
                     granted_at: now,
                     lent_until: w.lent_until,
                     delivered: !server,
+                    tenant: String::new(),
                 })?;
                 tx.remove_waiting::<NodeError>(&w.key_id, &w.object)?;
                 if server {
@@ -811,14 +843,14 @@ impl Node {
                         return self.receive_key_tx(tx, fx, peer, f, r.seats, lent, false, now);
                     }
                     let new = StoredKey {
-                        key: f.key.clone(),
-                        text: f.render(),
-                        origin: Origin::Peer(peer.to_owned()),
-                        added_at: now,
-                        held: r.seats,
-                        superseded_by: None,
                         lent_until: lent,
-                        distributable: true,
+                        ..StoredKey::new(
+                            f.key.clone(),
+                            f.render(),
+                            Origin::Peer(peer.to_owned()),
+                            now,
+                            r.seats,
+                        )
                     };
                     let old_here = tx
                         .key::<NodeError>(&r.old_key_id)?
@@ -843,6 +875,21 @@ impl Node {
                     } else if tx.key::<NodeError>(&new.key.id)?.is_none() {
                         tx.put_key(&new)?;
                     }
+                }
+                (Some(pb::delivery::Body::Command(c)), _) => {
+                    // o03: a command from the parent's administrator
+                    fx.notify(
+                        tx,
+                        now,
+                        "command-received",
+                        "",
+                        format!("command from {peer}: {}", c.command),
+                        &[
+                            ("from", peer.to_owned()),
+                            ("command_id", c.id.to_string()),
+                            ("command", c.command.clone()),
+                        ],
+                    )?;
                 }
                 (Some(pb::delivery::Body::Withdrawn(w)), _) => {
                     self.withdraw_tx(tx, fx, peer, &w.key_id, &w.reason, &old_grants, now)?;
@@ -901,20 +948,19 @@ impl Node {
             }
         }
         let k = StoredKey {
-            key: f.key.clone(),
-            text: f.render(),
-            origin: Origin::Peer(peer.to_owned()),
-            added_at: existing.as_ref().map_or(now, |e| e.added_at),
-            held: seats,
             superseded_by: existing.as_ref().and_then(|e| e.superseded_by.clone()),
             lent_until,
             distributable,
+            ..StoredKey::new(
+                f.key.clone(),
+                f.render(),
+                Origin::Peer(peer.to_owned()),
+                existing.as_ref().map_or(now, |e| e.added_at),
+                seats,
+            )
         };
+        // e06: fewer seats than granted is flagged by the lifecycle sweep
         tx.put_key(&k)?;
-        let used = tx.used::<NodeError>(id)?;
-        if used > seats {
-            fx.notify(tx, now, "over-allocated", id, format!("key {id}: {used} seats granted but only {seats} held from {peer}; new grants refused until fixed"), &[("used", used.to_string()), ("held", seats.to_string())])?;
-        }
         if existing.is_none() {
             let event = if distributable {
                 "key-received"

@@ -111,16 +111,13 @@ impl Node {
                 file.key.id
             )));
         }
-        let new = StoredKey {
-            key: file.key.clone(),
-            text: file.render(),
-            origin: Origin::Upstream,
-            added_at: self.now(),
-            held: file.key.seats,
-            superseded_by: None,
-            lent_until: None,
-            distributable: true,
-        };
+        let new = StoredKey::new(
+            file.key.clone(),
+            file.render(),
+            Origin::Upstream,
+            self.now(),
+            file.key.seats,
+        );
         let already = self.store.key(&new.key.id)?.is_some();
         let mut o = outcome(id, "", String::new());
         o.new_key_id = new.key.id.clone();

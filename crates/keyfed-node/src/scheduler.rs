@@ -8,6 +8,9 @@ use chrono::Duration;
 use keyfed_store::{ObjectKind, Origin};
 use tokio_util::sync::CancellationToken;
 
+/// How often silent stations are looked for (b03 counts in days).
+const STATION_SWEEP_SECS: i64 = 3600;
+
 pub async fn run(node: Node, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(
         node.config.tick_millis.max(10),
@@ -55,6 +58,13 @@ pub async fn once(node: &Node) -> NodeResult<()> {
         node.store.set_meta("last_seat_poll", &ts(node.now()))?;
     }
     donations(node).await?;
+    node.lifecycle_sweep().await?;
+    node.command_sweep().await?;
+    // b03: a station sweep reads every station record, so not every tick
+    if due(node, "last_station_sweep", STATION_SWEEP_SECS)? {
+        node.retire_silent_stations().await?;
+        node.store.set_meta("last_station_sweep", &ts(node.now()))?;
+    }
     node.roll_up_usage().await
 }
 

@@ -1,15 +1,20 @@
 //! The Station service: an endpoint takes a seat of a key covering the
 //! components it needs. A station is its fingerprint (b02): reconnecting,
-//! reinstalling or connecting twice never takes a second seat. A lease is
-//! durable before it is returned. Offline validity, reports, commands and
-//! settings arrive with the stations issue.
+//! reinstalling or connecting twice never takes a second seat. Every contact
+//! is durable before it is answered; it refreshes the offline validity (o02),
+//! brings changed settings (o05) and queued commands (o03), and brings a
+//! retired station back (b03). Suspended keys stop licensing their stations
+//! at their next contact without deleting anything (e03).
 use crate::convert::ts;
 use crate::error::{NodeError, NodeResult};
 use crate::node::Node;
-use keyfed_core::seats::check_assign;
-use keyfed_core::station::StationPolicy;
+use chrono::{DateTime, Utc};
+use keyfed_core::lifecycle::KeyState;
 use keyfed_proto::v1 as pb;
-use keyfed_store::{abort, Grant, ObjectKind};
+use keyfed_store::{
+    abort, CommandState, Grant, ObjectKind, StationRecord, StationReport, StoredKey,
+};
+use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -17,108 +22,351 @@ pub struct StationService {
     pub node: Node,
 }
 
-const LATER: &str = "station reports arrive with the stations issue (SPEC o01, o04)";
+/// Most reports one batch may carry, and the largest report body.
+pub const MAX_REPORTS_PER_BATCH: usize = 1000;
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// What a station says when it connects or renews.
+#[derive(Debug, Clone, Default)]
+pub struct Hello {
+    pub fingerprint: String,
+    pub station_id: String,
+    pub components: Vec<String>,
+    pub tenant: String,
+    pub settings_version: u64,
+}
+
+impl From<pb::ConnectRequest> for Hello {
+    fn from(r: pb::ConnectRequest) -> Self {
+        Self {
+            fingerprint: r.fingerprint,
+            station_id: r.station_id,
+            components: r.components,
+            tenant: r.tenant,
+            settings_version: r.settings_version,
+        }
+    }
+}
+
+impl From<pb::RenewRequest> for Hello {
+    fn from(r: pb::RenewRequest) -> Self {
+        Self {
+            fingerprint: r.fingerprint,
+            station_id: r.station_id,
+            components: r.components,
+            tenant: r.tenant,
+            settings_version: r.settings_version,
+        }
+    }
+}
+
+/// The settings every station gets (o05), versioned so a station that was
+/// offline learns it is behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub text: String,
+    pub version: u64,
+}
+
+const SETTINGS: &str = "station_settings";
 
 fn lease_id(key_id: &str, fingerprint: &str) -> String {
     format!("{key_id}/{fingerprint}")
 }
 
+/// How a contact ended, decided inside its transaction.
+enum Outcome {
+    Licensed(StoredKey),
+    /// Holds its seat, but the key no longer licenses it (suspended).
+    Withdrawn(StoredKey, String),
+    Refused(String),
+}
+
 impl Node {
-    /// Finds or takes one seat for `fingerprint` of a key covering `components`.
-    pub async fn attach_station(
-        &self,
-        fingerprint: &str,
-        components: &[String],
-    ) -> NodeResult<pb::Lease> {
-        if fingerprint.trim().is_empty() {
-            return Err(NodeError::InvalidArgument(
-                "a station must present its fingerprint".into(),
-            ));
+    pub fn settings(&self) -> NodeResult<Settings> {
+        Ok(match self.store.meta(SETTINGS)? {
+            Some(s) => serde_json::from_str(&s).map_err(|e| {
+                NodeError::FailedPrecondition(format!("stored station settings unreadable: {e}"))
+            })?,
+            None => Settings {
+                text: self.config.stations.settings.clone(),
+                version: 1,
+            },
+        })
+    }
+
+    /// o05: new settings for every station; they reach offline stations when
+    /// they come back.
+    pub async fn set_settings(&self, text: &str) -> NodeResult<Settings> {
+        if text.len() > MAX_REPORT_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "settings are {} bytes; at most {MAX_REPORT_BYTES} are allowed",
+                text.len()
+            )));
         }
-        let now = self.now();
-        let valid_until = ts(StationPolicy::default().valid_until(now));
-        let candidates: Vec<_> = self
-            .store
-            .keys()?
-            .into_iter()
-            .filter(|k| {
-                k.superseded_by.is_none()
-                    && k.key.components.covers(components)
-                    && self.key_state(k).writable()
-            })
-            .collect();
-        // b02: a seat it already holds is its seat
-        for k in &candidates {
-            if self.store.grant(&k.key.id, fingerprint)?.is_some() {
-                let id = lease_id(&k.key.id, fingerprint);
-                return Ok(pb::Lease {
-                    lease_id: id,
-                    key_id: k.key.id.clone(),
-                    valid_until,
-                    licensed: true,
-                    ..Default::default()
-                });
-            }
+        let current = self.settings()?;
+        if current.text == text {
+            return Ok(current);
         }
-        for k in &candidates {
-            let key_id = k.key.id.clone();
-            let taken = self
-                .commit(|tx, _| {
-                    let Some(k) = tx.key::<NodeError>(&key_id)? else {
-                        return Ok(false);
-                    };
-                    if tx.grant::<NodeError>(&key_id, fingerprint)?.is_some() {
-                        return Ok(true);
-                    }
-                    let used = tx.used::<NodeError>(&key_id)?;
-                    if check_assign(&key_id, fingerprint, k.held, used, 1).is_err() {
-                        return Ok(false);
-                    }
-                    tx.put_grant(&Grant {
-                        key_id: key_id.clone(),
-                        object: fingerprint.into(),
-                        kind: ObjectKind::Station,
-                        seats: 1,
-                        granted_at: now,
-                        lent_until: None,
-                        delivered: true,
-                    })?;
-                    Ok(true)
-                })
-                .await?;
-            if taken {
-                return Ok(pb::Lease {
-                    lease_id: lease_id(&key_id, fingerprint),
-                    key_id,
-                    valid_until,
-                    licensed: true,
-                    ..Default::default()
-                });
-            }
-        }
-        let wanted = components.join(",");
-        let reason = if candidates.is_empty() {
-            format!("no active key on {} covers {wanted}", self.id())
-        } else {
-            format!("every key on {} covering {wanted} is fully used", self.id())
+        let next = Settings {
+            text: text.to_owned(),
+            version: current.version + 1,
         };
-        // b04: a connection refused for want of a seat is worth a warning
+        self.store.set_meta(
+            SETTINGS,
+            &serde_json::to_string(&next).expect("settings serialize"),
+        )?;
+        self.durable().await?;
+        let now = self.now();
+        let v = next.version;
         self.commit(|tx, fx| {
             fx.notify(
                 tx,
                 now,
-                "connection-refused",
+                "settings-changed",
                 "",
-                format!("station {fingerprint} refused: {reason}"),
-                &[("fingerprint", fingerprint.to_owned())],
+                format!("station settings changed to version {v}; stations get them at their next contact"),
+                &[("version", v.to_string())],
             )
         })
         .await?;
-        Ok(pb::Lease {
-            licensed: false,
-            reason,
+        Ok(next)
+    }
+
+    /// The key and grant through which `fingerprint` holds a seat, if any (b02).
+    fn seat_of(&self, keys: &[StoredKey], fingerprint: &str) -> NodeResult<Option<StoredKey>> {
+        for k in keys {
+            if self.store.grant(&k.key.id, fingerprint)?.is_some() {
+                return Ok(Some(k.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Station.Attach and Station.Renew: finds the station's seat or takes
+    /// one, records the contact durably, and answers with its lease.
+    pub async fn station_contact(&self, hello: Hello) -> NodeResult<pb::Lease> {
+        let fp = hello.fingerprint.trim();
+        if fp.is_empty() || fp.len() > 128 || fp.contains('/') || fp.contains('\0') {
+            return Err(NodeError::InvalidArgument(
+                "a station must present a fingerprint of 1 to 128 characters without '/'".into(),
+            ));
+        }
+        let now = self.now();
+        let keys = self.store.keys()?;
+        let held = self.seat_of(&keys, fp)?;
+        let settings = self.settings()?;
+        let pending: Vec<u64> = self
+            .store
+            .commands_of(fp)?
+            .into_iter()
+            .filter(|c| c.state == CommandState::Pending)
+            .map(|c| c.id)
+            .collect();
+        let candidates: Vec<StoredKey> = match &held {
+            Some(k) => vec![k.clone()],
+            None => keys
+                .into_iter()
+                .filter(|k| {
+                    k.superseded_by.is_none()
+                        && k.merged_into.is_none()
+                        && k.key.components.covers(&hello.components)
+                })
+                .collect(),
+        };
+        let (outcome, commands) = self
+            .commit(|tx, fx| {
+                let mut station = tx.station::<NodeError>(fp)?.unwrap_or(StationRecord {
+                    fingerprint: fp.to_owned(),
+                    station_id: hello.station_id.clone(),
+                    tenant: hello.tenant.clone(),
+                    components: hello.components.clone(),
+                    key_id: None,
+                    first_seen: now,
+                    last_contact: now,
+                    retired_at: None,
+                    settings_version: 0,
+                    reports: 0,
+                });
+                if let Some(when) = station.retired_at.take() {
+                    fx.notify(
+                        tx,
+                        now,
+                        "station-returned",
+                        "",
+                        format!("station {fp} retired on {} is back", ts(when)),
+                        &[("fingerprint", fp.to_owned())],
+                    )?;
+                }
+                if !hello.station_id.is_empty() {
+                    station.station_id = hello.station_id.clone();
+                }
+                station.tenant = hello.tenant.clone();
+                if !hello.components.is_empty() {
+                    station.components = hello.components.clone();
+                }
+                station.last_contact = now;
+                station.settings_version = settings.version;
+                let outcome = self.take_seat(tx, &candidates, &hello, now)?;
+                station.key_id = match &outcome {
+                    Outcome::Licensed(k) | Outcome::Withdrawn(k, _) => Some(k.key.id.clone()),
+                    Outcome::Refused(_) => None,
+                };
+                tx.put_station(&station)?;
+                let mut delivered = Vec::new();
+                for id in &pending {
+                    if let Some(mut c) = tx.command::<NodeError>(fp, *id)? {
+                        if c.state == CommandState::Pending {
+                            c.state = CommandState::Delivered { at: now };
+                            tx.put_command(&c)?;
+                            delivered.push(c.command);
+                        }
+                    }
+                }
+                if let Outcome::Refused(reason) = &outcome {
+                    // b04: a connection refused for want of a seat is worth a warning
+                    fx.notify(
+                        tx,
+                        now,
+                        "connection-refused",
+                        "",
+                        format!("station {fp} refused: {reason}"),
+                        &[("fingerprint", fp.to_owned())],
+                    )?;
+                }
+                Ok((outcome, delivered))
+            })
+            .await?;
+        let valid_until = self.config.stations.policy().valid_until(now);
+        let mut lease = pb::Lease {
+            valid_until: ts(valid_until),
+            settings_version: settings.version,
+            commands,
             ..Default::default()
-        })
+        };
+        if hello.settings_version < settings.version {
+            lease.settings = settings.text;
+        }
+        match outcome {
+            Outcome::Licensed(k) => {
+                lease.lease_id = lease_id(&k.key.id, fp);
+                lease.key_id = k.key.id.clone();
+                lease.licensed = true;
+                lease.key_state = self.key_state(&k).label().into();
+                lease.key_expires = k.entitlement().expires.to_string();
+            }
+            Outcome::Withdrawn(k, reason) => {
+                lease.lease_id = lease_id(&k.key.id, fp);
+                lease.key_id = k.key.id.clone();
+                lease.key_state = self.key_state(&k).label().into();
+                lease.key_expires = k.entitlement().expires.to_string();
+                lease.reason = reason;
+                lease.valid_until = String::new();
+            }
+            Outcome::Refused(reason) => {
+                lease.reason = reason;
+                lease.valid_until = String::new();
+            }
+        }
+        // a refused station gets a seat at a later contact once one is free (r11)
+        Ok(lease)
+    }
+
+    /// Inside the contact's transaction: the station's seat, or a new one
+    /// from the first candidate key with room for its tenant (e07).
+    fn take_seat(
+        &self,
+        tx: &keyfed_store::Tx<'_>,
+        candidates: &[StoredKey],
+        hello: &Hello,
+        now: DateTime<Utc>,
+    ) -> keyfed_store::TxResult<Outcome, NodeError> {
+        let fp = hello.fingerprint.trim();
+        let wanted = if hello.components.is_empty() {
+            "any component".to_owned()
+        } else {
+            hello.components.join(",")
+        };
+        let mut why = Vec::new();
+        for k in candidates {
+            let Some(k) = tx.key::<NodeError>(&k.key.id)? else {
+                continue;
+            };
+            let id = &k.key.id;
+            let state = self.key_state(&k);
+            if tx.grant::<NodeError>(id, fp)?.is_some() {
+                return Ok(match state {
+                    KeyState::Suspended { since } => Outcome::Withdrawn(
+                        k.clone(),
+                        format!(
+                            "key {id} is suspended since {} (expired, grace over); its seats are withdrawn until a renewal arrives",
+                            ts(since)
+                        ),
+                    ),
+                    _ => Outcome::Licensed(k.clone()),
+                });
+            }
+            if !state.writable() {
+                why.push(format!("{id} is {}", state.label()));
+                continue;
+            }
+            let used = tx.used::<NodeError>(id)?;
+            if used >= k.held {
+                why.push(format!("{id} has all {} seats in use", k.held));
+                continue;
+            }
+            if k.key.kind == keyfed_core::KeyKind::Subscription || k.tenancy != Default::default() {
+                let limit = k.tenancy.limit(&k.key.customer, &hello.tenant, k.held);
+                let tenant_used = if hello.tenant.is_empty() || hello.tenant == k.owner() {
+                    // the owner uses what no other tenant does
+                    let others: u32 = k
+                        .tenancy
+                        .shares
+                        .keys()
+                        .map(|t| tx.used_by::<NodeError>(id, t))
+                        .sum::<Result<u32, _>>()?;
+                    used.saturating_sub(others)
+                } else {
+                    tx.used_by::<NodeError>(id, &hello.tenant)?
+                };
+                if tenant_used >= limit {
+                    let who = if hello.tenant.is_empty() {
+                        k.owner()
+                    } else {
+                        &hello.tenant
+                    };
+                    why.push(format!(
+                        "{id} gives tenant {who} {limit} seat(s), all in use"
+                    ));
+                    continue;
+                }
+            }
+            let tenant = if hello.tenant == k.owner() {
+                String::new()
+            } else {
+                hello.tenant.clone()
+            };
+            tx.put_grant(&Grant {
+                key_id: id.clone(),
+                object: fp.to_owned(),
+                kind: ObjectKind::Station,
+                seats: 1,
+                granted_at: now,
+                lent_until: None,
+                delivered: true,
+                tenant,
+            })?;
+            return Ok(Outcome::Licensed(k));
+        }
+        Ok(Outcome::Refused(if candidates.is_empty() {
+            format!("no key on {} covers {wanted}", self.id())
+        } else {
+            format!(
+                "no free seat on {} for {wanted}: {}",
+                self.id(),
+                why.join("; ")
+            )
+        }))
     }
 
     pub async fn release_station(&self, lease: &str, fingerprint: &str) -> NodeResult<()> {
@@ -132,55 +380,178 @@ impl Node {
                 "the lease belongs to another fingerprint".into(),
             ));
         }
+        let now = self.now();
         self.commit(|tx, _| match tx.grant::<NodeError>(key_id, fp)? {
             Some(g) if g.kind == ObjectKind::Station => {
-                tx.remove_grant::<NodeError>(key_id, fp).map(|_| ())
+                tx.remove_grant::<NodeError>(key_id, fp)?;
+                if let Some(mut s) = tx.station::<NodeError>(fp)? {
+                    s.key_id = None;
+                    s.last_contact = now;
+                    tx.put_station(&s)?;
+                }
+                Ok(())
             }
             _ => abort(NodeError::not_found("lease", lease)),
         })
         .await?;
         self.fill_waiting().await
     }
+
+    /// Station.Report: keeps each report once by its id (o01, exactly once
+    /// across resends), durably before the ack.
+    pub async fn station_reports(&self, batch: pb::ReportBatch) -> NodeResult<pb::ReportAck> {
+        let fp = batch.fingerprint.trim().to_owned();
+        if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} reports in one batch; send at most {MAX_REPORTS_PER_BATCH}",
+                batch.reports.len()
+            )));
+        }
+        for r in &batch.reports {
+            if r.report_id.is_empty() || r.body.len() > MAX_REPORT_BYTES {
+                return Err(NodeError::InvalidArgument(format!(
+                    "report {:?}: a report needs an id and at most {MAX_REPORT_BYTES} bytes of body",
+                    r.report_id
+                )));
+            }
+        }
+        if self.store.station(&fp)?.is_none() {
+            return Err(NodeError::not_found("station", &fp));
+        }
+        let now = self.now();
+        self.commit(|tx, _| {
+            let Some(mut s) = tx.station::<NodeError>(&fp)? else {
+                return abort(NodeError::not_found("station", &fp));
+            };
+            let mut ack = pb::ReportAck::default();
+            for r in &batch.reports {
+                let fresh = tx.put_report::<NodeError>(&StationReport {
+                    fingerprint: fp.clone(),
+                    report_id: r.report_id.clone(),
+                    at: r.at.clone(),
+                    body: r.body.clone(),
+                    received_at: now,
+                })?;
+                if fresh {
+                    ack.accepted += 1;
+                } else {
+                    ack.duplicates += 1;
+                }
+            }
+            s.reports += u64::from(ack.accepted);
+            s.last_contact = now;
+            tx.put_station(&s)?;
+            Ok(ack)
+        })
+        .await
+    }
+
+    /// b03: stations silent longer than the retirement period give their
+    /// seat back; their record stays, marked retired.
+    pub async fn retire_silent_stations(&self) -> NodeResult<usize> {
+        let policy = self.config.stations.policy();
+        let now = self.now();
+        let silent: Vec<StationRecord> = self
+            .store
+            .stations()?
+            .into_iter()
+            .filter(|s| s.retired_at.is_none() && policy.retired(s.last_contact, now))
+            .collect();
+        if silent.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.store.keys()?;
+        let mut seats = Vec::new();
+        for s in &silent {
+            seats.push(self.seat_of(&keys, &s.fingerprint)?.map(|k| k.key.id));
+        }
+        let count = self
+            .commit(|tx, fx| {
+                let mut names = Vec::new();
+                for (s, key_id) in silent.iter().zip(&seats) {
+                    let Some(mut cur) = tx.station::<NodeError>(&s.fingerprint)? else {
+                        continue;
+                    };
+                    if cur.last_contact != s.last_contact {
+                        continue; // it came back meanwhile
+                    }
+                    if let Some(key_id) = key_id {
+                        tx.remove_grant::<NodeError>(key_id, &s.fingerprint)?;
+                    }
+                    cur.retired_at = Some(now);
+                    cur.key_id = None;
+                    tx.put_station(&cur)?;
+                    names.push(s.fingerprint.clone());
+                }
+                if !names.is_empty() {
+                    let shown: Vec<_> = names.iter().take(10).cloned().collect();
+                    fx.notify(
+                        tx,
+                        now,
+                        "stations-retired",
+                        "",
+                        format!(
+                            "{} station(s) silent for {} days gave their seat back: {}{}",
+                            names.len(),
+                            policy.retire_after.num_days(),
+                            shown.join(", "),
+                            if names.len() > shown.len() {
+                                ", ..."
+                            } else {
+                                ""
+                            }
+                        ),
+                        &[("count", names.len().to_string())],
+                    )?;
+                }
+                Ok(names.len())
+            })
+            .await?;
+        self.fill_waiting().await?;
+        Ok(count)
+    }
+
+    pub fn list_stations(&self) -> NodeResult<Vec<pb::StationInfo>> {
+        let keys = self.store.keys()?;
+        self.store
+            .stations()?
+            .into_iter()
+            .map(|s| {
+                let key = match &s.key_id {
+                    Some(_) => self.seat_of(&keys, &s.fingerprint)?,
+                    None => None,
+                };
+                let state = match (&s.retired_at, &key) {
+                    (Some(_), _) => "retired",
+                    (None, Some(k)) if self.key_state(k).seats_work() => "licensed",
+                    (None, Some(_)) => "withdrawn",
+                    (None, None) => "unlicensed",
+                };
+                Ok(pb::StationInfo {
+                    fingerprint: s.fingerprint,
+                    station_id: s.station_id,
+                    tenant: s.tenant,
+                    key_id: key.map(|k| k.key.id).unwrap_or_default(),
+                    last_contact: ts(s.last_contact),
+                    state: state.into(),
+                    retired_at: s.retired_at.map(ts).unwrap_or_default(),
+                    reports: s.reports,
+                    settings_version: s.settings_version,
+                })
+            })
+            .collect()
+    }
 }
 
 #[tonic::async_trait]
 impl pb::station_server::Station for StationService {
     async fn attach(&self, r: Request<pb::ConnectRequest>) -> Result<Response<pb::Lease>, Status> {
-        let r = r.into_inner();
-        Ok(Response::new(
-            self.node
-                .attach_station(&r.fingerprint, &r.components)
-                .await?,
-        ))
+        let hello = Hello::from(r.into_inner());
+        Ok(Response::new(self.node.station_contact(hello).await?))
     }
     async fn renew(&self, r: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
-        let r = r.into_inner();
-        let (key_id, fp) = r
-            .lease_id
-            .split_once('/')
-            .ok_or_else(|| Status::invalid_argument("not a lease id"))?;
-        let held = fp == r.fingerprint
-            && self
-                .node
-                .store
-                .grant(key_id, fp)
-                .map_err(NodeError::from)?
-                .is_some();
-        if !held {
-            return Ok(Response::new(pb::Lease {
-                licensed: false,
-                reason: "the lease is gone; attach again".into(),
-                ..Default::default()
-            }));
-        }
-        let valid_until = ts(StationPolicy::default().valid_until(self.node.now()));
-        Ok(Response::new(pb::Lease {
-            lease_id: r.lease_id.clone(),
-            key_id: key_id.into(),
-            valid_until,
-            licensed: true,
-            ..Default::default()
-        }))
+        let hello = Hello::from(r.into_inner());
+        Ok(Response::new(self.node.station_contact(hello).await?))
     }
     async fn release(
         &self,
@@ -192,8 +563,10 @@ impl pb::station_server::Station for StationService {
             .await?;
         Ok(Response::new(pb::ReleaseReply {}))
     }
-    async fn report(&self, _: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
-        Err(NodeError::Unimplemented(LATER).into())
+    async fn report(&self, r: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
+        Ok(Response::new(
+            self.node.station_reports(r.into_inner()).await?,
+        ))
     }
     async fn ping(&self, _: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
         Ok(Response::new(pb::PingReply {}))

@@ -5,7 +5,8 @@ mod records;
 
 use chrono::{DateTime, Utc};
 pub use records::{
-    Grant, Notification, ObjectKind, Origin, OutboxEntry, PeerCursor, StoredKey, UsageLine, Waiting,
+    Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry, PeerCursor,
+    StationRecord, StationReport, StoredKey, UsageLine, Waiting,
 };
 pub use sled::transaction::ConflictableTransactionError;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
@@ -48,7 +49,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 10] = [
+const TREES: [&str; 13] = [
     "keys",
     "grants",
     "used",
@@ -59,6 +60,9 @@ const TREES: [&str; 10] = [
     "usage",
     "waiting",
     "meta",
+    "stations",
+    "reports",
+    "commands",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -70,6 +74,12 @@ const APPLIED: usize = 6;
 const USAGE: usize = 7;
 const WAITING: usize = 8;
 const META: usize = 9;
+const STATIONS: usize = 10;
+const REPORTS: usize = 11;
+const COMMANDS: usize = 12;
+
+/// Page cache size unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Store {
@@ -100,7 +110,16 @@ fn outbox_key(peer: &str, seq: u64) -> Vec<u8> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens with a page cache of `cache_bytes` (sled's default of 1 GiB is
+    /// far more than a license server needs).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let trees = TREES
             .iter()
             .map(|t| db.open_tree(t))
@@ -251,6 +270,39 @@ impl Store {
         self.scan(WAITING, b"")
     }
 
+    /// Seats of `key_id` held by stations of `tenant` (e07).
+    pub fn used_by(&self, key_id: &str, tenant: &str) -> Result<u32, StoreError> {
+        Ok(self.get(USED, &pair(key_id, tenant))?.unwrap_or(0))
+    }
+
+    pub fn station(&self, fingerprint: &str) -> Result<Option<StationRecord>, StoreError> {
+        self.get(STATIONS, fingerprint.as_bytes())
+    }
+
+    pub fn stations(&self) -> Result<Vec<StationRecord>, StoreError> {
+        self.scan(STATIONS, b"")
+    }
+
+    pub fn station_count(&self) -> usize {
+        self.trees[STATIONS].len()
+    }
+
+    pub fn reports_of(&self, fingerprint: &str) -> Result<Vec<StationReport>, StoreError> {
+        self.scan(REPORTS, &pair(fingerprint, ""))
+    }
+
+    /// Every command, oldest first.
+    pub fn commands(&self) -> Result<Vec<Command>, StoreError> {
+        let mut all: Vec<Command> = self.scan(COMMANDS, b"")?;
+        all.sort_by_key(|c| c.id);
+        Ok(all)
+    }
+
+    /// Commands queued for one object, oldest first.
+    pub fn commands_of(&self, object: &str) -> Result<Vec<Command>, StoreError> {
+        self.scan(COMMANDS, &pair(object, ""))
+    }
+
     pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.get(META, name.as_bytes())
     }
@@ -318,13 +370,28 @@ impl Tx<'_> {
         Ok(self.read(USED, key_id.as_bytes())?.unwrap_or(0))
     }
 
-    /// Writes a grant and keeps the key's used-seat counter exact.
-    pub fn put_grant<E: From<StoreError>>(&self, g: &Grant) -> TxResult<(), E> {
-        let before = self
-            .grant::<E>(&g.key_id, &g.object)?
-            .map_or(0, |old| old.seats);
-        let used = self.used::<E>(&g.key_id)? - before + g.seats;
+    /// Seats of `key_id` held by stations of `tenant` (e07).
+    pub fn used_by<E: From<StoreError>>(&self, key_id: &str, tenant: &str) -> TxResult<u32, E> {
+        Ok(self.read(USED, &pair(key_id, tenant))?.unwrap_or(0))
+    }
+
+    fn add_used<E: From<StoreError>>(&self, g: &Grant, delta: i64) -> TxResult<(), E> {
+        let bump = |n: u32| u32::try_from((i64::from(n) + delta).max(0)).unwrap_or(u32::MAX);
+        let used = bump(self.used::<E>(&g.key_id)?);
         self.write(USED, g.key_id.as_bytes(), &used)?;
+        if !g.tenant.is_empty() {
+            let by = bump(self.used_by::<E>(&g.key_id, &g.tenant)?);
+            self.write(USED, &pair(&g.key_id, &g.tenant), &by)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a grant and keeps the key's used-seat counters exact.
+    pub fn put_grant<E: From<StoreError>>(&self, g: &Grant) -> TxResult<(), E> {
+        if let Some(old) = self.grant::<E>(&g.key_id, &g.object)? {
+            self.add_used::<E>(&old, -i64::from(old.seats))?;
+        }
+        self.add_used::<E>(g, i64::from(g.seats))?;
         self.write(GRANTS, &pair(&g.key_id, &g.object), g)
     }
 
@@ -336,10 +403,62 @@ impl Tx<'_> {
         let Some(old) = self.grant::<E>(key_id, object)? else {
             return Ok(None);
         };
-        let used = self.used::<E>(key_id)?.saturating_sub(old.seats);
-        self.write(USED, key_id.as_bytes(), &used)?;
+        self.add_used::<E>(&old, -i64::from(old.seats))?;
         self.trees[GRANTS].remove(pair(key_id, object))?;
         Ok(Some(old))
+    }
+
+    pub fn station<E: From<StoreError>>(
+        &self,
+        fingerprint: &str,
+    ) -> TxResult<Option<StationRecord>, E> {
+        self.read(STATIONS, fingerprint.as_bytes())
+    }
+
+    pub fn put_station<E>(&self, s: &StationRecord) -> TxResult<(), E> {
+        self.write(STATIONS, s.fingerprint.as_bytes(), s)
+    }
+
+    /// Keeps a station report once by its id; false if it was already kept.
+    pub fn put_report<E: From<StoreError>>(&self, r: &StationReport) -> TxResult<bool, E> {
+        let k = pair(&r.fingerprint, &r.report_id);
+        if self.trees[REPORTS].get(&k)?.is_some() {
+            return Ok(false);
+        }
+        self.write(REPORTS, &k, r)?;
+        Ok(true)
+    }
+
+    /// Queues a command and gives it the next id (o03).
+    pub fn add_command<E: From<StoreError>>(
+        &self,
+        object: &str,
+        kind: ObjectKind,
+        command: &str,
+        at: DateTime<Utc>,
+    ) -> TxResult<Command, E> {
+        let c = Command {
+            id: self.next_counter("command_seq")?,
+            object: object.into(),
+            kind,
+            command: command.into(),
+            queued_at: at,
+            state: CommandState::Pending,
+        };
+        self.put_command(&c)?;
+        Ok(c)
+    }
+
+    pub fn put_command<E>(&self, c: &Command) -> TxResult<(), E> {
+        self.write(COMMANDS, &outbox_key(&c.object, c.id), c)
+    }
+
+    pub fn command<E: From<StoreError>>(
+        &self,
+        object: &str,
+        id: u64,
+    ) -> TxResult<Option<Command>, E> {
+        self.read(COMMANDS, &outbox_key(object, id))
     }
 
     fn next_counter<E: From<StoreError>>(&self, name: &str) -> TxResult<u64, E> {
@@ -417,6 +536,19 @@ impl Tx<'_> {
 
     pub fn put_usage<E>(&self, line: &UsageLine) -> TxResult<(), E> {
         self.write(USAGE, &pair(&line.node_id, &line.key_id), line)
+    }
+
+    pub fn meta<E: From<StoreError>>(&self, name: &str) -> TxResult<Option<String>, E> {
+        self.read(META, name.as_bytes())
+    }
+
+    pub fn put_meta<E>(&self, name: &str, value: &str) -> TxResult<(), E> {
+        self.write(META, name.as_bytes(), &value)
+    }
+
+    pub fn remove_meta<E>(&self, name: &str) -> TxResult<(), E> {
+        self.trees[META].remove(name.as_bytes())?;
+        Ok(())
     }
 
     pub fn put_waiting<E>(&self, w: &Waiting) -> TxResult<(), E> {

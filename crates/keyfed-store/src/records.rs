@@ -1,6 +1,7 @@
 //! The values the store keeps. Each is written as one format-version byte
 //! followed by JSON, so the schema can change without guessing.
 use chrono::{DateTime, Utc};
+use keyfed_core::entitlement::{Entitlement, Tenancy};
 use keyfed_core::Key;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +43,54 @@ pub struct StoredKey {
     /// False for a key received from a peer as a plain offer (r08): stored,
     /// never passed on.
     pub distributable: bool,
+    /// Seats and end date after activations or a trial extension (e04, e05);
+    /// none: what the key itself says.
+    #[serde(default)]
+    pub entitlement: Option<Entitlement>,
+    /// e04: a trial is extended at most once.
+    #[serde(default)]
+    pub trial_extended: bool,
+    /// e05: this key was activated on another key of its license and lives
+    /// on as part of that key's entitlement.
+    #[serde(default)]
+    pub merged_into: Option<String>,
+    /// e07: which tenants hold the key's seats.
+    #[serde(default)]
+    pub tenancy: Tenancy,
+}
+
+impl StoredKey {
+    /// A key as it arrives, with nothing activated on it yet.
+    #[must_use]
+    pub fn new(key: Key, text: String, origin: Origin, added_at: DateTime<Utc>, held: u32) -> Self {
+        Self {
+            key,
+            text,
+            origin,
+            added_at,
+            held,
+            superseded_by: None,
+            lent_until: None,
+            distributable: true,
+            entitlement: None,
+            trial_extended: false,
+            merged_into: None,
+            tenancy: Tenancy::default(),
+        }
+    }
+
+    /// The seats and last day this key gives now (e04, e05).
+    #[must_use]
+    pub fn entitlement(&self) -> Entitlement {
+        self.entitlement
+            .unwrap_or_else(|| Entitlement::of(&self.key, self.added_at.date_naive()))
+    }
+
+    /// The tenant that owns the key (e07).
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        self.tenancy.owner_or(&self.key.customer)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +111,10 @@ pub struct Grant {
     pub lent_until: Option<DateTime<Utc>>,
     /// Servers: the peer acked the delivery that carries this grant.
     pub delivered: bool,
+    /// Stations: the tenant whose share the seat counts against (e07); empty
+    /// for the key's owner.
+    #[serde(default)]
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +172,74 @@ pub struct Waiting {
     pub lent_until: Option<DateTime<Utc>>,
     /// The key the object held before the renewal that left it waiting.
     pub replaces: Option<String>,
+}
+
+/// A station as the node knows it (b02, b03, o02, o05): one record per
+/// fingerprint, kept when it retires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationRecord {
+    pub fingerprint: String,
+    pub station_id: String,
+    pub tenant: String,
+    pub components: Vec<String>,
+    /// The key it holds a seat of, if any.
+    pub key_id: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_contact: DateTime<Utc>,
+    /// b03: set when the station gave its seat back for silence.
+    pub retired_at: Option<DateTime<Utc>>,
+    /// o05: the settings version it was last sent.
+    pub settings_version: u64,
+    pub reports: u64,
+}
+
+/// One report a station sent (o01), kept once by its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationReport {
+    pub fingerprint: String,
+    pub report_id: String,
+    pub at: String,
+    pub body: String,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandState {
+    Pending,
+    /// Children only: in the link's durable outbox, waiting for the ack.
+    Sent {
+        at: DateTime<Utc>,
+    },
+    Delivered {
+        at: DateTime<Utc>,
+    },
+    /// o03: not delivered within the keep period.
+    Dropped {
+        at: DateTime<Utc>,
+    },
+}
+
+impl CommandState {
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent { .. } => "sent",
+            Self::Delivered { .. } => "delivered",
+            Self::Dropped { .. } => "dropped",
+        }
+    }
+}
+
+/// A command an administrator queued for a station or a child (o03).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub object: String,
+    pub kind: ObjectKind,
+    pub command: String,
+    pub queued_at: DateTime<Utc>,
+    pub state: CommandState,
 }
 
 pub(crate) const FORMAT_VERSION: u8 = 1;

@@ -31,16 +31,7 @@ fn stored(id: &str, seats: u32) -> StoredKey {
         expires: "2027-11-23".parse().unwrap(),
         renews: None,
     };
-    StoredKey {
-        key,
-        text: String::new(),
-        origin: Origin::Upstream,
-        added_at: now(),
-        held: seats,
-        superseded_by: None,
-        lent_until: None,
-        distributable: true,
-    }
+    StoredKey::new(key, String::new(), Origin::Upstream, now(), seats)
 }
 
 fn assign(store: &Store, key_id: &str, object: &str, seats: u32) -> Result<(), TestError> {
@@ -61,6 +52,7 @@ fn assign(store: &Store, key_id: &str, object: &str, seats: u32) -> Result<(), T
             granted_at: now(),
             lent_until: None,
             delivered: true,
+            tenant: String::new(),
         })
     })
 }
