@@ -235,15 +235,77 @@ impl TestCluster {
         self.clock.advance(by)
     }
 
-    /// Issues a key upstream and returns its file.
+    /// A station agent on `node`, on the cluster's clock, with its state in
+    /// the cluster's temp dir (the same fingerprint gets the same state).
+    pub fn agent(&self, node: &str, fingerprint: &str, components: &[&str]) -> keyfed_agent::Agent {
+        self.agent_with(node, fingerprint, components, |_| {})
+    }
+
+    pub fn agent_with(
+        &self,
+        node: &str,
+        fingerprint: &str,
+        components: &[&str],
+        tweak: impl FnOnce(&mut keyfed_agent::AgentConfig),
+    ) -> keyfed_agent::Agent {
+        let dir = self.dir.path().join("agents").join(fingerprint);
+        let mut cfg =
+            keyfed_agent::AgentConfig::new(&self.url(node), &dir, fingerprint, components);
+        cfg.timeout = std::time::Duration::from_secs(2);
+        tweak(&mut cfg);
+        keyfed_agent::Agent::open(cfg, self.clock.clone()).expect("agent state opens")
+    }
+
+    /// Admin.ListStations on `node`.
+    pub async fn stations(&self, node: &str) -> Vec<pb::StationInfo> {
+        self.admin(node)
+            .await
+            .list_stations(pb::Empty {})
+            .await
+            .expect("list stations")
+            .into_inner()
+            .stations
+    }
+
+    pub async fn station(&self, node: &str, fingerprint: &str) -> Option<pb::StationInfo> {
+        self.stations(node)
+            .await
+            .into_iter()
+            .find(|s| s.fingerprint == fingerprint)
+    }
+
+    /// Admin.ListCommands on `node`.
+    pub async fn commands(&self, node: &str) -> Vec<pb::CommandInfo> {
+        self.admin(node)
+            .await
+            .list_commands(pb::Empty {})
+            .await
+            .expect("list commands")
+            .into_inner()
+            .commands
+    }
+
+    /// Issues a term key upstream and returns its file.
     pub fn issue(&self, components: &[&str], seats: u32, expires: &str) -> KeyFile {
+        self.issue_kind(KeyKind::Term, "acme", components, seats, expires)
+    }
+
+    /// Issues a key of any kind for any customer.
+    pub fn issue_kind(
+        &self,
+        kind: KeyKind,
+        customer: &str,
+        components: &[&str],
+        seats: u32,
+        expires: &str,
+    ) -> KeyFile {
         self.upstream
             .issue(keyfed_gus::IssueRequest {
-                customer: "acme".into(),
+                customer: customer.into(),
                 product: "endpoint".into(),
                 components: components.iter().map(|c| (*c).to_owned()).collect(),
                 seats,
-                kind: KeyKind::Term,
+                kind,
                 expires: expires.parse().expect("date"),
             })
             .expect("upstream issues the key")

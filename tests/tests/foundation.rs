@@ -71,7 +71,10 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     // a tampered copy is refused and the message mentions the signature
     let tampered = text.replace("seats: 10", "seats: 1000");
     let bad = admin
-        .add_key(pb::AddKeyRequest { key_file: tampered, ..Default::default() })
+        .add_key(pb::AddKeyRequest {
+            key_file: tampered,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -93,7 +96,10 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     );
     let cut: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
     let truncated = admin
-        .add_key(pb::AddKeyRequest { key_file: cut, ..Default::default() })
+        .add_key(pb::AddKeyRequest {
+            key_file: cut,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(
@@ -108,7 +114,10 @@ async fn issue_add_assign_export_refuse_forgeries_and_survive_a_restart() {
     foreign.id = "k-foreign".into();
     let foreign = stranger.sign(foreign).unwrap().render();
     let unknown = admin
-        .add_key(pb::AddKeyRequest { key_file: foreign, ..Default::default() })
+        .add_key(pb::AddKeyRequest {
+            key_file: foreign,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::FailedPrecondition);

@@ -144,10 +144,11 @@ impl Agent {
         let path = cfg.state_dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
-                let s: AgentState = serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
-                    path: path.display().to_string(),
-                    why: format!("unreadable ({e}); move it away to start over"),
-                })?;
+                let s: AgentState =
+                    serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
+                        path: path.display().to_string(),
+                        why: format!("unreadable ({e}); move it away to start over"),
+                    })?;
                 if s.fingerprint != cfg.fingerprint {
                     return Err(AgentError::State {
                         path: path.display().to_string(),
@@ -273,7 +274,9 @@ impl Agent {
     fn offline(&mut self, status: &tonic::Status) -> AgentError {
         self.online = false;
         let e = match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
             | tonic::Code::Unknown => AgentError::Offline {
                 node: self.cfg.node.clone(),
                 why: status.message().to_owned(),
@@ -410,7 +413,11 @@ impl Agent {
 
     /// Runs the agent on its own: one contact every `every`, retried after
     /// failures, until `stop`. The latest status is published on the channel.
-    pub fn spawn(mut self, every: Duration, stop: CancellationToken) -> watch::Receiver<AgentStatus> {
+    pub fn spawn(
+        mut self,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> watch::Receiver<AgentStatus> {
         let (tx, rx) = watch::channel(self.status());
         tokio::spawn(async move {
             loop {
@@ -454,6 +461,9 @@ mod tests {
         assert!(!a.licensed());
         // another fingerprint cannot take this state over
         let other = AgentConfig::new("http://127.0.0.1:1", dir.path(), "fp-2", &["av"]);
-        assert!(matches!(Agent::open(other, clock), Err(AgentError::State { .. })));
+        assert!(matches!(
+            Agent::open(other, clock),
+            Err(AgentError::State { .. })
+        ));
     }
 }

@@ -14,7 +14,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "keyfed-agent", version, about = "keyfed station agent and station simulator")]
+#[command(
+    name = "keyfed-agent",
+    version,
+    about = "keyfed station agent and station simulator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -128,7 +132,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         cfg.tenant = a.tenant.clone();
         cfg.queue_capacity = a.queue_capacity;
         cfg.queue_full = a.queue_full;
-        fleet.push(Agent::open(cfg, Arc::new(SystemClock)).with_context(|| format!("station {fp}"))?);
+        fleet.push(
+            Agent::open(cfg, Arc::new(SystemClock)).with_context(|| format!("station {fp}"))?,
+        );
     }
     let every = Duration::from_secs(a.interval_secs.max(1));
     let mut tasks = Vec::new();

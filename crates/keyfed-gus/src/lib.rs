@@ -271,6 +271,41 @@ impl Upstream {
         Ok(file)
     }
 
+    /// e05: one more key on the license of `key_id` (more seats, or another
+    /// term), activated by the customer's administrator as add-seats or
+    /// extend. Not a renewal: it is not offered by CheckRenewal.
+    pub fn issue_additional(
+        &self,
+        key_id: &str,
+        seats: u32,
+        kind: KeyKind,
+        expires: NaiveDate,
+    ) -> Result<KeyFile, GusError> {
+        let (_, old) = self.get(key_id)?;
+        check_seats(seats)?;
+        self.check_expiry(expires)?;
+        let key = Key {
+            id: random_id("k")?,
+            serial: old.key.serial + 1,
+            seats,
+            kind,
+            issued_at: self.now(),
+            expires,
+            renews: None,
+            ..old.key.clone()
+        };
+        let file = self.0.signer.sign(key)?;
+        self.put(
+            &IssuedKey {
+                text: file.render(),
+                renewal: None,
+            },
+            &file.key.id,
+        )?;
+        tracing::info!(key_id = %file.key.id, license = %file.key.license, "additional key issued");
+        Ok(file)
+    }
+
     /// The renewal held for `key_id`, while that key has not expired (the
     /// upstream holds a renewal until the key it renews expires, e01 instant).
     pub fn renewal_of(&self, key_id: &str) -> Result<Option<String>, GusError> {

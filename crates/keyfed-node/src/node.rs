@@ -319,6 +319,19 @@ impl Node {
             )
         })
         .await?;
+        // e03: the upstream offers a renewal only until the old key expires;
+        // one added by hand for an expired or suspended key restores its
+        // objects at once instead of waiting for a renewal run
+        if let Some(old) = stored.key.renews.as_deref() {
+            if let Some(old) = self.store.key(old)? {
+                if old.origin == Origin::Upstream
+                    && old.superseded_by.is_none()
+                    && !self.key_state(&old).writable()
+                {
+                    self.apply_renewal(&old, stored.clone(), true).await?;
+                }
+            }
+        }
         Ok(stored)
     }
 

@@ -119,6 +119,18 @@ impl Node {
             file.key.seats,
         );
         let already = self.store.key(&new.key.id)?.is_some();
+        self.apply_renewal(k, new, already).await
+    }
+
+    /// r05/r06/r10: stores `new`, the renewal of `k`, and distributes it if
+    /// compatible. `already`: the administrator added it by hand first.
+    pub async fn apply_renewal(
+        &self,
+        k: &StoredKey,
+        new: StoredKey,
+        already: bool,
+    ) -> NodeResult<pb::RenewalOutcome> {
+        let id = &k.key.id;
         let mut o = outcome(id, "", String::new());
         o.new_key_id = new.key.id.clone();
         o.old_seats = k.key.seats;

@@ -446,7 +446,10 @@ async fn key(cli: &Cli, cmd: &KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Add { .. } => {
             let k = client
-                .add_key(pb::AddKeyRequest { key_file: text, ..Default::default() })
+                .add_key(pb::AddKeyRequest {
+                    key_file: text,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             emit(json, &k, |k| keys_table(std::slice::from_ref(k)));
