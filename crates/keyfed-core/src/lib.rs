@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod renewal;
 pub mod seats;
 pub mod station;
+pub mod telemetry;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;

@@ -55,6 +55,7 @@ pub async fn once(node: &Node) -> NodeResult<()> {
         node.store.set_meta("last_seat_poll", &ts(node.now()))?;
     }
     donations(node).await?;
+    node.telemetry_tick().await;
     node.roll_up_usage().await
 }
 

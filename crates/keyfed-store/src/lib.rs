@@ -427,4 +427,13 @@ impl Tx<'_> {
         self.trees[WAITING].remove(pair(key_id, object))?;
         Ok(())
     }
+
+    /// A named meta value, read inside the transaction (see [`Store::meta`]).
+    pub fn meta<E: From<StoreError>>(&self, name: &str) -> TxResult<Option<String>, E> {
+        self.read(META, name.as_bytes())
+    }
+
+    pub fn put_meta<E>(&self, name: &str, value: &str) -> TxResult<(), E> {
+        self.write(META, name.as_bytes(), &value)
+    }
 }
