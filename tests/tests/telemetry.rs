@@ -467,6 +467,11 @@ async fn t03_customer_moves_compliant_partial_noncompliant_and_back() {
     let mut c = TestCluster::start(topo).await;
     for s in servers {
         c.wait_healthy(s).await;
+        // the first report (no keys yet) is out before the key arrives
+        eventually(&format!("{s}'s first report is accepted"), || async {
+            !status(&c, s).await.last_accepted.is_empty()
+        })
+        .await;
         let k = issue_for(&c, "initech", 5);
         c.add(s, &k).await;
     }
