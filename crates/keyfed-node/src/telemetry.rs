@@ -552,7 +552,7 @@ impl Node {
         }
         let due = Self::due_of(&install, &state);
         if mode != Mode::ThroughParent {
-            self.due_warnings(due, now).await?;
+            self.due_warnings(&state, due, now).await?;
         }
         if mode == Mode::Automatic
             && attempt_now(
@@ -570,9 +570,13 @@ impl Node {
         Ok(())
     }
 
-    async fn due_warnings(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> NodeResult<()> {
+    async fn due_warnings(
+        &self,
+        state: &TelemetryState,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> NodeResult<()> {
         let p = DuePolicy::default();
-        let (_, _, state) = self.telemetry_ready().await?;
         let Some(w) = due_warning(due, now, state.warned_soon, state.warned_overdue, &p) else {
             return Ok(());
         };
