@@ -455,6 +455,43 @@ impl TestCluster {
         self.key(node, id).await.is_some()
     }
 
+    /// Stops the upstream's gRPC server (its store stays open): nodes see
+    /// it unreachable until [`TestCluster::restart_upstream`].
+    pub fn stop_upstream(&mut self) {
+        self.upstream_stop.cancel();
+    }
+
+    /// Serves the upstream again on the same port.
+    pub async fn restart_upstream(&mut self) {
+        let addr = self.upstream_addr;
+        let end = tokio::time::Instant::now() + DEADLINE;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < end,
+                        "rebinding the upstream port: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.upstream_stop = CancellationToken::new();
+        tokio::spawn(keyfed_gus::serve(
+            self.upstream.clone(),
+            listener,
+            self.upstream_stop.clone(),
+        ));
+    }
+
+    /// A gRPC client of the upstream.
+    pub fn upstream_client(&self) -> keyfed_proto::v1::upstream_client::UpstreamClient<Channel> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.upstream_addr))
+            .expect("url");
+        keyfed_proto::v1::upstream_client::UpstreamClient::new(ep.connect_lazy())
+    }
+
     pub async fn shutdown(mut self) {
         let ids: Vec<String> = self.nodes.keys().cloned().collect();
         for id in ids {

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod renewal;
 pub mod seats;
 pub mod station;
+pub mod telemetry;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;

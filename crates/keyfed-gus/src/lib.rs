@@ -13,6 +13,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+mod telemetry;
+pub use telemetry::Accepted as TelemetryAccepted;
+
 /// Why the upstream refused or failed a request. Mapped to a gRPC status
 /// once, in [`GusError::to_status`].
 #[derive(Debug, Error)]
@@ -378,10 +381,18 @@ impl pb::upstream_server::Upstream for UpstreamService {
         }))
     }
 
-    async fn submit_telemetry(&self, _: Request<pb::TelemetrySubmission>) -> R<pb::TelemetryAck> {
-        Err(Status::unimplemented(
-            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
-        ))
+    async fn submit_telemetry(&self, r: Request<pb::TelemetrySubmission>) -> R<pb::TelemetryAck> {
+        let text = r.into_inner().text;
+        let upstream = self.0.clone();
+        let a = blocking(move || upstream.submit_telemetry(&text)).await?;
+        Ok(Response::new(pb::TelemetryAck {
+            report_id: a.report_id,
+            duplicate: a.duplicate,
+            node_id: a.node,
+            accepted_at: a
+                .accepted_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }))
     }
 
     async fn issue_key(&self, r: Request<pb::IssueKeyRequest>) -> R<pb::KeyFile> {
@@ -432,16 +443,19 @@ impl pb::upstream_server::Upstream for UpstreamService {
         }))
     }
 
-    async fn compliance(&self, _: Request<pb::ComplianceRequest>) -> R<pb::ComplianceReport> {
-        Err(Status::unimplemented(
-            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
-        ))
+    async fn compliance(&self, r: Request<pb::ComplianceRequest>) -> R<pb::ComplianceReport> {
+        let c = r.into_inner().customer;
+        let upstream = self.0.clone();
+        let customers =
+            blocking(move || upstream.compliance((!c.is_empty()).then_some(c.as_str()))).await?;
+        Ok(Response::new(pb::ComplianceReport { customers }))
     }
 
-    async fn set_exempt(&self, _: Request<pb::SetExemptRequest>) -> R<pb::Empty> {
-        Err(Status::unimplemented(
-            "telemetry and compliance arrive with the telemetry issue (SPEC t01-t03)",
-        ))
+    async fn set_exempt(&self, r: Request<pb::SetExemptRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        let upstream = self.0.clone();
+        blocking(move || upstream.set_exempt(&r.customer, r.exempt)).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 }
 

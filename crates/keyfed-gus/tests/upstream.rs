@@ -356,8 +356,13 @@ async fn oversized_requests_and_telemetry_are_refused() {
         .submit_telemetry(pb::TelemetrySubmission { text: "x".into() })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("t01"), "{}", e.message());
+    // t01 arrived: a file that is not a telemetry report is refused, saying why
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("telemetry file refused") && e.message().contains("line 1"),
+        "{}",
+        e.message()
+    );
     gus.stop().await;
 }
 

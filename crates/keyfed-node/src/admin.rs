@@ -374,15 +374,17 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn telemetry_status(&self, _: Request<pb::Empty>) -> R<pb::TelemetryStatusReply> {
-        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01-t02)")
+        Ok(Response::new(self.node.telemetry_status().await?))
     }
 
     async fn export_telemetry(&self, _: Request<pb::Empty>) -> R<pb::TelemetryFile> {
-        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01)")
+        let text = self.node.export_telemetry().await?;
+        Ok(Response::new(pb::TelemetryFile { text }))
     }
 
-    async fn upload_telemetry(&self, _: Request<pb::TelemetryFile>) -> R<pb::TelemetryReceipt> {
-        unimplemented("usage telemetry arrives with the telemetry issue (SPEC t01)")
+    async fn upload_telemetry(&self, r: Request<pb::TelemetryFile>) -> R<pb::TelemetryReceipt> {
+        let text = r.into_inner().text;
+        Ok(Response::new(self.node.upload_telemetry(&text).await?))
     }
 
     async fn list_audit(&self, _: Request<pb::Empty>) -> R<pb::AuditList> {

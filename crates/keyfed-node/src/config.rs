@@ -31,6 +31,11 @@ pub struct NodeConfig {
     pub donation_days: i64,
     /// b05: how often usage is rolled up to the node a key came from.
     pub usage_report_secs: i64,
+    /// t01: how often the node sends its usage report to the upstream (it
+    /// also sends whenever a report is due).
+    pub telemetry_interval_secs: i64,
+    /// t01: how soon a failed usage report is tried again.
+    pub telemetry_retry_secs: i64,
     /// Real-time period of the scheduler loop; rules use the injected clock.
     pub tick_millis: u64,
     pub hook: Option<HookConfig>,
@@ -196,6 +201,8 @@ impl Default for NodeConfig {
             seat_poll_secs: 60,
             donation_days: 30,
             usage_report_secs: 60,
+            telemetry_interval_secs: 86_400,
+            telemetry_retry_secs: 3_600,
             tick_millis: 1000,
             hook: None,
             debug_clock: false,

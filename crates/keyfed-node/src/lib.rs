@@ -14,6 +14,7 @@ pub mod renewal;
 pub mod sandbox;
 pub mod scheduler;
 pub mod station;
+pub mod telemetry;
 pub mod usage;
 
 pub use config::NodeConfig;

@@ -65,6 +65,7 @@ pub async fn once(node: &Node) -> NodeResult<()> {
         node.retire_silent_stations().await?;
         node.store.set_meta("last_station_sweep", &ts(node.now()))?;
     }
+    node.telemetry_tick().await;
     node.roll_up_usage().await
 }
 

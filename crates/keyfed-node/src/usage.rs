@@ -38,6 +38,19 @@ impl Node {
         Ok(rows)
     }
 
+    /// Forgets what was last rolled up, so the next tick sends every rollup
+    /// again with a fresh `reported_at`: telemetry (t01) counts a subtree
+    /// node as reporting only while its line is recent.
+    pub fn refresh_rollups(&self) -> NodeResult<()> {
+        for k in self.store.keys()? {
+            if let Some(peer) = k.origin.peer() {
+                self.store.set_meta(&format!("rollup:{peer}"), "")?;
+            }
+        }
+        self.usage_dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Queues a rollup to each peer we hold keys from, when it changed.
     pub async fn roll_up_usage(&self) -> NodeResult<()> {
         if !self.usage_dirty.swap(false, Ordering::Relaxed) {

@@ -538,6 +538,7 @@ impl Tx<'_> {
         self.write(USAGE, &pair(&line.node_id, &line.key_id), line)
     }
 
+    /// A named meta value, read inside the transaction (see [`Store::meta`]).
     pub fn meta<E: From<StoreError>>(&self, name: &str) -> TxResult<Option<String>, E> {
         self.read(META, name.as_bytes())
     }

@@ -1,5 +1,6 @@
 //! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
 mod render;
+mod telemetry;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -67,6 +68,15 @@ enum Command {
     /// the vendor upstream (point --addr at it)
     #[command(subcommand)]
     Upstream(UpstreamCmd),
+    /// usage telemetry of a node (t01, t02)
+    #[command(subcommand)]
+    Telemetry(telemetry::TelemetryCmd),
+    /// telemetry compliance per customer, on the upstream (t03)
+    Compliance {
+        customer: Option<String>,
+        #[command(subcommand)]
+        cmd: Option<telemetry::ComplianceCmd>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -430,6 +440,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             emit(json, &r, |r| format!("now {}\n", r.now));
         }
         Command::Upstream(cmd) => upstream_cmd(cli, cmd).await?,
+        Command::Telemetry(cmd) => telemetry::telemetry(cli, cmd).await?,
+        Command::Compliance { customer, cmd } => {
+            telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
+        }
     }
     Ok(())
 }

@@ -183,3 +183,72 @@ async fn keyfedctl_reports_local_mistakes_clearly() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(err(&bad).contains("--expires"), "{}", err(&bad));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t01_t03_keyfedctl_telemetry_and_compliance_commands() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    c.wait_healthy("main").await;
+    let up = format!("http://{}", c.upstream_addr);
+    let node = c.url("main");
+    let k = c.issue(&["antivirus"], 5, "2027-12-31");
+    c.add("main", &k).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("main.telemetry");
+    let p = path.to_str().unwrap();
+
+    let status = ctl(&node, &["telemetry", "status"]).await;
+    assert!(status.status.success(), "{}", err(&status));
+    assert!(
+        out(&status).contains("automatic") && out(&status).contains("NEXT DUE"),
+        "{}",
+        out(&status)
+    );
+
+    let exported = ctl(&node, &["telemetry", "export", "-o", p]).await;
+    assert!(exported.status.success(), "{}", err(&exported));
+    let id = out(&exported).trim().to_owned();
+    assert!(
+        id.starts_with("tr-"),
+        "the report id alone on stdout: {id:?}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# keyfed telemetry report") && text.contains(&k.key.id));
+
+    let first = ctl(&up, &["telemetry", "upload", p]).await;
+    assert!(first.status.success(), "{}", err(&first));
+    assert_eq!(
+        out(&first),
+        format!("report {id} of node main accepted via upstream\n")
+    );
+    let again = ctl(&node, &["telemetry", "upload", p]).await;
+    assert!(
+        out(&again).contains("via main > upstream (duplicate"),
+        "{}",
+        out(&again)
+    );
+
+    std::fs::write(&path, text.replace("held=5", "held=50")).unwrap();
+    let forged = ctl(&up, &["telemetry", "upload", p]).await;
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(
+        err(&forged).contains("INVALID_ARGUMENT")
+            && err(&forged).contains("signature does not verify"),
+        "{}",
+        err(&forged)
+    );
+
+    let state = ctl(&up, &["compliance", "acme"]).await;
+    assert!(state.status.success(), "{}", err(&state));
+    let row = out(&state).lines().nth(1).unwrap_or_default().to_owned();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..3], ["acme", "compliant", "1/1"], "{row}");
+    let exempt = ctl(&up, &["compliance", "exempt", "acme"]).await;
+    assert_eq!(out(&exempt), "acme is exempt\n", "{}", err(&exempt));
+    let state = ctl(&up, &["--json", "compliance", "acme"]).await;
+    assert!(
+        out(&state).contains("\"state\": \"exempt\""),
+        "{}",
+        out(&state)
+    );
+    c.shutdown().await;
+}
