@@ -362,15 +362,22 @@ impl TestCluster {
 
     /// Takes `object`'s seats of `key_id` back on `node` (Admin.UnassignSeats).
     pub async fn unassign(&self, node: &str, key_id: &str, object: &str) {
+        self.unassign_result(node, key_id, object)
+            .await
+            .expect("seats taken back");
+    }
+
+    pub async fn unassign_result(
+        &self,
+        node: &str,
+        key_id: &str,
+        object: &str,
+    ) -> Result<(), tonic::Status> {
         let req = pb::UnassignSeatsRequest {
             key_id: key_id.into(),
             object: object.into(),
         };
-        self.admin(node)
-            .await
-            .unassign_seats(req)
-            .await
-            .expect("seats taken back");
+        self.admin(node).await.unassign_seats(req).await.map(|_| ())
     }
 
     pub async fn objects(&self, node: &str) -> Vec<pb::ObjectInfo> {
