@@ -1,5 +1,6 @@
 //! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
 mod render;
+mod stations;
 mod telemetry;
 
 use anyhow::Context;
@@ -71,6 +72,20 @@ enum Command {
     /// usage telemetry of a node (t01, t02)
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCmd),
+    /// stations known to the node: lease, state, last contact (b03, o02)
+    Stations,
+    /// commands for offline stations and children (o03)
+    #[command(subcommand)]
+    Command(stations::CommandCmd),
+    /// the settings stations get (o05)
+    #[command(subcommand)]
+    Settings(stations::SettingsCmd),
+    /// reports: `report subscriptions` (e07)
+    #[command(subcommand)]
+    Report(stations::ReportCmd),
+    /// share a subscription with another tenant or move it (e07)
+    #[command(subcommand)]
+    Subscription(stations::SubscriptionCmd),
     /// telemetry compliance per customer, on the upstream (t03)
     Compliance {
         customer: Option<String>,
@@ -81,9 +96,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeyCmd {
-    /// add a vendor key file
+    /// add a vendor key file; --activate puts it on the held key of its license (e05)
     Add {
         file: PathBuf,
+        /// add-seats: counts add up, end dates merge; extend: one more term
+        #[arg(long, value_parser = ["add-seats", "extend"])]
+        activate: Option<String>,
+    },
+    /// extend a trial key once by 30 days (e04)
+    ExtendTrial {
+        id: String,
     },
     List,
     Show {
@@ -238,7 +260,12 @@ fn keys_table(keys: &[pb::KeyInfo]) -> String {
                 key.customer,
                 key.components.join(","),
                 format!("{}/{}", k.seats_assigned, k.seats_assigned + k.seats_free),
-                key.expires,
+                // after activations or a trial extension (e04, e05)
+                if k.entitled_until.is_empty() {
+                    key.expires
+                } else {
+                    k.entitled_until.clone()
+                },
                 k.state.clone(),
                 origin(k.origin.as_ref()),
                 if key.renews.is_empty() {
@@ -441,6 +468,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Upstream(cmd) => upstream_cmd(cli, cmd).await?,
         Command::Telemetry(cmd) => telemetry::telemetry(cli, cmd).await?,
+        Command::Stations => stations::stations(cli).await?,
+        Command::Command(cmd) => stations::command(cli, cmd).await?,
+        Command::Settings(cmd) => stations::settings(cli, cmd).await?,
+        Command::Report(cmd) => stations::report(cli, cmd).await?,
+        Command::Subscription(cmd) => stations::subscription(cli, cmd).await?,
         Command::Compliance { customer, cmd } => {
             telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
         }
@@ -452,18 +484,25 @@ async fn key(cli: &Cli, cmd: &KeyCmd) -> anyhow::Result<()> {
     let json = cli.json;
     // read a local file before dialing, so a typo is reported as such
     let text = match cmd {
-        KeyCmd::Add { file } => std::fs::read_to_string(file)
+        KeyCmd::Add { file, .. } => std::fs::read_to_string(file)
             .with_context(|| format!("reading key file {}", file.display()))?,
         _ => String::new(),
     };
     let mut client = admin(cli).await?;
     match cmd {
-        KeyCmd::Add { .. } => {
+        KeyCmd::Add { activate, .. } => {
             let k = client
                 .add_key(pb::AddKeyRequest {
                     key_file: text,
-                    ..Default::default()
+                    activation: activate.clone().unwrap_or_default(),
                 })
+                .await?
+                .into_inner();
+            emit(json, &k, |k| keys_table(std::slice::from_ref(k)));
+        }
+        KeyCmd::ExtendTrial { id } => {
+            let k = client
+                .extend_trial(pb::KeyId { id: id.clone() })
                 .await?
                 .into_inner();
             emit(json, &k, |k| keys_table(std::slice::from_ref(k)));

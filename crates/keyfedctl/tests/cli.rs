@@ -252,3 +252,89 @@ async fn t01_t03_keyfedctl_telemetry_and_compliance_commands() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o03_o05_e04_e07_keyfedctl_station_and_subscription_commands() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    let node = c.url("main");
+    let sub = c.issue_kind(
+        keyfed_core::KeyKind::Subscription,
+        "acme",
+        &["antivirus"],
+        10,
+        "2027-12-31",
+    );
+    c.add("main", &sub).await;
+    let id = sub.key.id.clone();
+    let mut agent = c.agent("main", "pc-1", &["antivirus"]);
+    assert!(agent.sync().await.unwrap().licensed);
+
+    let st = ctl(&node, &["stations"]).await;
+    assert!(st.status.success(), "{}", err(&st));
+    assert!(
+        out(&st).contains("pc-1") && out(&st).contains("licensed"),
+        "{}",
+        out(&st)
+    );
+
+    let q = ctl(&node, &["command", "queue", "pc-1", "scan-now"]).await;
+    assert!(q.status.success(), "{}", err(&q));
+    let list = ctl(&node, &["--json", "command", "list"]).await;
+    assert!(
+        out(&list).contains("\"state\": \"pending\""),
+        "{}",
+        out(&list)
+    );
+    let bad = ctl(&node, &["command", "queue", "nobody", "scan"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(err(&bad).contains("NOT_FOUND"), "{}", err(&bad));
+
+    let set = ctl(&node, &["settings", "set", "scan = \"daily\""]).await;
+    assert!(
+        out(&set).contains("version 2"),
+        "{} {}",
+        out(&set),
+        err(&set)
+    );
+    agent.sync().await.unwrap();
+    assert_eq!(agent.status().settings, "scan = \"daily\"");
+    assert_eq!(agent.state().commands, ["scan-now"]);
+
+    let share = ctl(&node, &["subscription", "share", &id, "beta", "4"]).await;
+    assert!(share.status.success(), "{}", err(&share));
+    let report = ctl(&node, &["report", "subscriptions"]).await;
+    let text = out(&report);
+    assert!(
+        text.contains("acme")
+            && text.contains("beta")
+            && text.contains("owner")
+            && text.contains("shared"),
+        "{text}"
+    );
+    let over = ctl(&node, &["subscription", "share", &id, "gamma", "9"]).await;
+    assert_eq!(over.status.code(), Some(1));
+    assert!(err(&over).contains("exceed the total"), "{}", err(&over));
+
+    let trial = c.issue_kind(
+        keyfed_core::KeyKind::Trial,
+        "acme",
+        &["edr"],
+        2,
+        "2027-12-31",
+    );
+    c.add("main", &trial).await;
+    let ext = ctl(&node, &["key", "extend-trial", &trial.key.id]).await;
+    assert!(
+        out(&ext).contains("2027-01-21"),
+        "{} {}",
+        out(&ext),
+        err(&ext)
+    );
+    let again = ctl(&node, &["key", "extend-trial", &trial.key.id]).await;
+    assert!(
+        err(&again).contains("second extension is refused"),
+        "{}",
+        err(&again)
+    );
+    c.shutdown().await;
+}
