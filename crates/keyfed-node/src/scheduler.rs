@@ -74,7 +74,18 @@ pub async fn once(node: &Node) -> NodeResult<()> {
 async fn donations(node: &Node) -> NodeResult<()> {
     let now = node.now();
     let period = Duration::days(node.config.donation_days);
-    for g in node.store.all_grants()? {
+    // only neighbors hold lent seats: point reads per (key, neighbor), never
+    // a scan of every grant (stations hold most of them)
+    let keys = node.store.keys()?;
+    let mut lent = Vec::new();
+    for n in &node.config.neighbors {
+        for k in &keys {
+            if let Some(g) = node.store.grant(&k.key.id, &n.node_id)? {
+                lent.push(g);
+            }
+        }
+    }
+    for g in lent {
         let (ObjectKind::Server, Some(until)) = (g.kind, g.lent_until) else {
             continue;
         };
@@ -112,7 +123,7 @@ async fn donations(node: &Node) -> NodeResult<()> {
             .await?;
         }
     }
-    for k in node.store.keys()? {
+    for k in keys {
         let (Origin::Peer(peer), Some(until)) = (&k.origin, k.lent_until) else {
             continue;
         };
