@@ -26,6 +26,11 @@ struct Cli {
     /// Address the gRPC server listens on.
     #[arg(long, env = "KEYFED_GUS_LISTEN", default_value = "127.0.0.1:7600")]
     listen: std::net::SocketAddr,
+    /// Also write the vendor public key (hex) to this file at start, before
+    /// serving, so nodes can trust it with `trusted_vendor_key_files`
+    /// (the compose federation shares it through a volume).
+    #[arg(long, env = "KEYFED_GUS_PUBKEY_FILE")]
+    pubkey_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -35,6 +40,15 @@ enum Command {
     /// Print the vendor public key (hex) for nodes to trust
     /// (`trusted_vendor_keys`). Creates the identity if the store is new.
     Pubkey,
+}
+
+/// Writes `key` to `path` atomically (a temporary file renamed over it), so a
+/// reader never sees half a key.
+fn write_pubkey(path: &std::path::Path, key: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{key}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 #[tokio::main]
@@ -54,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
             cli.data_dir.display()
         )
     })?;
+    if let Some(path) = &cli.pubkey_file {
+        write_pubkey(path, &upstream.public_key_hex())
+            .with_context(|| format!("writing the vendor public key to {}", path.display()))?;
+    }
     if let Some(Command::Pubkey) = cli.command {
         println!("{}", upstream.public_key_hex());
         return Ok(());

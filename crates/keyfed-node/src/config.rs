@@ -14,6 +14,10 @@ pub struct NodeConfig {
     pub key_dir: Option<PathBuf>,
     /// Hex Ed25519 public keys of the vendors whose keys this node accepts.
     pub trusted_vendor_keys: Vec<String>,
+    /// Files each holding one hex vendor public key (e.g. written by
+    /// `keyfed-gus --pubkey-file`); read at start and added to
+    /// `trusted_vendor_keys` by [`NodeConfig::load_vendor_key_files`].
+    pub trusted_vendor_key_files: Vec<PathBuf>,
     /// URL of the vendor upstream (GUS), e.g. http://127.0.0.1:7600.
     pub upstream: Option<String>,
     pub parent: Option<PeerConfig>,
@@ -191,6 +195,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./keyfed-data"),
             key_dir: None,
             trusted_vendor_keys: Vec::new(),
+            trusted_vendor_key_files: Vec::new(),
             upstream: None,
             parent: None,
             children: Vec::new(),
@@ -240,6 +245,38 @@ impl NodeConfig {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
+        }
+        if let Some(v) = get("KEYFED_TRUSTED_VENDOR_KEY_FILES") {
+            self.trusted_vendor_key_files = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Reads every `trusted_vendor_key_files` entry (one hex Ed25519 public
+    /// key, surrounding whitespace ignored) into `trusted_vendor_keys`.
+    /// A missing, empty or malformed file is an error: a node that silently
+    /// trusted no vendor would refuse every key later, far from the cause.
+    pub fn load_vendor_key_files(&mut self) -> Result<(), String> {
+        for path in &self.trusted_vendor_key_files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("trusted vendor key file {}: {e}", path.display()))?;
+            let key = text.trim();
+            let ok = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(format!(
+                    "trusted vendor key file {}: expected one hex Ed25519 public key (64 hex digits), found {:?}",
+                    path.display(),
+                    key.chars().take(80).collect::<String>()
+                ));
+            }
+            if !self.trusted_vendor_keys.iter().any(|k| k == key) {
+                self.trusted_vendor_keys.push(key.to_owned());
+            }
         }
         Ok(())
     }
@@ -331,5 +368,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.role_of("main"), Some(PeerRole::Parent));
+    }
+
+    #[test]
+    fn vendor_key_files_are_read_once_and_bad_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("vendor.pub");
+        let key = "ab".repeat(32);
+        std::fs::write(&good, format!("{key}\n")).unwrap();
+        let bad = dir.path().join("bad.pub");
+        std::fs::write(&bad, "not a key").unwrap();
+        let mut c = NodeConfig::default();
+        c.apply_env(|k| {
+            (k == "KEYFED_TRUSTED_VENDOR_KEY_FILES")
+                .then(|| format!("{}, {}", good.display(), good.display()))
+        })
+        .unwrap();
+        assert_eq!(c.trusted_vendor_key_files.len(), 2);
+        c.load_vendor_key_files().unwrap();
+        assert_eq!(c.trusted_vendor_keys, vec![key]);
+        c.trusted_vendor_key_files = vec![bad];
+        assert!(c.load_vendor_key_files().unwrap_err().contains("bad.pub"));
+        c.trusted_vendor_key_files = vec![dir.path().join("missing.pub")];
+        assert!(c
+            .load_vendor_key_files()
+            .unwrap_err()
+            .contains("missing.pub"));
     }
 }

@@ -1,4 +1,5 @@
-//! `keyfed`: run a node (`serve`) or a local federation (`sandbox`).
+//! `keyfed`: run a node (`serve`) or a local federation (`sandbox`), or ask a
+//! node or upstream whether it is serving (`health`, the container health check).
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyfed_core::{ManualClock, SharedClock, SystemClock};
@@ -6,6 +7,7 @@ use keyfed_node::NodeConfig;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -56,6 +58,19 @@ enum Command {
         #[arg(long)]
         debug_clock: bool,
     },
+    /// Ask a node's (or the upstream's) gRPC health service whether it is
+    /// serving; exits 0 if so, 1 otherwise (the container HEALTHCHECK).
+    Health {
+        /// address of the node or upstream; `host:port` or a URL
+        #[arg(long, env = "KEYFED_HEALTH_ADDR", default_value = "127.0.0.1:7601")]
+        addr: String,
+        /// service name to check; empty asks for the server as a whole
+        #[arg(long, default_value = "")]
+        service: String,
+        /// give up after this many seconds
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -97,9 +112,53 @@ fn on_signal(token: CancellationToken) {
     });
 }
 
+/// One `grpc.health.v1.Health/Check` call, bounded by `timeout`.
+async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("{addr:?} is not a valid address"))?
+            .connect()
+            .await
+            .with_context(|| format!("could not reach {url}"))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .with_context(|| format!("health check of {url}"))?
+            .into_inner();
+        anyhow::Ok(reply.status())
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .with_context(|| format!("no answer from {url} within {timeout:?}"))??;
+    if status == ServingStatus::Serving {
+        println!("SERVING");
+        Ok(())
+    } else {
+        anyhow::bail!("{url} reports {}", status.as_str_name())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Health {
+        addr,
+        service,
+        timeout_secs,
+    } = &cli.command
+    {
+        // no tracing or signal handling: a health probe prints one line
+        return health(addr, service, Duration::from_secs(*timeout_secs)).await;
+    }
     init_tracing(&cli.log_format);
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -136,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 cfg.upstream = Some(v);
             }
             cfg.trusted_vendor_keys.extend(trust);
+            cfg.load_vendor_key_files().map_err(anyhow::Error::msg)?;
             cfg.debug_clock |= debug_clock;
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
@@ -143,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
             let clock = clock(cfg.debug_clock);
             keyfed_node::run(cfg, listener, clock, shutdown).await
         }
+        Command::Health { .. } => unreachable!("handled before tracing starts"),
         Command::Sandbox {
             dir,
             base_port,
