@@ -447,3 +447,87 @@ async fn b03_a_station_silent_for_90_days_retires_and_comes_back_to_life() {
     assert!(old.sync().await.unwrap().licensed);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b02_a_station_reaching_two_neighbors_never_holds_two_seats() {
+    let c = TestCluster::start(Topology::new().root("main").neighbor("east", "main")).await;
+    c.wait_linked().await;
+    let k = c.issue(&["antivirus"], 10, "2027-12-31");
+    let id = k.key.id.clone();
+    c.add("main", &k).await;
+    c.assign("main", &id, "east", 3).await.unwrap();
+    keyfed_tests::eventually("east holds lent seats", || c.has_key("east", &id)).await;
+    let used = |node: &'static str| {
+        let id = id.clone();
+        let c = &c;
+        async move { c.key(node, &id).await.map_or(0, |k| k.seats_assigned) }
+    };
+
+    // pc-1 holds a seat at main, then reaches east too
+    let mut at_main = c.agent("main", "pc-1", &["antivirus"]);
+    assert!(at_main.sync().await.unwrap().licensed);
+    let mut at_east = c.agent_with("east", "pc-1", &["antivirus"], |cfg| {
+        cfg.state_dir = cfg.state_dir.with_file_name("pc-1-east");
+    });
+    at_east.sync().await.unwrap();
+    keyfed_tests::eventually("east gives the second seat back", || async {
+        used("east").await == 0
+            && has_event(&c.notifications("east").await, "duplicate-station", &id)
+    })
+    .await;
+    let again = at_east.sync().await.unwrap();
+    assert!(!again.licensed);
+    assert!(again.reason.contains("through main"), "{}", again.reason);
+    assert_eq!(used("east").await, 0);
+    assert_eq!(
+        used("main").await,
+        3 + 1,
+        "east's 3 lent seats and pc-1's one"
+    );
+
+    // pc-2 starts at east; main then refuses it a second seat until east lets go
+    let mut east2 = c.agent("east", "pc-2", &["antivirus"]);
+    assert!(east2.sync().await.unwrap().licensed);
+    let mut main2 = c.agent_with("main", "pc-2", &["antivirus"], |cfg| {
+        cfg.state_dir = cfg.state_dir.with_file_name("pc-2-main");
+    });
+    // main learns of the seat once east's claim is delivered (acked)
+    keyfed_tests::eventually("east's claim reached main", || async {
+        let peers = c
+            .admin("east")
+            .await
+            .list_peers(pb::Empty {})
+            .await
+            .unwrap()
+            .into_inner();
+        peers
+            .peers
+            .iter()
+            .any(|p| p.node_id == "main" && p.outbox_depth == 0)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let s = main2.sync().await.unwrap();
+        assert!(!s.licensed, "main must not give pc-2 a second seat");
+        if s.reason.contains("through east") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "main never learned of pc-2's seat at east"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(used("main").await, 4);
+    east2.release().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !main2.sync().await.unwrap().licensed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "main never gave pc-2 a seat after east released it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    c.shutdown().await;
+}

@@ -75,6 +75,7 @@ pub fn body_name(b: &pb::delivery::Body) -> &'static str {
         pb::delivery::Body::Usage(_) => "usage-rollup",
         pb::delivery::Body::Offer(_) => "key-offer",
         pb::delivery::Body::Command(_) => "command",
+        pb::delivery::Body::Claim(_) => "station-claim",
     }
 }
 
@@ -102,6 +103,8 @@ pub struct Inner {
     flush_asked: std::sync::atomic::AtomicU64,
     flushed: std::sync::atomic::AtomicU64,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Station settings as last read or written (o05): read on every contact.
+    pub settings_cache: Mutex<Option<crate::station::Settings>>,
 }
 
 #[derive(Clone)]
@@ -141,6 +144,7 @@ impl Node {
             flushed: std::sync::atomic::AtomicU64::new(0),
             flush_asked: std::sync::atomic::AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
+            settings_cache: Mutex::new(None),
             events,
             hooks,
             wakers: Mutex::new(HashMap::new()),
@@ -789,6 +793,13 @@ impl Node {
             _ => None,
         };
         let role = self.config.role_of(peer);
+        // b02: claims name a license; find this node's current key of it
+        let claimed = match &d.body {
+            Some(pb::delivery::Body::Claim(c)) => self.store.keys()?.into_iter().find(|k| {
+                k.key.license == c.license && k.superseded_by.is_none() && k.merged_into.is_none()
+            }),
+            _ => None,
+        };
         self.commit(|tx, fx| {
             let mut cursor = tx.cursor::<NodeError>(peer)?;
             if d.seq <= cursor.applied {
@@ -888,6 +899,9 @@ impl Node {
                     } else if tx.key::<NodeError>(&new.key.id)?.is_none() {
                         tx.put_key(&new)?;
                     }
+                }
+                (Some(pb::delivery::Body::Claim(c)), _) => {
+                    self.claim_tx(tx, fx, peer, c, claimed.as_ref(), now)?;
                 }
                 (Some(pb::delivery::Body::Command(c)), _) => {
                     // o03: a command from the parent's administrator
@@ -1032,6 +1046,101 @@ impl Node {
             format!("{peer} withdrew key {key_id}: {reason}"),
             &[("from", peer.to_owned())],
         )
+    }
+
+    /// b02 across nodes: a peer says one of its stations took (or gave back)
+    /// a seat of a license; or our origin answers that it is a second seat.
+    fn claim_tx(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        c: &pb::StationClaim,
+        key: Option<&StoredKey>,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let (license, fp) = (c.license.as_str(), c.fingerprint.as_str());
+        let Some(k) = key else {
+            return Ok(()); // the license is gone here: nothing to arbitrate
+        };
+        let origin = k.origin.peer().map(str::to_owned);
+        if c.duplicate {
+            if origin.as_deref() != Some(peer) {
+                return fx.notify(
+                    tx,
+                    now,
+                    "peer-message-refused",
+                    &k.key.id,
+                    format!(
+                        "{peer} answered a station claim for a key it did not give us; ignored"
+                    ),
+                    &[("peer", peer.to_owned())],
+                );
+            }
+            if let Some(below) = tx.claim::<NodeError>(license, fp)? {
+                // forwarded for a node below us: pass the answer down
+                tx.remove_claim::<NodeError>(license, fp)?;
+                return fx
+                    .send(
+                        tx,
+                        &below,
+                        now,
+                        &k.key.id,
+                        pb::delivery::Body::Claim(c.clone()),
+                    )
+                    .map(|_| ());
+            }
+            if tx.remove_grant::<NodeError>(&k.key.id, fp)?.is_some() {
+                if let Some(mut s) = tx.station::<NodeError>(fp)? {
+                    s.key_id = None;
+                    s.elsewhere = Some((c.holder.clone(), k.key.id.clone(), now));
+                    tx.put_station(&s)?;
+                }
+                fx.notify(tx, now, "duplicate-station", &k.key.id, format!("station {fp} already holds a seat of {} through {}: the seat it took here was given back (b02)", k.key.id, c.holder), &[("fingerprint", fp.to_owned()), ("holder", c.holder.clone())])?;
+            }
+            return Ok(());
+        }
+        if tx.grant::<NodeError>(&k.key.id, peer)?.is_none() {
+            return fx.notify(
+                tx,
+                now,
+                "peer-message-refused",
+                &k.key.id,
+                format!(
+                    "{peer} claims a station seat of {} but was never granted seats of it; refused",
+                    k.key.id
+                ),
+                &[("peer", peer.to_owned())],
+            );
+        }
+        if c.released {
+            if tx.claim::<NodeError>(license, fp)?.as_deref() == Some(peer) {
+                tx.remove_claim::<NodeError>(license, fp)?;
+                if let Some(up) = &origin {
+                    fx.send(tx, up, now, &k.key.id, crate::station::claim(k, fp, true))?;
+                }
+            }
+            return Ok(());
+        }
+        let here = tx
+            .grant::<NodeError>(&k.key.id, fp)?
+            .filter(|g| g.kind == ObjectKind::Station)
+            .map(|_| self.id().to_owned());
+        let elsewhere = tx.claim::<NodeError>(license, fp)?.filter(|p| p != peer);
+        if let Some(holder) = here.or(elsewhere) {
+            let answer = pb::StationClaim {
+                duplicate: true,
+                holder: holder.clone(),
+                ..c.clone()
+            };
+            fx.send(tx, peer, now, &k.key.id, pb::delivery::Body::Claim(answer))?;
+            return fx.notify(tx, now, "duplicate-station", &k.key.id, format!("station {fp} reached {peer} but already holds a seat of {} through {holder}; {peer} gives its seat back (b02)", k.key.id), &[("fingerprint", fp.to_owned()), ("holder", holder)]);
+        }
+        tx.put_claim(license, fp, peer)?;
+        if let Some(up) = &origin {
+            fx.send(tx, up, now, &k.key.id, crate::station::claim(k, fp, false))?;
+        }
+        Ok(())
     }
 
     pub fn notifications_after(&self, seq: u64) -> NodeResult<Vec<Notification>> {

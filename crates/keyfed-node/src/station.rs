@@ -84,6 +84,15 @@ enum Outcome {
 
 impl Node {
     pub fn settings(&self) -> NodeResult<Settings> {
+        if let Some(s) = self.settings_cache.lock().expect("settings lock").clone() {
+            return Ok(s);
+        }
+        let s = self.stored_settings()?;
+        *self.settings_cache.lock().expect("settings lock") = Some(s.clone());
+        Ok(s)
+    }
+
+    fn stored_settings(&self) -> NodeResult<Settings> {
         Ok(match self.store.meta(SETTINGS)? {
             Some(s) => serde_json::from_str(&s).map_err(|e| {
                 NodeError::FailedPrecondition(format!("stored station settings unreadable: {e}"))
@@ -117,6 +126,7 @@ impl Node {
             &serde_json::to_string(&next).expect("settings serialize"),
         )?;
         self.durable().await?;
+        *self.settings_cache.lock().expect("settings lock") = Some(next.clone());
         let now = self.now();
         let v = next.version;
         self.commit(|tx, fx| {
@@ -153,8 +163,19 @@ impl Node {
             ));
         }
         let now = self.now();
-        let keys = self.store.keys()?;
-        let held = self.seat_of(&keys, fp)?;
+        // the common case is a renewal: the station's record names its key,
+        // so one grant and one key are read instead of every key
+        let known = match self.store.station(fp)?.and_then(|s| s.key_id) {
+            Some(id) if self.store.grant(&id, fp)?.is_some() => self.store.key(&id)?,
+            _ => None,
+        };
+        let (held, keys) = match known {
+            Some(k) => (Some(k), Vec::new()),
+            None => {
+                let keys = self.store.keys()?;
+                (self.seat_of(&keys, fp)?, keys)
+            }
+        };
         let settings = self.settings()?;
         let pending: Vec<u64> = self
             .store
@@ -187,6 +208,7 @@ impl Node {
                     retired_at: None,
                     settings_version: 0,
                     reports: 0,
+                    elsewhere: None,
                 });
                 if let Some(when) = station.retired_at.take() {
                     fx.notify(
@@ -207,7 +229,19 @@ impl Node {
                 }
                 station.last_contact = now;
                 station.settings_version = settings.version;
-                let outcome = self.take_seat(tx, &candidates, &hello, now)?;
+                let validity = self.config.stations.policy().offline_validity;
+                let outcome = match station.elsewhere.clone() {
+                    // b02: another node holds its seat; it is not given a second one here
+                    Some((holder, key, since)) if held.is_none() && now < since + validity => {
+                        Outcome::Refused(format!(
+                            "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
+                        ))
+                    }
+                    _ => {
+                        station.elsewhere = None;
+                        self.take_seat(tx, fx, &candidates, &hello, now)?
+                    }
+                };
                 station.key_id = match &outcome {
                     Outcome::Licensed(k) | Outcome::Withdrawn(k, _) => Some(k.key.id.clone()),
                     Outcome::Refused(_) => None,
@@ -277,6 +311,7 @@ impl Node {
     fn take_seat(
         &self,
         tx: &keyfed_store::Tx<'_>,
+        fx: &mut crate::node::Effects,
         candidates: &[StoredKey],
         hello: &Hello,
         now: DateTime<Utc>,
@@ -289,12 +324,11 @@ impl Node {
         };
         let mut why = Vec::new();
         for k in candidates {
-            let Some(k) = tx.key::<NodeError>(&k.key.id)? else {
-                continue;
-            };
-            let id = &k.key.id;
-            let state = self.key_state(&k);
-            if tx.grant::<NodeError>(id, fp)?.is_some() {
+            if tx.grant::<NodeError>(&k.key.id, fp)?.is_some() {
+                // its seat: the key read just before is current enough to
+                // tell its state (a renewal would have moved the grant)
+                let state = self.key_state(k);
+                let id = &k.key.id;
                 return Ok(match state {
                     KeyState::Suspended { since } => Outcome::Withdrawn(
                         k.clone(),
@@ -305,6 +339,17 @@ impl Node {
                     ),
                     _ => Outcome::Licensed(k.clone()),
                 });
+            }
+            let Some(k) = tx.key::<NodeError>(&k.key.id)? else {
+                continue;
+            };
+            let id = &k.key.id;
+            let state = self.key_state(&k);
+            if let Some(peer) = tx.claim::<NodeError>(&k.key.license, fp)? {
+                why.push(format!(
+                    "{fp} already holds a seat of {id} through {peer} (b02)"
+                ));
+                continue;
             }
             if !state.writable() {
                 why.push(format!("{id} is {}", state.label()));
@@ -356,6 +401,10 @@ impl Node {
                 delivered: true,
                 tenant,
             })?;
+            if let Some(origin) = k.origin.peer() {
+                // b02: the key's origin learns of the seat and answers if it is a second one
+                fx.send(tx, origin, now, id, claim(&k, fp, false))?;
+            }
             return Ok(Outcome::Licensed(k));
         }
         Ok(Outcome::Refused(if candidates.is_empty() {
@@ -381,9 +430,10 @@ impl Node {
             ));
         }
         let now = self.now();
-        self.commit(|tx, _| match tx.grant::<NodeError>(key_id, fp)? {
+        self.commit(|tx, fx| match tx.grant::<NodeError>(key_id, fp)? {
             Some(g) if g.kind == ObjectKind::Station => {
                 tx.remove_grant::<NodeError>(key_id, fp)?;
+                release_claim(tx, fx, key_id, fp, now)?;
                 if let Some(mut s) = tx.station::<NodeError>(fp)? {
                     s.key_id = None;
                     s.last_contact = now;
@@ -477,6 +527,7 @@ impl Node {
                     }
                     if let Some(key_id) = key_id {
                         tx.remove_grant::<NodeError>(key_id, &s.fingerprint)?;
+                        release_claim(tx, fx, key_id, &s.fingerprint, now)?;
                     }
                     cur.retired_at = Some(now);
                     cur.key_id = None;
@@ -541,6 +592,35 @@ impl Node {
             })
             .collect()
     }
+}
+
+/// b02: the claim a node sends the origin of a key when one of its stations
+/// takes (or gives back) a seat of it.
+pub fn claim(k: &StoredKey, fingerprint: &str, released: bool) -> pb::delivery::Body {
+    pb::delivery::Body::Claim(pb::StationClaim {
+        key_id: k.key.id.clone(),
+        fingerprint: fingerprint.to_owned(),
+        released,
+        duplicate: false,
+        holder: String::new(),
+        license: k.key.license.clone(),
+    })
+}
+
+/// A station seat of `key_id` was given back: its origin forgets the claim.
+fn release_claim(
+    tx: &keyfed_store::Tx<'_>,
+    fx: &mut crate::node::Effects,
+    key_id: &str,
+    fingerprint: &str,
+    now: DateTime<Utc>,
+) -> keyfed_store::TxResult<(), NodeError> {
+    if let Some(k) = tx.key::<NodeError>(key_id)? {
+        if let Some(origin) = k.origin.peer() {
+            fx.send(tx, origin, now, key_id, claim(&k, fingerprint, true))?;
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]

@@ -49,7 +49,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 13] = [
+const TREES: [&str; 14] = [
     "keys",
     "grants",
     "used",
@@ -63,6 +63,7 @@ const TREES: [&str; 13] = [
     "stations",
     "reports",
     "commands",
+    "claims",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -77,6 +78,7 @@ const META: usize = 9;
 const STATIONS: usize = 10;
 const REPORTS: usize = 11;
 const COMMANDS: usize = 12;
+const CLAIMS: usize = 13;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -447,6 +449,25 @@ impl Tx<'_> {
         };
         self.put_command(&c)?;
         Ok(c)
+    }
+
+    /// b02: the peer whose station holds a seat of `key_id` (or that
+    /// forwarded the claim), if any.
+    pub fn claim<E: From<StoreError>>(
+        &self,
+        key_id: &str,
+        fingerprint: &str,
+    ) -> TxResult<Option<String>, E> {
+        self.read(CLAIMS, &pair(key_id, fingerprint))
+    }
+
+    pub fn put_claim<E>(&self, key_id: &str, fingerprint: &str, peer: &str) -> TxResult<(), E> {
+        self.write(CLAIMS, &pair(key_id, fingerprint), &peer)
+    }
+
+    pub fn remove_claim<E>(&self, key_id: &str, fingerprint: &str) -> TxResult<(), E> {
+        self.trees[CLAIMS].remove(pair(key_id, fingerprint))?;
+        Ok(())
     }
 
     pub fn put_command<E>(&self, c: &Command) -> TxResult<(), E> {

@@ -191,6 +191,10 @@ pub struct StationRecord {
     /// o05: the settings version it was last sent.
     pub settings_version: u64,
     pub reports: u64,
+    /// b02: another node holds this fingerprint's seat of a key (node, key,
+    /// since); contacts are refused for the offline-validity period.
+    #[serde(default)]
+    pub elsewhere: Option<(String, String, DateTime<Utc>)>,
 }
 
 /// One report a station sent (o01), kept once by its id.

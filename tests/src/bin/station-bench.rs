@@ -152,6 +152,57 @@ where
     }
 }
 
+/// Like [`load`], but each task calls once per `every`, starting spread out
+/// over one period: the latency of a fleet at a steady, sustainable rate.
+async fn paced<F, Fut>(what: &str, tasks: usize, per_task: usize, every: Duration, call: F) -> Row
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let call = call.clone();
+            let offset = every.mul_f64(t as f64 / tasks.max(1) as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(every);
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    tick.tick().await;
+                    let s = Instant::now();
+                    call(t, i).await;
+                    lat.push(s.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.expect("load task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    Row {
+        what: what.into(),
+        ops: lat.len(),
+        secs,
+        lat,
+    }
+}
+
+fn renew_request(t: usize) -> pb::RenewRequest {
+    let fp = format!("st-{t}");
+    pb::RenewRequest {
+        fingerprint: fp.clone(),
+        station_id: fp,
+        components: vec!["antivirus".into()],
+        ..Default::default()
+    }
+}
+
 fn hello(fp: String) -> pb::ConnectRequest {
     pb::ConnectRequest {
         station_id: fp.clone(),
@@ -266,18 +317,26 @@ async fn main() {
             move |t, _| {
                 let mut c = client(&p, t);
                 async move {
-                    let fp = format!("st-{t}");
-                    let l = c
-                        .renew(pb::RenewRequest {
-                            fingerprint: fp.clone(),
-                            station_id: fp,
-                            components: vec!["antivirus".into()],
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("renew")
-                        .into_inner();
+                    let l = c.renew(renew_request(t)).await.expect("renew").into_inner();
                     assert!(l.licensed, "{}", l.reason);
+                }
+            },
+        )
+        .await,
+    );
+    // the same fleet at a steady 2,000 renewals/s (each station every 0.5 s)
+    let p = pool.clone();
+    let every = Duration::from_secs_f64(a.stations as f64 / 2000.0);
+    rows.push(
+        paced(
+            &format!("renew paced: each station every {} ms", every.as_millis()),
+            a.stations,
+            10,
+            every,
+            move |t, _| {
+                let mut c = client(&p, t);
+                async move {
+                    c.renew(renew_request(t)).await.expect("renew");
                 }
             },
         )
