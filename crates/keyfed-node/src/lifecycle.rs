@@ -467,6 +467,28 @@ impl Node {
     }
 }
 
+/// e04: raises this month's metered peak of a subscription to `used`, in
+/// the transaction that took the seat (a tick could miss a short peak).
+pub fn meter_tx(
+    tx: &keyfed_store::Tx<'_>,
+    k: &StoredKey,
+    used: u32,
+    now: chrono::DateTime<chrono::Utc>,
+) -> keyfed_store::TxResult<(), NodeError> {
+    if k.key.kind != KeyKind::Subscription {
+        return Ok(());
+    }
+    let month = format!("meter:{}:{}", k.key.id, now.format("%Y-%m"));
+    let peak: u32 = tx
+        .meta::<NodeError>(&month)?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if used > peak {
+        tx.put_meta(&month, &used.to_string())?;
+    }
+    Ok(())
+}
+
 /// What an administrator sees of a command.
 pub fn command_info(c: &Command, keep_days: i64) -> pb::CommandInfo {
     let changed = match c.state {

@@ -460,6 +460,7 @@ impl Node {
                 tenant: String::new(),
             };
             tx.put_grant(&g)?;
+            crate::lifecycle::meter_tx(tx, &k, used - mine + seats, now)?;
             tx.remove_waiting::<NodeError>(key_id, object)?;
             if kind == ObjectKind::Server {
                 fx.send(tx, object, now, key_id, seat_grant(&k, seats, lent_until))?;

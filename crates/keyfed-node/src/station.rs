@@ -401,6 +401,7 @@ impl Node {
                 delivered: true,
                 tenant,
             })?;
+            crate::lifecycle::meter_tx(tx, &k, used + 1, now)?;
             if let Some(origin) = k.origin.peer() {
                 // b02: the key's origin learns of the seat and answers if it is a second one
                 fx.send(tx, origin, now, id, claim(&k, fp, false))?;
