@@ -531,3 +531,32 @@ async fn b02_a_station_reaching_two_neighbors_never_holds_two_seats() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b03_a_station_that_keeps_in_touch_never_retires() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    let k = c.issue(&["antivirus"], 2, "2027-12-31");
+    c.add("main", &k).await;
+    let mut a = c.agent("main", "pc-1", &["antivirus"]);
+    for _ in 0..4 {
+        assert!(a.sync().await.unwrap().licensed);
+        // renewals within the hour answer from the store; the contact counts all the same
+        assert!(a.sync().await.unwrap().licensed);
+        c.advance(chrono::Duration::days(60));
+    }
+    // 240 days in all, never 90 silent; one more tick's sweep sees the same
+    assert!(a.sync().await.unwrap().licensed);
+    let marker = c.issue(&["firewall"], 1, "2027-12-31");
+    c.add("main", &marker).await;
+    keyfed_tests::eventually("a later tick ran", || async {
+        has_event(&c.notifications("main").await, "seats-low", &marker.key.id)
+    })
+    .await;
+    assert_eq!(c.station("main", "pc-1").await.unwrap().state, "licensed");
+    assert!(!has_event(
+        &c.notifications("main").await,
+        "stations-retired",
+        ""
+    ));
+    c.shutdown().await;
+}
