@@ -105,6 +105,8 @@ pub struct Inner {
     flush_lock: tokio::sync::Mutex<()>,
     /// Station settings as last read or written (o05): read on every contact.
     pub settings_cache: Mutex<Option<crate::station::Settings>>,
+    /// Station contacts that need a write, committed in batches.
+    pub(crate) contacts: std::sync::OnceLock<crate::station::ContactQueue>,
 }
 
 #[derive(Clone)]
@@ -145,6 +147,7 @@ impl Node {
             flush_asked: std::sync::atomic::AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             settings_cache: Mutex::new(None),
+            contacts: std::sync::OnceLock::new(),
             events,
             hooks,
             wakers: Mutex::new(HashMap::new()),
@@ -169,6 +172,12 @@ impl Node {
             Ok((v, fx))
         })?;
         self.durable().await?;
+        self.publish(fx);
+        Ok(value)
+    }
+
+    /// After a commit is durable: notifications out, peers' outboxes woken.
+    pub fn publish(&self, fx: Effects) {
         self.usage_dirty.store(true, Ordering::Relaxed);
         for n in fx.notifications {
             tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
@@ -180,7 +189,6 @@ impl Node {
         for peer in fx.wake {
             self.waker(&peer).notify_one();
         }
-        Ok(value)
     }
 
     /// Waits until every transaction committed before the call is on disk.

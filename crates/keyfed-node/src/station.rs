@@ -15,6 +15,8 @@ use keyfed_store::{
     abort, CommandState, Grant, ObjectKind, StationRecord, StationReport, StoredKey,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -78,7 +80,7 @@ fn lease_id(key_id: &str, fingerprint: &str) -> String {
 }
 
 /// How a contact ended, decided inside its transaction.
-enum Outcome {
+pub(crate) enum Outcome {
     Licensed(StoredKey),
     /// Holds its seat, but the key no longer licenses it (suspended).
     Withdrawn(StoredKey, String),
@@ -224,83 +226,116 @@ impl Node {
                 })
                 .collect(),
         };
-        let (outcome, commands) = self
-            .commit(|tx, fx| {
-                let mut station = tx.station::<NodeError>(fp)?.unwrap_or(StationRecord {
-                    fingerprint: fp.to_owned(),
-                    station_id: hello.station_id.clone(),
-                    tenant: hello.tenant.clone(),
-                    components: hello.components.clone(),
-                    key_id: None,
-                    first_seen: now,
-                    last_contact: now,
-                    retired_at: None,
-                    settings_version: 0,
-                    reports: 0,
-                    elsewhere: None,
-                });
-                if let Some(when) = station.retired_at.take() {
-                    fx.notify(
-                        tx,
-                        now,
-                        "station-returned",
-                        "",
-                        format!("station {fp} retired on {} is back", ts(when)),
-                        &[("fingerprint", fp.to_owned())],
-                    )?;
-                }
-                if !hello.station_id.is_empty() {
-                    station.station_id = hello.station_id.clone();
-                }
-                station.tenant = hello.tenant.clone();
-                if !hello.components.is_empty() {
-                    station.components = hello.components.clone();
-                }
-                station.last_contact = now;
-                station.settings_version = settings.version;
-                let validity = self.config.stations.policy().offline_validity;
-                let outcome = match station.elsewhere.clone() {
-                    // b02: another node holds its seat; it is not given a second one here
-                    Some((holder, key, since)) if held.is_none() && now < since + validity => {
-                        Outcome::Refused(format!(
-                            "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
-                        ))
-                    }
-                    _ => {
-                        station.elsewhere = None;
-                        self.take_seat(tx, fx, &candidates, &hello, now)?
-                    }
-                };
-                station.key_id = match &outcome {
-                    Outcome::Licensed(k) | Outcome::Withdrawn(k, _) => Some(k.key.id.clone()),
-                    Outcome::Refused(_) => None,
-                };
-                tx.put_station(&station)?;
-                let mut delivered = Vec::new();
-                for id in &pending {
-                    if let Some(mut c) = tx.command::<NodeError>(fp, *id)? {
-                        if c.state == CommandState::Pending {
-                            c.state = CommandState::Delivered { at: now };
-                            tx.put_command(&c)?;
-                            delivered.push(c.command);
-                        }
-                    }
-                }
-                if let Outcome::Refused(reason) = &outcome {
-                    // b04: a connection refused for want of a seat is worth a warning
-                    fx.notify(
-                        tx,
-                        now,
-                        "connection-refused",
-                        "",
-                        format!("station {fp} refused: {reason}"),
-                        &[("fingerprint", fp.to_owned())],
-                    )?;
-                }
-                Ok((outcome, delivered))
-            })
-            .await?;
+        let contact = Contact {
+            fp: fp.to_owned(),
+            hello: hello.clone(),
+            held: held.is_some(),
+            candidates,
+            pending,
+            settings_version: settings.version,
+            now,
+        };
+        let (outcome, commands) = self.commit_contact(contact).await?;
         Ok(self.lease(fp, outcome, commands, settings, hello.settings_version, now))
+    }
+
+    /// Queues a contact for the next batch and waits until it is durable.
+    async fn commit_contact(&self, contact: Contact) -> NodeResult<(Outcome, Vec<String>)> {
+        let queue = self.contacts.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_contact_batches(Arc::downgrade(&self.0), rx));
+            ContactQueue(tx)
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .0
+            .send((contact, reply))
+            .map_err(|_| NodeError::FailedPrecondition("the node is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| NodeError::FailedPrecondition("the node is shutting down".into()))?
+    }
+
+    /// One station's contact inside a batch's transaction.
+    fn contact_tx(
+        &self,
+        tx: &keyfed_store::Tx<'_>,
+        fx: &mut crate::node::Effects,
+        c: &Contact,
+    ) -> keyfed_store::TxResult<(Outcome, Vec<String>), NodeError> {
+        let (fp, hello, now) = (c.fp.as_str(), &c.hello, c.now);
+        let mut station = tx.station::<NodeError>(fp)?.unwrap_or(StationRecord {
+            fingerprint: fp.to_owned(),
+            station_id: hello.station_id.clone(),
+            tenant: hello.tenant.clone(),
+            components: hello.components.clone(),
+            key_id: None,
+            first_seen: now,
+            last_contact: now,
+            retired_at: None,
+            settings_version: 0,
+            reports: 0,
+            elsewhere: None,
+        });
+        if let Some(when) = station.retired_at.take() {
+            fx.notify(
+                tx,
+                now,
+                "station-returned",
+                "",
+                format!("station {fp} retired on {} is back", ts(when)),
+                &[("fingerprint", fp.to_owned())],
+            )?;
+        }
+        if !hello.station_id.is_empty() {
+            station.station_id = hello.station_id.clone();
+        }
+        station.tenant = hello.tenant.clone();
+        if !hello.components.is_empty() {
+            station.components = hello.components.clone();
+        }
+        station.last_contact = now;
+        station.settings_version = c.settings_version;
+        let validity = self.config.stations.policy().offline_validity;
+        let outcome = match station.elsewhere.clone() {
+            // b02: another node holds its seat; it is not given a second one here
+            Some((holder, key, since)) if !c.held && now < since + validity => {
+                Outcome::Refused(format!(
+                    "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
+                ))
+            }
+            _ => {
+                station.elsewhere = None;
+                self.take_seat(tx, fx, &c.candidates, hello, now)?
+            }
+        };
+        station.key_id = match &outcome {
+            Outcome::Licensed(k) | Outcome::Withdrawn(k, _) => Some(k.key.id.clone()),
+            Outcome::Refused(_) => None,
+        };
+        tx.put_station(&station)?;
+        let mut delivered = Vec::new();
+        for id in &c.pending {
+            if let Some(mut c) = tx.command::<NodeError>(fp, *id)? {
+                if c.state == CommandState::Pending {
+                    c.state = CommandState::Delivered { at: now };
+                    tx.put_command(&c)?;
+                    delivered.push(c.command);
+                }
+            }
+        }
+        if let Outcome::Refused(reason) = &outcome {
+            // b04: a connection refused for want of a seat is worth a warning
+            fx.notify(
+                tx,
+                now,
+                "connection-refused",
+                "",
+                format!("station {fp} refused: {reason}"),
+                &[("fingerprint", fp.to_owned())],
+            )?;
+        }
+        Ok((outcome, delivered))
     }
 
     /// The answer to a contact.
@@ -638,6 +673,83 @@ impl Node {
                 })
             })
             .collect()
+    }
+}
+
+/// A station contact waiting for its batch (the reads were done before).
+pub(crate) struct Contact {
+    fp: String,
+    hello: Hello,
+    held: bool,
+    candidates: Vec<StoredKey>,
+    pending: Vec<u64>,
+    settings_version: u64,
+    now: DateTime<Utc>,
+}
+
+type ContactReply = oneshot::Sender<NodeResult<(Outcome, Vec<String>)>>;
+
+pub(crate) struct ContactQueue(mpsc::UnboundedSender<(Contact, ContactReply)>);
+
+/// Most contacts committed in one transaction.
+const CONTACT_BATCH: usize = 256;
+
+/// Commits waiting contacts many to a transaction: sled runs a transaction
+/// under one global lock, so one transaction for 256 stations costs far less
+/// than 256. The flush is awaited on its own task, so the next batch's
+/// transaction overlaps the previous batch's flush (group commit).
+async fn run_contact_batches(
+    node: std::sync::Weak<crate::node::Inner>,
+    mut rx: mpsc::UnboundedReceiver<(Contact, ContactReply)>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < CONTACT_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = node.upgrade() else { return };
+        let node = Node(inner);
+        let result = node.store.transact(|tx| {
+            let mut fx = crate::node::Effects::default();
+            let mut outs = Vec::with_capacity(batch.len());
+            for (c, _) in &batch {
+                outs.push(node.contact_tx(tx, &mut fx, c)?);
+            }
+            Ok((outs, fx))
+        });
+        match result {
+            Ok((outs, fx)) => {
+                tokio::spawn(async move {
+                    let flushed = node.durable().await;
+                    match flushed {
+                        Ok(()) => {
+                            node.publish(fx);
+                            for ((_, reply), out) in batch.into_iter().zip(outs) {
+                                let _ = reply.send(Ok(out));
+                            }
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            for (_, reply) in batch {
+                                let _ = reply.send(Err(NodeError::FailedPrecondition(why.clone())));
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                let e: NodeError = e;
+                let why = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(NodeError::FailedPrecondition(format!(
+                        "station contact not recorded: {why}"
+                    ))));
+                }
+            }
+        }
     }
 }
 
