@@ -311,7 +311,7 @@ async fn main() {
     let p = pool.clone();
     rows.push(
         load(
-            "renew: durable contact",
+            "renew (seat durable, contact time stored hourly)",
             a.stations,
             a.renewals,
             move |t, _| {
