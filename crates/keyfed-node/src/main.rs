@@ -56,6 +56,9 @@ enum Command {
         #[arg(long)]
         debug_clock: bool,
     },
+    /// Federation certificates: a CA, node and administrator certificates.
+    #[command(subcommand)]
+    Pki(keyfed_node::pki::PkiCmd),
 }
 
 fn init_tracing(format: &str) {
@@ -100,6 +103,9 @@ fn on_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Pki(cmd) = cli.command {
+        return keyfed_node::pki::run_cli(cmd);
+    }
     init_tracing(&cli.log_format);
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -159,5 +165,6 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Pki(_) => unreachable!("handled before tracing starts"),
     }
 }
