@@ -170,3 +170,60 @@ pub async fn check_link_peer(
         "{msg}; issue one with `keyfed pki issue --name {claimed}`"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b06_the_documented_tls_and_token_config_parses() {
+        let c = NodeConfig::from_toml(
+            r#"
+node_id = "main"
+[tls]
+ca = "/etc/keyfed/ca.pem"
+cert = "/etc/keyfed/main.pem"
+key = "/etc/keyfed/main.key"
+admin_names = ["ops"]
+[[admin_tokens]]
+name = "ci"
+token_sha256 = "1a7674eb4ee78df7e1ac439a93c3fa8e3c945784d4dec9fd8e3011738b2f1d62"
+role = "admin"
+[[admin_tokens]]
+name = "dashboard"
+token = "change-me"
+role = "read-only"
+"#,
+        )
+        .unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert!(
+            t.require_client_cert,
+            "client certificates are required by default"
+        );
+        assert_eq!(c.admin_tokens[1].role, crate::auth::Role::ReadOnly);
+        assert!(
+            !format!("{c:?}").contains("change-me"),
+            "Debug never prints a token"
+        );
+        assert!(crate::auth::AdminAuth::from_config(&c).is_ok());
+        let mut e = NodeConfig::default();
+        let env = |k: &str| match k {
+            "KEYFED_TLS_CA" => Some("ca.pem".into()),
+            "KEYFED_TLS_CERT" => Some("n.pem".into()),
+            "KEYFED_TLS_KEY" => Some("n.key".into()),
+            _ => None,
+        };
+        e.apply_env(env).unwrap();
+        assert_eq!(e.tls.unwrap().cert, PathBuf::from("n.pem"));
+    }
+
+    #[test]
+    fn with_tls_every_outgoing_address_is_https_and_without_it_https_is_refused() {
+        let plain = NodeConfig::default();
+        assert!(endpoint(&plain, "https://x:1", None)
+            .unwrap_err()
+            .contains("[tls]"));
+        assert!(endpoint(&plain, "http://x:1", None).is_ok());
+    }
+}

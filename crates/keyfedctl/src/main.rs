@@ -676,7 +676,16 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+                Some(s) => {
+                    // a transport failure (e.g. a TLS refusal) says why only in its sources
+                    let mut why = String::new();
+                    let mut src = std::error::Error::source(s);
+                    while let Some(e) = src {
+                        why.push_str(&format!(": {e}"));
+                        src = e.source();
+                    }
+                    eprintln!("error: {}: {}{why}", code_name(s.code()), s.message());
+                }
                 None => eprintln!("error: {e:#}"),
             }
             ExitCode::from(1)
