@@ -27,6 +27,8 @@ pub struct RunningNode {
 }
 
 pub struct TestCluster {
+    /// Set by [`Topology::tls`]: the federation CA and every certificate.
+    pub tls: Option<ClusterTls>,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
     pub upstream: keyfed_gus::Upstream,
@@ -44,6 +46,55 @@ pub struct Topology {
     nodes: Vec<(String, Option<String>)>,
     neighbors: Vec<(String, String)>,
     tweaks: Vec<(String, Tweak)>,
+    tls: bool,
+}
+
+/// A TLS cluster's certificates: `ca.pem` and `<name>.pem`/`<name>.key` in
+/// `dir` for every node, `upstream` and `admin` (listed in every node's
+/// `tls.admin_names`).
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub dir: std::path::PathBuf,
+}
+
+impl ClusterTls {
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn cert(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+    pub fn key(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{name}.key"))
+    }
+    /// Issues another certificate from the cluster's CA.
+    pub fn issue(&self, name: &str) {
+        keyfed_node::pki::issue(&self.dir, name, &[], &[]).expect("certificate issued");
+    }
+    /// A node's `[tls]` using the certificate issued to `name`.
+    pub fn node_config(&self, name: &str) -> keyfed_node::tls::TlsConfig {
+        keyfed_node::tls::TlsConfig {
+            ca: self.ca(),
+            cert: self.cert(name),
+            key: self.key(name),
+            require_client_cert: true,
+            admin_names: vec!["admin".into()],
+        }
+    }
+    /// Client TLS trusting the CA, presenting `name`'s certificate if given.
+    pub fn client(&self, name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: std::path::PathBuf| std::fs::read(p).expect("pki file");
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(self.ca())));
+        match name {
+            Some(n) => tls.identity(Identity::from_pem(read(self.cert(n)), read(self.key(n)))),
+            None => tls,
+        }
+    }
+    fn upstream_server(&self) -> tonic::transport::ServerTlsConfig {
+        keyfed_gus::tls_config(&self.ca(), &self.cert("upstream"), &self.key("upstream"))
+            .expect("upstream TLS")
+    }
 }
 
 impl Topology {
@@ -70,6 +121,12 @@ impl Topology {
         self.tweaks.push((id.into(), Box::new(f)));
         self
     }
+    /// Mutual TLS everywhere: a CA in the cluster's temp dir, a certificate
+    /// per node, for the upstream and for `admin` (the harness's client).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
 }
 
 pub fn start_time() -> DateTime<Utc> {
@@ -80,6 +137,19 @@ impl TestCluster {
     pub async fn start(topology: Topology) -> Self {
         let clock = Arc::new(ManualClock::new(start_time()));
         let dir = tempfile::tempdir().expect("temp dir");
+        let tls = topology.tls.then(|| {
+            let tls = ClusterTls {
+                dir: dir.path().join("pki"),
+            };
+            keyfed_node::pki::init(&tls.dir).expect("CA created");
+            tls.issue("upstream");
+            tls.issue("admin");
+            for (id, _) in &topology.nodes {
+                tls.issue(id);
+            }
+            tls
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let shared: SharedClock = clock.clone();
         let upstream = keyfed_gus::Upstream::open(&dir.path().join("upstream"), shared)
             .expect("upstream opens");
@@ -88,10 +158,11 @@ impl TestCluster {
             .expect("bind upstream");
         let upstream_addr = listener.local_addr().expect("addr");
         let upstream_stop = CancellationToken::new();
-        tokio::spawn(keyfed_gus::serve(
+        tokio::spawn(keyfed_gus::serve_with_tls(
             upstream.clone(),
             listener,
             upstream_stop.clone(),
+            tls.as_ref().map(ClusterTls::upstream_server),
         ));
 
         // bind every node first so each config can name its peers' addresses
@@ -100,7 +171,7 @@ impl TestCluster {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
             listeners.insert(id.clone(), l);
         }
-        let addr = |id: &str| format!("http://{}", listeners[id].local_addr().expect("addr"));
+        let addr = |id: &str| format!("{scheme}://{}", listeners[id].local_addr().expect("addr"));
         let mut configs: BTreeMap<String, NodeConfig> = BTreeMap::new();
         for (id, parent) in &topology.nodes {
             let cfg = NodeConfig {
@@ -108,7 +179,8 @@ impl TestCluster {
                 listen: listeners[id].local_addr().expect("addr"),
                 data_dir: dir.path().join(id),
                 trusted_vendor_keys: vec![upstream.public_key_hex()],
-                upstream: Some(format!("http://{upstream_addr}")),
+                upstream: Some(format!("{scheme}://{upstream_addr}")),
+                tls: tls.as_ref().map(|t| t.node_config(id)),
                 parent: parent.as_ref().map(|p| PeerConfig {
                     node_id: p.clone(),
                     address: addr(p),
@@ -152,6 +224,7 @@ impl TestCluster {
             f(configs.get_mut(id).expect("tweaked node exists"));
         }
         let mut cluster = Self {
+            tls,
             clock,
             dir,
             upstream,
@@ -211,11 +284,15 @@ impl TestCluster {
     pub async fn wait_healthy(&self, id: &str) {
         let url = self.url(id);
         eventually(&format!("{id} answers"), || {
-            let url = url.clone();
+            let ep = self.endpoint(&url, Some("admin"));
             async move {
-                match AdminClient::connect(url).await {
-                    Ok(mut c) => c.status(pb::Empty {}).await.is_ok(),
-                    Err(_) => false,
+                // a node that demands a token it was not given still answers
+                match AdminClient::new(ep.connect_lazy())
+                    .status(pb::Empty {})
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(s) => s.code() == tonic::Code::Unauthenticated,
                 }
             }
         })
@@ -223,12 +300,23 @@ impl TestCluster {
     }
 
     pub fn url(&self, id: &str) -> String {
-        format!("http://{}", self.nodes[id].config.listen)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.nodes[id].config.listen)
     }
 
+    /// An endpoint for `url`; on a TLS cluster it trusts the cluster's CA
+    /// and presents the certificate issued to `cert` (none: no client cert).
+    pub fn endpoint(&self, url: &str, cert: Option<&str>) -> tonic::transport::Endpoint {
+        let ep = tonic::transport::Endpoint::from_shared(url.to_owned()).expect("url");
+        match &self.tls {
+            Some(t) => ep.tls_config(t.client(cert)).expect("client TLS"),
+            None => ep,
+        }
+    }
+
+    /// An Admin client of `id` (on a TLS cluster, as the `admin` certificate).
     pub async fn admin(&self, id: &str) -> AdminClient<Channel> {
-        let ep = tonic::transport::Endpoint::from_shared(self.url(id)).expect("url");
-        AdminClient::new(ep.connect_lazy())
+        AdminClient::new(self.endpoint(&self.url(id), Some("admin")).connect_lazy())
     }
 
     pub fn advance(&self, by: Duration) -> DateTime<Utc> {
@@ -485,17 +573,18 @@ impl TestCluster {
             }
         };
         self.upstream_stop = CancellationToken::new();
-        tokio::spawn(keyfed_gus::serve(
+        tokio::spawn(keyfed_gus::serve_with_tls(
             self.upstream.clone(),
             listener,
             self.upstream_stop.clone(),
+            self.tls.as_ref().map(ClusterTls::upstream_server),
         ));
     }
 
     /// A gRPC client of the upstream.
     pub fn upstream_client(&self) -> keyfed_proto::v1::upstream_client::UpstreamClient<Channel> {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.upstream_addr))
-            .expect("url");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let ep = self.endpoint(&format!("{scheme}://{}", self.upstream_addr), Some("admin"));
         keyfed_proto::v1::upstream_client::UpstreamClient::new(ep.connect_lazy())
     }
 

@@ -466,6 +466,38 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GusError> {
+    serve_with_tls(upstream, listener, shutdown, None).await
+}
+
+/// Reads `--tls-ca --tls-cert --tls-key`: the upstream's identity, and the
+/// CA every caller's client certificate must chain to (always required).
+pub fn tls_config(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tonic::transport::ServerTlsConfig, GusError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            GusError::Io(std::io::Error::other(format!(
+                "reading {}: {e}",
+                p.display()
+            )))
+        })
+    };
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .client_ca_root(Certificate::from_pem(read(ca)?)))
+}
+
+/// Serves the upstream; with `tls`, mutual TLS only (no client certificate,
+/// no connection).
+pub async fn serve_with_tls(
+    upstream: Upstream,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(), GusError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<pb::upstream_server::UpstreamServer<UpstreamService>>()
@@ -474,8 +506,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| GusError::Io(std::io::Error::other(e.to_string())))?;
-    tracing::info!(addr = %listener.local_addr()?, "keyfed upstream serving");
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        tracing::info!(addr = %listener.local_addr()?, "keyfed upstream serving (mutual TLS)");
+        builder = builder
+            .tls_config(t)
+            .map_err(|e| GusError::Io(std::io::Error::other(format!("TLS: {e}"))))?;
+    } else {
+        tracing::warn!(addr = %listener.local_addr()?, "keyfed upstream serving plaintext gRPC; pass --tls-ca --tls-cert --tls-key outside local development");
+    }
+    builder
         .add_service(health)
         .add_service(reflection)
         .add_service(

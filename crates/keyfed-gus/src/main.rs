@@ -31,6 +31,15 @@ struct Cli {
     /// (the compose federation shares it through a volume).
     #[arg(long, env = "KEYFED_GUS_PUBKEY_FILE")]
     pubkey_file: Option<PathBuf>,
+    /// PEM CA every caller's client certificate must chain to (turns on mutual TLS)
+    #[arg(long, env = "KEYFED_GUS_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate of the upstream
+    #[arg(long, env = "KEYFED_GUS_TLS_CERT", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the upstream
+    #[arg(long, env = "KEYFED_GUS_TLS_KEY", requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -92,7 +101,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
-    keyfed_gus::serve(upstream, listener, shutdown).await?;
+    let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(keyfed_gus::tls_config(ca, cert, key)?),
+        _ => None,
+    };
+    keyfed_gus::serve_with_tls(upstream, listener, shutdown, tls).await?;
     tracing::info!("upstream stopped, store flushed");
     Ok(())
 }

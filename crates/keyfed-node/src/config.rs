@@ -53,6 +53,12 @@ pub struct NodeConfig {
     pub stations: StationConfig,
     /// The store's page cache, in MiB.
     pub store_cache_mb: u64,
+    /// Mutual TLS for the port and every outgoing connection; none: plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Bearer tokens for the Admin service. None configured: Admin answers
+    /// loopback callers only (or anyone, with `insecure_open_admin`).
+    pub admin_tokens: Vec<crate::auth::AdminToken>,
+    pub insecure_open_admin: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -215,6 +221,9 @@ impl Default for NodeConfig {
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
             store_cache_mb: 64,
+            tls: None,
+            admin_tokens: Vec::new(),
+            insecure_open_admin: false,
         }
     }
 }
@@ -254,6 +263,8 @@ impl NodeConfig {
                 .map(PathBuf::from)
                 .collect();
         }
+        crate::tls::apply_env(self, &get);
+        crate::auth::apply_env(self, &get);
         Ok(())
     }
 

@@ -181,6 +181,7 @@ impl pb::federation_server::Federation for FederationService {
         &self,
         request: Request<Streaming<pb::LinkFrame>>,
     ) -> Result<Response<LinkStream>, Status> {
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -192,6 +193,7 @@ impl pb::federation_server::Federation for FederationService {
             return Err(Status::invalid_argument("a link starts with a hello frame"));
         };
         let peer = h.node_id.clone();
+        crate::tls::check_link_peer(&self.node, certs.as_deref().map(|c| &c[..]), &peer).await?;
         let role = self.node.config.role_of(&peer);
         match role {
             Some(PeerRole::Child | PeerRole::Neighbor) => {}
@@ -245,8 +247,7 @@ async fn dial_once(
     address: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .map_err(|e| e.to_string())?
+    let endpoint = crate::tls::endpoint(&node.config, address, Some(peer))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));

@@ -3,6 +3,8 @@
 //! reflection) on one port, keeps links to its parent and neighbors, and runs
 //! the scheduler, until `shutdown` is cancelled; then it flushes the store.
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -10,11 +12,13 @@ pub mod federation;
 pub mod hooks;
 pub mod lifecycle;
 pub mod node;
+pub mod pki;
 pub mod renewal;
 pub mod sandbox;
 pub mod scheduler;
 pub mod station;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;
 
 pub use config::NodeConfig;
@@ -40,6 +44,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
+    let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = keyfed_store::Store::open_with_cache(
         &config.data_dir.join("store"),
         config.store_cache_mb.max(1) * 1024 * 1024,
@@ -88,18 +94,24 @@ pub async fn run(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
-    tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "keyfed node serving (plaintext gRPC)");
-    let server = tonic::transport::Server::builder()
+    tracing::info!(node = %node.id(), addr = %listener.local_addr()?, tls = server_tls.is_some(), "keyfed node serving");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = server_tls {
+        builder = builder.tls_config(t)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection)
-        .add_service(
+        .add_service(auth::AdminGuard::new(
             pb::admin_server::AdminServer::new(admin::AdminService {
                 node: node.clone(),
                 shutdown: shutdown.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            admin_auth,
+            node.clone(),
+        ))
         .add_service(
             pb::federation_server::FederationServer::new(fed)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -71,6 +71,9 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Federation certificates: a CA, node and administrator certificates.
+    #[command(subcommand)]
+    Pki(keyfed_node::pki::PkiCmd),
 }
 
 fn init_tracing(format: &str) {
@@ -159,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
         // no tracing or signal handling: a health probe prints one line
         return health(addr, service, Duration::from_secs(*timeout_secs)).await;
     }
+    if let Command::Pki(cmd) = cli.command {
+        return keyfed_node::pki::run_cli(cmd);
+    }
     init_tracing(&cli.log_format);
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -220,5 +226,6 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Pki(_) => unreachable!("handled before tracing starts"),
     }
 }

@@ -8,11 +8,15 @@ use keyfed_core::KeyFile;
 use keyfed_proto::v1 as pb;
 use keyfed_proto::v1::upstream_client::UpstreamClient;
 use keyfed_store::{Origin, StoredKey};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-pub fn upstream_client(url: &str) -> NodeResult<UpstreamClient<Channel>> {
-    let ep = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| NodeError::InvalidArgument(format!("upstream address {url:?}: {e}")))?
+/// A client of the upstream at `url`, over TLS when the node has `[tls]`.
+pub fn upstream_client(
+    config: &crate::NodeConfig,
+    url: &str,
+) -> NodeResult<UpstreamClient<Channel>> {
+    let ep = crate::tls::endpoint(config, url, None)
+        .map_err(|e| NodeError::InvalidArgument(format!("upstream: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
     Ok(UpstreamClient::new(ep.connect_lazy()))
@@ -70,7 +74,7 @@ impl Node {
                 "no upstream is configured on this node (set `upstream` in its config)".into(),
             )
         })?;
-        let mut client = upstream_client(&url)?;
+        let mut client = upstream_client(&self.config, &url)?;
         // (1) is there a renewal?
         let avail = client
             .check_renewal(pb::KeyId { id: id.clone() })

@@ -31,6 +31,9 @@ pub fn configs(
         upstream: Some(url(0)),
         tick_millis,
         max_backoff_millis: 1000,
+        // a demo: served on a non-loopback address (a container), Admin must
+        // still answer the host's keyfedctl; the node WARNs that it is open
+        insecure_open_admin: !ip.is_loopback(),
         ..NodeConfig::default()
     };
     let mut main = base("main", 1);

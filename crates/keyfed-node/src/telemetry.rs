@@ -309,7 +309,8 @@ impl Node {
             .upstream
             .clone()
             .ok_or_else(|| Status::failed_precondition("no upstream is configured"))?;
-        let mut client = crate::renewal::upstream_client(&url).map_err(Status::from)?;
+        let mut client =
+            crate::renewal::upstream_client(&self.config, &url).map_err(Status::from)?;
         client
             .submit_telemetry(pb::TelemetrySubmission { text: text.into() })
             .await
@@ -454,8 +455,8 @@ impl Node {
                 via: format!("{} > upstream", self.id()),
             }
         } else if let Some(parent) = &self.config.parent {
-            let ep = tonic::transport::Endpoint::from_shared(parent.address.clone())
-                .map_err(|e| Status::internal(format!("parent address: {e}")))?
+            let ep = crate::tls::endpoint(&self.config, &parent.address, Some(&parent.node_id))
+                .map_err(|e| Status::internal(format!("parent: {e}")))?
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(30));
             let mut client = pb::admin_client::AdminClient::new(ep.connect_lazy());

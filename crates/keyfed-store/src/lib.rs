@@ -5,8 +5,8 @@ mod records;
 
 use chrono::{DateTime, Utc};
 pub use records::{
-    Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry, PeerCursor,
-    StationRecord, StationReport, StoredKey, UsageLine, Waiting,
+    AuditRecord, Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry,
+    PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,
 };
 pub use sled::transaction::ConflictableTransactionError;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
@@ -49,7 +49,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 14] = [
+const TREES: [&str; 15] = [
     "keys",
     "grants",
     "used",
@@ -64,6 +64,7 @@ const TREES: [&str; 14] = [
     "reports",
     "commands",
     "claims",
+    "audit",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -79,6 +80,7 @@ const STATIONS: usize = 10;
 const REPORTS: usize = 11;
 const COMMANDS: usize = 12;
 const CLAIMS: usize = 13;
+const AUDIT: usize = 14;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -309,6 +311,15 @@ impl Store {
         self.get(META, name.as_bytes())
     }
 
+    /// Audit records after `seq`, oldest first, at most `limit` (b06).
+    pub fn audit_after(&self, seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.trees[AUDIT]
+            .range((seq.saturating_add(1)).to_be_bytes()..)
+            .take(limit)
+            .map(|kv| records::decode(TREES[AUDIT], &kv?.1))
+            .collect()
+    }
+
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.trees[META].insert(name.as_bytes(), records::encode(&value))?;
         Ok(())
@@ -507,6 +518,28 @@ impl Tx<'_> {
         };
         self.write(NOTIFICATIONS, &seq.to_be_bytes(), &n)?;
         Ok(n)
+    }
+
+    /// Appends one administrator action to the audit trail (b06).
+    pub fn audit<E: From<StoreError>>(
+        &self,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        outcome: &str,
+    ) -> TxResult<AuditRecord, E> {
+        let seq = self.next_counter("audit_seq")?;
+        let r = AuditRecord {
+            seq,
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            detail: detail.into(),
+            outcome: outcome.into(),
+        };
+        self.write(AUDIT, &seq.to_be_bytes(), &r)?;
+        Ok(r)
     }
 
     pub fn cursor<E: From<StoreError>>(&self, peer: &str) -> TxResult<PeerCursor, E> {

@@ -127,6 +127,22 @@ pub struct Notification {
     pub details: BTreeMap<String, String>,
 }
 
+/// One administrator action, kept in the audit trail (b06). Never holds a
+/// secret or a whole key file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    /// The node's clock.
+    pub at: DateTime<Utc>,
+    /// Token name, `cert:NAME`, `node:ID`, `local`, or who was refused.
+    pub actor: String,
+    /// The Admin RPC, e.g. `AssignSeats`.
+    pub action: String,
+    pub detail: String,
+    /// `ok` or the gRPC code name, e.g. `PERMISSION_DENIED`.
+    pub outcome: String,
+}
+
 /// One message waiting in a peer's outbox until the peer acks it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {

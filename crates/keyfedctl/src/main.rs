@@ -1,7 +1,9 @@
 //! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
+mod audit;
 mod render;
 mod stations;
 mod telemetry;
+mod tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,15 @@ struct Cli {
     /// admin token, sent as `authorization: Bearer <token>`
     #[arg(long, env = "KEYFED_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for https:// addresses
+    #[arg(long, env = "KEYFED_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// client certificate (PEM) for mutual TLS
+    #[arg(long, env = "KEYFED_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// client private key (PEM) for mutual TLS
+    #[arg(long, env = "KEYFED_KEY", global = true)]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,6 +97,13 @@ enum Command {
     /// share a subscription with another tenant or move it (e07)
     #[command(subcommand)]
     Subscription(stations::SubscriptionCmd),
+    /// the audit trail of administrator actions (b06)
+    Audit {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
     /// telemetry compliance per customer, on the upstream (t03)
     Compliance {
         customer: Option<String>,
@@ -215,12 +233,16 @@ impl tonic::service::Interceptor for Auth {
 type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
 async fn channel(cli: &Cli) -> anyhow::Result<(Channel, Auth)> {
-    let channel = tonic::transport::Endpoint::from_shared(cli.addr.clone())
-        .with_context(|| format!("{:?} is not a valid address", cli.addr))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("could not reach {}", cli.addr))?;
+    let channel = tls::endpoint(
+        &cli.addr,
+        cli.ca.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+    )?
+    .connect_timeout(std::time::Duration::from_secs(5))
+    .connect()
+    .await
+    .with_context(|| format!("could not reach {}", cli.addr))?;
     let token = match &cli.token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -473,6 +495,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Settings(cmd) => stations::settings(cli, cmd).await?,
         Command::Report(cmd) => stations::report(cli, cmd).await?,
         Command::Subscription(cmd) => stations::subscription(cli, cmd).await?,
+        Command::Audit { after, limit } => audit::audit(cli, *after, *limit).await?,
         Command::Compliance { customer, cmd } => {
             telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
         }
@@ -692,7 +715,16 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+                Some(s) => {
+                    // a transport failure (e.g. a TLS refusal) says why only in its sources
+                    let mut why = String::new();
+                    let mut src = std::error::Error::source(s);
+                    while let Some(e) = src {
+                        why.push_str(&format!(": {e}"));
+                        src = e.source();
+                    }
+                    eprintln!("error: {}: {}{why}", code_name(s.code()), s.message());
+                }
                 None => eprintln!("error: {e:#}"),
             }
             ExitCode::from(1)

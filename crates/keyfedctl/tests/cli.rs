@@ -338,3 +338,97 @@ async fn o03_o05_e04_e07_keyfedctl_station_and_subscription_commands() {
     );
     c.shutdown().await;
 }
+
+/// keyfedctl with its own environment: no token, CA or certificate leaks in.
+async fn ctl_env(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfedctl"))
+        .args(args)
+        .env_remove("KEYFED_TOKEN")
+        .env_remove("KEYFED_CA")
+        .env_remove("KEYFED_CERT")
+        .env_remove("KEYFED_KEY")
+        .output()
+        .await
+        .expect("keyfedctl runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_keyfedctl_talks_mutual_tls_with_a_token_and_shows_the_audit_trail() {
+    use keyfed_node::auth::{AdminToken, Role};
+    let c = TestCluster::start(
+        Topology::new()
+            .root("main")
+            .tweak("main", |cfg| {
+                cfg.admin_tokens = vec![AdminToken {
+                    name: "ops".into(),
+                    token: Some("t0ken-for-ctl".into()),
+                    role: Role::Admin,
+                    ..AdminToken::default()
+                }];
+            })
+            .tls(),
+    )
+    .await;
+    c.wait_healthy("main").await;
+    let tls = c.tls.clone().unwrap();
+    tls.issue("operator"); // a client certificate that is not an administrator
+    let (ca, cert, key) = (tls.ca(), tls.cert("operator"), tls.key("operator"));
+    let node = c.url("main");
+    let dir = tempfile::tempdir().unwrap();
+    let kp = dir.path().join("k.key");
+    let k = c.issue(&["antivirus"], 5, "2027-12-31");
+    std::fs::write(&kp, k.render()).unwrap();
+    let base = [
+        "--addr",
+        node.as_str(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let with = |more: &[&str]| -> Vec<String> {
+        base.iter().chain(more).map(|s| (*s).to_owned()).collect()
+    };
+    let run = |args: Vec<String>| async move {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl_env(&a).await
+    };
+
+    let refused = run(with(&["status"])).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        err(&refused).contains("UNAUTHENTICATED"),
+        "{}",
+        err(&refused)
+    );
+
+    let added = run(with(&[
+        "--token",
+        "t0ken-for-ctl",
+        "key",
+        "add",
+        kp.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(added.status.success(), "{}", err(&added));
+    assert!(out(&added).contains(&k.key.id), "{}", out(&added));
+
+    let audit = run(with(&["--token", "t0ken-for-ctl", "audit"])).await;
+    assert!(audit.status.success(), "{}", err(&audit));
+    let table = out(&audit);
+    assert!(
+        table.contains("ACTOR") && table.contains("ops") && table.contains("AddKey"),
+        "{table}"
+    );
+    assert!(!table.contains("t0ken-for-ctl"), "{table}");
+    let json = run(with(&["--token", "t0ken-for-ctl", "--json", "audit"])).await;
+    let v: serde_json::Value = serde_json::from_str(&out(&json)).expect("JSON");
+    assert_eq!(v["entries"][0]["outcome"], "ok");
+
+    // an https address without --ca is a clear local error
+    let no_ca = ctl_env(&["--addr", &node, "status"]).await;
+    assert!(err(&no_ca).contains("--ca"), "{}", err(&no_ca));
+    c.shutdown().await;
+}
