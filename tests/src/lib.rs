@@ -340,6 +340,14 @@ impl TestCluster {
         let mut cfg =
             keyfed_agent::AgentConfig::new(&self.url(node), &dir, fingerprint, components);
         cfg.timeout = std::time::Duration::from_secs(2);
+        if let Some(tls) = &self.tls {
+            // stations present a certificate of the federation CA
+            if !tls.cert("stations").exists() {
+                tls.issue("stations");
+            }
+            cfg.tls_ca = Some(tls.ca());
+            cfg.tls_identity = Some((tls.cert("stations"), tls.key("stations")));
+        }
         tweak(&mut cfg);
         keyfed_agent::Agent::open(cfg, self.clock.clone()).expect("agent state opens")
     }

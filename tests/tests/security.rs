@@ -429,3 +429,25 @@ async fn b06_admin_certificate_administers_a_tls_node_and_a_peer_certificate_onl
     assert_eq!(audit[1].outcome, "PERMISSION_DENIED");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_stations_reach_a_tls_node_with_a_federation_certificate() {
+    let c = TestCluster::start(Topology::new().root("main").tls()).await;
+    c.wait_healthy("main").await;
+    let k = c.issue(&["antivirus"], 5, "2027-12-31");
+    c.add("main", &k).await;
+    let mut a = c.agent("main", "pc-tls", &["antivirus"]);
+    let s = a.sync().await.expect("the agent speaks TLS");
+    assert!(s.licensed, "{}", s.reason);
+    // without a client certificate the handshake is refused; nothing is taken
+    let mut bare = c.agent_with("main", "pc-bare", &["antivirus"], |cfg| {
+        cfg.tls_identity = None
+    });
+    assert!(bare.sync().await.is_err());
+    // and without the CA the agent says what is missing
+    let mut no_ca = c.agent_with("main", "pc-noca", &["antivirus"], |cfg| cfg.tls_ca = None);
+    let e = no_ca.sync().await.unwrap_err();
+    assert!(e.to_string().contains("CA"), "{e}");
+    assert_eq!(c.key("main", &k.key.id).await.unwrap().seats_assigned, 1);
+    c.shutdown().await;
+}

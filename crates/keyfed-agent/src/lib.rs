@@ -53,6 +53,11 @@ pub struct AgentConfig {
     pub queue_full: QueueFullPolicy,
     /// Per request; an unreachable node is noticed this fast.
     pub timeout: Duration,
+    /// For an `https://` node: the federation CA (PEM) that signed the
+    /// node's certificate, and optionally this station's own certificate and
+    /// key (PEM) when the node asks stations for one.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl AgentConfig {
@@ -68,6 +73,8 @@ impl AgentConfig {
             queue_capacity: 1000,
             queue_full: QueueFullPolicy::DropOldest,
             timeout: Duration::from_secs(5),
+            tls_ca: None,
+            tls_identity: None,
         }
     }
 }
@@ -262,13 +269,36 @@ impl Agent {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(self.cfg.node.clone())
+        let mut endpoint = Endpoint::from_shared(self.cfg.node.clone())
             .map_err(|e| AgentError::Config(format!("node address {:?}: {e}", self.cfg.node)))?
             .connect_timeout(self.cfg.timeout)
             .timeout(self.cfg.timeout);
+        if self.cfg.node.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(self.tls()?)
+                .map_err(|e| AgentError::Config(format!("TLS: {e}")))?;
+        }
         let c = StationClient::new(endpoint.connect_lazy());
         self.client = Some(c.clone());
         Ok(c)
+    }
+
+    fn tls(&self) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| AgentError::Config(format!("reading {}: {e}", p.display())))
+        };
+        let ca = self.cfg.tls_ca.as_deref().ok_or_else(|| {
+            AgentError::Config(
+                "an https:// node needs the CA that signed its certificate (--ca)".into(),
+            )
+        })?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = &self.cfg.tls_identity {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
     }
 
     fn offline(&mut self, status: &tonic::Status) -> AgentError {

@@ -68,6 +68,14 @@ struct RunArgs {
     /// Stop after this many contacts per station (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
+    /// For an https:// node: the federation CA (PEM)
+    #[arg(long, env = "KEYFED_CA")]
+    ca: Option<PathBuf>,
+    /// This station's certificate and key (PEM), if the node asks for one
+    #[arg(long, env = "KEYFED_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, env = "KEYFED_KEY", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 fn parse_policy(s: &str) -> Result<QueueFullPolicy, String> {
@@ -132,6 +140,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         cfg.tenant = a.tenant.clone();
         cfg.queue_capacity = a.queue_capacity;
         cfg.queue_full = a.queue_full;
+        cfg.tls_ca = a.ca.clone();
+        cfg.tls_identity = a.cert.clone().zip(a.key.clone());
         fleet.push(
             Agent::open(cfg, Arc::new(SystemClock)).with_context(|| format!("station {fp}"))?,
         );
