@@ -28,7 +28,7 @@ struct Cli {
 enum Cmd {
     /// Contact the node every interval, queue a report each time, keep
     /// working offline from the cached lease.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the cached state of a station without contacting the node.
     Status {
         #[arg(long, default_value = "./keyfed-agent")]
@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&agent.status())?);
             Ok(())
         }
-        Cmd::Run(a) => run(a).await,
+        Cmd::Run(a) => run(*a).await,
     }
 }
 

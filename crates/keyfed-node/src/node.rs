@@ -295,18 +295,7 @@ impl Node {
     pub async fn add_key(&self, text: &str) -> NodeResult<StoredKey> {
         let file = self.parse_key(text)?;
         let key = file.key.clone();
-        // refuse a rollback: an older key of a license we already hold a newer one of
-        if let Some(newer) = self
-            .store
-            .keys()?
-            .into_iter()
-            .find(|k| k.key.license == key.license && k.key.serial > key.serial)
-        {
-            return Err(NodeError::FailedPrecondition(format!(
-                "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
-                key.id, key.serial, key.license, newer.key.id, newer.key.serial
-            )));
-        }
+        check_rollback(&self.store.keys()?, &key)?;
         let now = self.now();
         let stored = StoredKey::new(key.clone(), file.render(), Origin::Upstream, now, key.seats);
         self.commit(|tx, fx| {
@@ -1154,6 +1143,20 @@ impl Node {
 
     pub fn notifications_after(&self, seq: u64) -> NodeResult<Vec<Notification>> {
         Ok(self.store.notifications_after(seq)?)
+    }
+}
+
+/// Refuses a rollback: an older key of a license a newer key of is held.
+pub fn check_rollback(held: &[StoredKey], key: &keyfed_core::Key) -> NodeResult<()> {
+    match held
+        .iter()
+        .find(|k| k.key.license == key.license && k.key.serial > key.serial)
+    {
+        Some(newer) => Err(NodeError::FailedPrecondition(format!(
+            "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
+            key.id, key.serial, key.license, newer.key.id, newer.key.serial
+        ))),
+        None => Ok(()),
     }
 }
 

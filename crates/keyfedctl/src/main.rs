@@ -86,8 +86,8 @@ enum Command {
     /// stations known to the node: lease, state, last contact (b03, o02)
     Stations,
     /// commands for offline stations and children (o03)
-    #[command(subcommand)]
-    Command(stations::CommandCmd),
+    #[command(subcommand, name = "command")]
+    Cmd(stations::CommandCmd),
     /// the settings stations get (o05)
     #[command(subcommand)]
     Settings(stations::SettingsCmd),
@@ -491,7 +491,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Upstream(cmd) => upstream_cmd(cli, cmd).await?,
         Command::Telemetry(cmd) => telemetry::telemetry(cli, cmd).await?,
         Command::Stations => stations::stations(cli).await?,
-        Command::Command(cmd) => stations::command(cli, cmd).await?,
+        Command::Cmd(cmd) => stations::command(cli, cmd).await?,
         Command::Settings(cmd) => stations::settings(cli, cmd).await?,
         Command::Report(cmd) => stations::report(cli, cmd).await?,
         Command::Subscription(cmd) => stations::subscription(cli, cmd).await?,

@@ -116,6 +116,26 @@ impl Row {
     }
 }
 
+/// Gathers the latencies of every task into one row.
+async fn collect(
+    what: &str,
+    start: Instant,
+    handles: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+) -> Row {
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.expect("load task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    Row {
+        what: what.into(),
+        ops: lat.len(),
+        secs,
+        lat,
+    }
+}
+
 /// Runs `per_task` sequential calls in each of `tasks` concurrent tasks.
 async fn load<F, Fut>(what: &str, tasks: usize, per_task: usize, call: F) -> Row
 where
@@ -138,18 +158,7 @@ where
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await.expect("load task"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    lat.sort();
-    Row {
-        what: what.into(),
-        ops: lat.len(),
-        secs,
-        lat,
-    }
+    collect(what, start, handles).await
 }
 
 /// Like [`load`], but each task calls once per `every`, starting spread out
@@ -179,18 +188,7 @@ where
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await.expect("load task"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    lat.sort();
-    Row {
-        what: what.into(),
-        ops: lat.len(),
-        secs,
-        lat,
-    }
+    collect(what, start, handles).await
 }
 
 fn renew_request(t: usize) -> pb::RenewRequest {
