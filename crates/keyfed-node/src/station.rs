@@ -262,6 +262,7 @@ impl Node {
         tx: &keyfed_store::Tx<'_>,
         fx: &mut crate::node::Effects,
         c: &Contact,
+        seen: &mut KeyCache,
     ) -> keyfed_store::TxResult<(Outcome, Vec<String>), NodeError> {
         let (fp, hello, now) = (c.fp.as_str(), &c.hello, c.now);
         let mut station = tx.station::<NodeError>(fp)?.unwrap_or(StationRecord {
@@ -306,7 +307,7 @@ impl Node {
             }
             _ => {
                 station.elsewhere = None;
-                self.take_seat(tx, fx, &c.candidates, hello, now)?
+                self.take_seat(tx, fx, &c.candidates, hello, now, seen)?
             }
         };
         station.key_id = match &outcome {
@@ -407,6 +408,7 @@ impl Node {
         candidates: &[StoredKey],
         hello: &Hello,
         now: DateTime<Utc>,
+        seen: &mut KeyCache,
     ) -> keyfed_store::TxResult<Outcome, NodeError> {
         let fp = hello.fingerprint.trim();
         let wanted = if hello.components.is_empty() {
@@ -421,7 +423,16 @@ impl Node {
                 // tell its state (a renewal would have moved the grant)
                 return Ok(self.seat_outcome(k));
             }
-            let Some(k) = tx.key::<NodeError>(&k.key.id)? else {
+            // read once per batch: nothing in a contact writes a key
+            let k = match seen.get(&k.key.id) {
+                Some(cached) => cached.clone(),
+                None => {
+                    let read = tx.key::<NodeError>(&k.key.id)?;
+                    seen.insert(k.key.id.clone(), read.clone());
+                    read
+                }
+            };
+            let Some(k) = k else {
                 continue;
             };
             let id = &k.key.id;
@@ -687,6 +698,9 @@ pub(crate) struct Contact {
     now: DateTime<Utc>,
 }
 
+/// Keys read by one batch's transaction, by id.
+type KeyCache = std::collections::HashMap<String, Option<StoredKey>>;
+
 type ContactReply = oneshot::Sender<NodeResult<(Outcome, Vec<String>)>>;
 
 pub(crate) struct ContactQueue(mpsc::UnboundedSender<(Contact, ContactReply)>);
@@ -703,23 +717,36 @@ async fn run_contact_batches(
     mut rx: mpsc::UnboundedReceiver<(Contact, ContactReply)>,
 ) {
     while let Some(first) = rx.recv().await {
+        // a transaction's fixed cost outweighs a contact's, and contacts
+        // arrive one by one: gather for up to a millisecond
         let mut batch = vec![first];
+        let gather = tokio::time::Instant::now() + std::time::Duration::from_millis(1);
         while batch.len() < CONTACT_BATCH {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
-                Err(_) => break,
+                Err(_) => match tokio::time::timeout_at(gather, rx.recv()).await {
+                    Ok(Some(c)) => batch.push(c),
+                    _ => break,
+                },
             }
         }
         let Some(inner) = node.upgrade() else { return };
         let node = Node(inner);
+        let started = std::time::Instant::now();
         let result = node.store.transact(|tx| {
             let mut fx = crate::node::Effects::default();
+            let mut seen = KeyCache::new();
             let mut outs = Vec::with_capacity(batch.len());
             for (c, _) in &batch {
-                outs.push(node.contact_tx(tx, &mut fx, c)?);
+                outs.push(node.contact_tx(tx, &mut fx, c, &mut seen)?);
             }
             Ok((outs, fx))
         });
+        tracing::debug!(
+            contacts = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "contact batch committed"
+        );
         match result {
             Ok((outs, fx)) => {
                 tokio::spawn(async move {

@@ -228,7 +228,10 @@ async fn main() {
         .arg(dir.path().join("node"))
         .arg("--trust")
         .arg(vendor.public_key_hex())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("KEYFED_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .expect("start the node");
     let node = NodeProcess(child);
