@@ -49,6 +49,29 @@ pub struct NodeConfig {
     pub stations: StationConfig,
     /// The store's page cache, in MiB.
     pub store_cache_mb: u64,
+    /// b06: serve Prometheus metrics at `http://<this>/metrics`; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` (default) or `json` (one object per line).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("log format {s:?} is not one of text, json")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -210,6 +233,8 @@ impl Default for NodeConfig {
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
             store_cache_mb: 64,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -233,6 +258,15 @@ impl NodeConfig {
         }
         if let Some(v) = get("KEYFED_UPSTREAM") {
             self.upstream = Some(v);
+        }
+        if let Some(v) = get("KEYFED_METRICS_LISTEN") {
+            self.metrics_listen = Some(
+                v.parse()
+                    .map_err(|e| format!("KEYFED_METRICS_LISTEN={v:?}: {e}"))?,
+            );
+        }
+        if let Some(v) = get("KEYFED_LOG_FORMAT") {
+            self.log_format = v.parse().map_err(|e| format!("KEYFED_LOG_FORMAT: {e}"))?;
         }
         if let Some(v) = get("KEYFED_TRUSTED_VENDOR_KEYS") {
             self.trusted_vendor_keys = v
@@ -331,5 +365,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.role_of("main"), Some(PeerRole::Parent));
+    }
+
+    #[test]
+    fn b06_log_format_and_metrics_listen_come_from_toml_and_env() {
+        let c = NodeConfig::from_toml("log_format = \"json\"\nmetrics_listen = \"127.0.0.1:9601\"")
+            .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9601".parse().unwrap()));
+        assert_eq!(NodeConfig::default().log_format, LogFormat::Text);
+        assert_eq!(NodeConfig::default().metrics_listen, None);
+        let err = NodeConfig::from_toml("log_format = \"xml\"").unwrap_err();
+        assert!(err.contains("log_format") || err.contains("xml"), "{err}");
+        let mut c = NodeConfig::default();
+        c.apply_env(|k| match k {
+            "KEYFED_LOG_FORMAT" => Some("json".into()),
+            "KEYFED_METRICS_LISTEN" => Some("0.0.0.0:9100".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+        let err = c
+            .apply_env(|k| (k == "KEYFED_LOG_FORMAT").then(|| "yaml".into()))
+            .unwrap_err();
+        assert!(err.contains("yaml") && err.contains("text, json"), "{err}");
     }
 }

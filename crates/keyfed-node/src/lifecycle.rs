@@ -40,15 +40,7 @@ impl Node {
                 new.license, new.id
             )));
         };
-        if let Some(newer) = keys
-            .iter()
-            .find(|k| k.key.license == new.license && k.key.serial > new.serial)
-        {
-            return Err(NodeError::FailedPrecondition(format!(
-                "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
-                new.id, new.serial, new.license, newer.key.id, newer.key.serial
-            )));
-        }
+        self.check_not_rollback(&new)?;
         let now = self.now();
         let before = held.entitlement();
         let after = activate(before, &held.key.license, &new, mode, now.date_naive())?;
