@@ -231,6 +231,10 @@ impl pb::federation_server::Federation for FederationService {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))?;
+        // e.g. an oversized or malformed first frame: say so, not "no hello"
+        if let Some(Err(s)) = first {
+            return Err(s);
+        }
         let Some(Ok(pb::LinkFrame {
             frame: Some(Frame::Hello(h)),
         })) = first
