@@ -452,3 +452,34 @@ async fn b06_a_second_link_from_the_same_peer_replaces_the_first() {
     .await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_a_neighbor_pair_that_both_dial_keeps_one_link_the_lower_id_dialing() {
+    // "main" dials both "a" and "zz" (nothing listens there); each also dials in
+    let c = TestCluster::start(Topology::new().root("main").tweak("main", |cfg| {
+        for id in ["a", "zz"] {
+            cfg.neighbors.push(NeighborConfig {
+                node_id: id.into(),
+                address: Some("http://127.0.0.1:1".into()),
+                ..NeighborConfig::default()
+            });
+        }
+    }))
+    .await;
+    c.wait_healthy("main").await;
+    let err = FakePeer::link(&c, "main", "zz")
+        .await
+        .err()
+        .expect("main < zz: main's own dial is the link");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains("leave the address"),
+        "{}",
+        err.message()
+    );
+    let _a = FakePeer::link(&c, "main", "a")
+        .await
+        .expect("a < main: a's dial is the link");
+    eventually("a online", || c.peer_online("main", "a")).await;
+    c.shutdown().await;
+}

@@ -258,6 +258,21 @@ impl pb::federation_server::Federation for FederationService {
                 )));
             }
         }
+        // both sides of a neighbor pair given an address would replace each
+        // other's link forever; the lower node id keeps its own dial
+        if self
+            .node
+            .config
+            .neighbor(&peer)
+            .is_some_and(|n| n.address.is_some())
+            && self.node.id() < peer.as_str()
+        {
+            return Err(Status::already_exists(format!(
+                "{} dials {peer} itself: one link per neighbor pair; leave the address of {} empty in {peer}'s config",
+                self.node.id(),
+                self.node.id()
+            )));
+        }
         let (tx, rx) = mpsc::channel(256);
         let reply = hello(&self.node, &peer).map_err(Status::from)?;
         tx.send(Ok(reply))
