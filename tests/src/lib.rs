@@ -22,6 +22,8 @@ const DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub struct RunningNode {
     pub config: NodeConfig,
+    /// Where `/metrics` is served, when the config asks for it.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<CancellationToken>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -238,6 +240,7 @@ impl TestCluster {
                 id.clone(),
                 RunningNode {
                     config: cfg,
+                    metrics_addr: None,
                     stop: None,
                     task: None,
                 },
@@ -251,9 +254,19 @@ impl TestCluster {
         let clock: SharedClock = self.clock.clone();
         let n = self.nodes.get_mut(id).expect("node exists");
         let stop = CancellationToken::new();
-        n.task = Some(tokio::spawn(keyfed_node::run(
+        // metrics: bound here (port 0 the first time, the same port on a
+        // restart) so the test can read the address back
+        let metrics = n.config.metrics_listen.map(|asked| {
+            let l = std::net::TcpListener::bind(n.metrics_addr.unwrap_or(asked))
+                .expect("bind the metrics address");
+            l.set_nonblocking(true).expect("non-blocking");
+            n.metrics_addr = Some(l.local_addr().expect("addr"));
+            TcpListener::from_std(l).expect("tokio listener")
+        });
+        n.task = Some(tokio::spawn(keyfed_node::run_with_metrics(
             n.config.clone(),
             listener,
+            metrics,
             clock,
             stop.clone(),
         )));
@@ -297,6 +310,35 @@ impl TestCluster {
             }
         })
         .await;
+    }
+
+    /// `GET /metrics` of `id` (its config must set `metrics_listen`, e.g.
+    /// `127.0.0.1:0` through [`Topology::tweak`]): status and body.
+    pub async fn scrape(&self, id: &str) -> (u16, String) {
+        self.http_get(id, "/metrics").await
+    }
+
+    /// A plain HTTP/1.0 GET of `path` on `id`'s metrics address.
+    pub async fn http_get(&self, id: &str, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.nodes[id]
+            .metrics_addr
+            .expect("the node serves metrics (set metrics_listen)");
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the metrics address");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .expect("send the request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.expect("read the reply");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP reply");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code");
+        (status, body.to_owned())
     }
 
     pub fn url(&self, id: &str) -> String {
@@ -603,6 +645,19 @@ impl TestCluster {
         }
         self.upstream_stop.cancel();
     }
+}
+
+/// The value of one sample in a Prometheus text exposition: `series` is the
+/// metric name with its labels exactly as rendered, e.g.
+/// `keyfed_peer_up{peer="c",role="child"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Polls `cond` until it holds, or panics with `what` after the deadline.

@@ -59,6 +59,29 @@ pub struct NodeConfig {
     /// loopback callers only (or anyone, with `insecure_open_admin`).
     pub admin_tokens: Vec<crate::auth::AdminToken>,
     pub insecure_open_admin: bool,
+    /// b06: serve Prometheus metrics at `http://<this>/metrics`; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` (default) or `json` (one object per line).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("log format {s:?} is not one of text, json")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,6 +247,8 @@ impl Default for NodeConfig {
             tls: None,
             admin_tokens: Vec::new(),
             insecure_open_admin: false,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -247,6 +272,15 @@ impl NodeConfig {
         }
         if let Some(v) = get("KEYFED_UPSTREAM") {
             self.upstream = Some(v);
+        }
+        if let Some(v) = get("KEYFED_METRICS_LISTEN") {
+            self.metrics_listen = Some(
+                v.parse()
+                    .map_err(|e| format!("KEYFED_METRICS_LISTEN={v:?}: {e}"))?,
+            );
+        }
+        if let Some(v) = get("KEYFED_LOG_FORMAT") {
+            self.log_format = v.parse().map_err(|e| format!("KEYFED_LOG_FORMAT: {e}"))?;
         }
         if let Some(v) = get("KEYFED_TRUSTED_VENDOR_KEYS") {
             self.trusted_vendor_keys = v
@@ -405,5 +439,30 @@ mod tests {
             .load_vendor_key_files()
             .unwrap_err()
             .contains("missing.pub"));
+    }
+
+    #[test]
+    fn b06_log_format_and_metrics_listen_come_from_toml_and_env() {
+        let c = NodeConfig::from_toml("log_format = \"json\"\nmetrics_listen = \"127.0.0.1:9601\"")
+            .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9601".parse().unwrap()));
+        assert_eq!(NodeConfig::default().log_format, LogFormat::Text);
+        assert_eq!(NodeConfig::default().metrics_listen, None);
+        let err = NodeConfig::from_toml("log_format = \"xml\"").unwrap_err();
+        assert!(err.contains("log_format") || err.contains("xml"), "{err}");
+        let mut c = NodeConfig::default();
+        c.apply_env(|k| match k {
+            "KEYFED_LOG_FORMAT" => Some("json".into()),
+            "KEYFED_METRICS_LISTEN" => Some("0.0.0.0:9100".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+        let err = c
+            .apply_env(|k| (k == "KEYFED_LOG_FORMAT").then(|| "yaml".into()))
+            .unwrap_err();
+        assert!(err.contains("yaml") && err.contains("text, json"), "{err}");
     }
 }

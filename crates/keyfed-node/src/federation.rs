@@ -21,6 +21,47 @@ use tonic::{Request, Response, Status, Streaming};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At most one open link per peer: a newer link from (or to) the same peer
+/// replaces the older one, which is closed. (A reconnect after a half-open
+/// connection thus works at once; a second link never doubles deliveries.)
+#[derive(Default)]
+pub struct Links {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+}
+
+impl Links {
+    /// Registers a link and closes the peer's older one; returns its number.
+    pub fn open(&self, peer: &str, stop: CancellationToken) -> u64 {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let old = self
+            .open
+            .lock()
+            .expect("links lock")
+            .insert(peer.to_owned(), (n, stop));
+        if let Some((_, old)) = old {
+            tracing::warn!(%peer, "a second link from the same peer replaces the open one");
+            old.cancel();
+        }
+        n
+    }
+
+    /// Forgets link `n`; false if a newer link of the peer replaced it.
+    pub fn close(&self, peer: &str, n: u64) -> bool {
+        let mut open = self.open.lock().expect("links lock");
+        if open.get(peer).is_some_and(|(cur, _)| *cur == n) {
+            open.remove(peer);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.lock().expect("links lock").len()
+    }
+}
+
 fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
     let role = match node.config.role_of(peer) {
         Some(PeerRole::Parent) => "child",
@@ -49,6 +90,7 @@ async fn session<S>(
 ) where
     S: Stream<Item = Result<pb::LinkFrame, Status>> + Unpin,
 {
+    let link = node.links.open(&peer, stop.clone());
     if let Err(e) = node.set_peer_online(&peer, true, Some(&peer_hello)) {
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
@@ -109,6 +151,10 @@ async fn session<S>(
     }
     sender_stop.cancel();
     let _ = sender.await;
+    if !node.links.close(&peer, link) {
+        tracing::info!(node = %node.id(), %peer, "link replaced by a newer one");
+        return;
+    }
     if let Err(e) = node.set_peer_online(&peer, false, None) {
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
@@ -186,6 +232,10 @@ impl pb::federation_server::Federation for FederationService {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))?;
+        // e.g. an oversized or malformed first frame: say so, not "no hello"
+        if let Some(Err(s)) = first {
+            return Err(s);
+        }
         let Some(Ok(pb::LinkFrame {
             frame: Some(Frame::Hello(h)),
         })) = first
@@ -209,6 +259,21 @@ impl pb::federation_server::Federation for FederationService {
                     self.node.id()
                 )));
             }
+        }
+        // both sides of a neighbor pair given an address would replace each
+        // other's link forever; the lower node id keeps its own dial
+        if self
+            .node
+            .config
+            .neighbor(&peer)
+            .is_some_and(|n| n.address.is_some())
+            && self.node.id() < peer.as_str()
+        {
+            return Err(Status::already_exists(format!(
+                "{} dials {peer} itself: one link per neighbor pair; leave the address of {} empty in {peer}'s config",
+                self.node.id(),
+                self.node.id()
+            )));
         }
         let (tx, rx) = mpsc::channel(256);
         let reply = hello(&self.node, &peer).map_err(Status::from)?;

@@ -11,6 +11,8 @@ pub mod error;
 pub mod federation;
 pub mod hooks;
 pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod renewal;
@@ -34,12 +36,33 @@ use tokio_util::task::TaskTracker;
 
 /// Largest gRPC message a node decodes; key files are a few hundred bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// HTTP/2 streams one client connection may have open at once (a station
+/// fleet behind one proxy still fits; one client cannot hold every task).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How long open calls may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("binding the metrics address {addr} (metrics_listen): {e}")
+        })?),
+        None => None,
+    };
+    run_with_metrics(config, listener, metrics, clock, shutdown).await
+}
+
+/// [`run`] with the `/metrics` listener already bound (tests bind
+/// `127.0.0.1:0` and read the address back); `None` serves no metrics.
+pub async fn run_with_metrics(
+    config: NodeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -74,6 +97,15 @@ pub async fn run(
         ));
     }
     tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
+    if let Some(l) = metrics_listener {
+        tracing::info!(node = %node.id(), addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tasks.spawn(metrics::serve(
+            node.clone(),
+            l,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -101,6 +133,8 @@ pub async fn run(
     }
     let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .layer(metrics::RpcMetricsLayer::new(node.metrics.clone()))
         .add_service(health)
         .add_service(reflection)
         .add_service(auth::AdminGuard::new(

@@ -40,7 +40,7 @@ impl Node {
                 new.license, new.id
             )));
         };
-        crate::node::check_rollback(&keys, &new)?;
+        self.check_not_rollback(&new)?;
         let now = self.now();
         let before = held.entitlement();
         let after = activate(before, &held.key.license, &new, mode, now.date_naive())?;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyfed_core::{ManualClock, SharedClock, SystemClock};
+use keyfed_node::config::LogFormat;
 use keyfed_node::NodeConfig;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,9 +18,9 @@ use tokio_util::sync::CancellationToken;
     about = "license key distribution server with neighbor federation"
 )]
 struct Cli {
-    /// log format: text or json
-    #[arg(long, env = "KEYFED_LOG_FORMAT", default_value = "text", global = true)]
-    log_format: String,
+    /// log format: text (default) or json; overrides `log_format` in the config
+    #[arg(long, env = "KEYFED_LOG_FORMAT", global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +46,9 @@ enum Command {
         /// start on a manual clock that Admin.AdvanceClock moves (demos, smoke tests)
         #[arg(long)]
         debug_clock: bool,
+        /// serve Prometheus metrics at http://ADDR/metrics
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Run an upstream and three linked nodes (main, neighbor, child) in one process.
     Sandbox {
@@ -74,17 +78,6 @@ enum Command {
     /// Federation certificates: a CA, node and administrator certificates.
     #[command(subcommand)]
     Pki(keyfed_node::pki::PkiCmd),
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,sled=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn clock(debug: bool) -> SharedClock {
@@ -165,7 +158,6 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Pki(cmd) = cli.command {
         return keyfed_node::pki::run_cli(cmd);
     }
-    init_tracing(&cli.log_format);
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     match cli.command {
@@ -177,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             upstream,
             trust,
             debug_clock,
+            metrics_listen,
         } => {
             let mut cfg = match &config {
                 Some(p) => NodeConfig::from_toml(
@@ -203,6 +196,13 @@ async fn main() -> anyhow::Result<()> {
             cfg.trusted_vendor_keys.extend(trust);
             cfg.load_vendor_key_files().map_err(anyhow::Error::msg)?;
             cfg.debug_clock |= debug_clock;
+            if let Some(v) = metrics_listen {
+                cfg.metrics_listen = Some(v);
+            }
+            if let Some(v) = cli.log_format {
+                cfg.log_format = v;
+            }
+            keyfed_node::logging::init(cfg.log_format);
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
@@ -216,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             ip,
             debug_clock,
         } => {
+            keyfed_node::logging::init(cli.log_format.unwrap_or_default());
             keyfed_node::sandbox::run(
                 dir,
                 ip,

@@ -107,6 +107,10 @@ pub struct Inner {
     pub settings_cache: Mutex<Option<crate::station::Settings>>,
     /// Station contacts that need a write, committed in batches.
     pub(crate) contacts: std::sync::OnceLock<crate::station::ContactQueue>,
+    /// b06: counters behind `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The open federation link of each peer (at most one).
+    pub links: crate::federation::Links,
 }
 
 #[derive(Clone)]
@@ -153,6 +157,8 @@ impl Node {
             wakers: Mutex::new(HashMap::new()),
             peers: Mutex::new(peers),
             usage_dirty: AtomicBool::new(true),
+            metrics: Arc::default(),
+            links: crate::federation::Links::default(),
         })))
     }
 
@@ -181,6 +187,7 @@ impl Node {
         self.usage_dirty.store(true, Ordering::Relaxed);
         for n in fx.notifications {
             tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
+            self.metrics.notification(&n.event);
             let _ = self.events.send(n.clone());
             if let Some(h) = &self.hooks {
                 let _ = h.send(n);
@@ -295,7 +302,7 @@ impl Node {
     pub async fn add_key(&self, text: &str) -> NodeResult<StoredKey> {
         let file = self.parse_key(text)?;
         let key = file.key.clone();
-        check_rollback(&self.store.keys()?, &key)?;
+        self.check_not_rollback(&key)?;
         let now = self.now();
         let stored = StoredKey::new(key.clone(), file.render(), Origin::Upstream, now, key.seats);
         self.commit(|tx, fx| {
@@ -334,6 +341,29 @@ impl Node {
             }
         }
         Ok(stored)
+    }
+
+    /// Refuses a key older (lower serial) than a key of the same license held
+    /// here or ever held here, even one deleted since: a rollback.
+    pub fn check_not_rollback(&self, key: &keyfed_core::Key) -> NodeResult<()> {
+        let held = self
+            .store
+            .keys()?
+            .into_iter()
+            .filter(|k| k.key.license == key.license)
+            .max_by_key(|k| k.key.serial);
+        if let Some(newer) = held.filter(|k| k.key.serial > key.serial) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
+                key.id, key.serial, key.license, newer.key.id, newer.key.serial
+            )));
+        }
+        match self.store.license_serial(&key.license)? {
+            Some(seen) if seen > key.serial => {
+                Err(NodeError::FailedPrecondition(rollback_message(key, seen)))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn get_key(&self, id: &str) -> NodeResult<StoredKey> {
@@ -798,6 +828,31 @@ impl Node {
             }),
             _ => None,
         };
+        // for the rollback check of stores written before serials were kept
+        let held_serial = match &parsed {
+            Some(Ok(f)) => self
+                .store
+                .keys()?
+                .iter()
+                .filter(|k| k.key.license == f.key.license)
+                .map(|k| k.key.serial)
+                .max(),
+            _ => None,
+        };
+        // b05: a rollup may name a key by the id the peer still holds, the
+        // one our grant's key renewed
+        let renewals: HashMap<String, Vec<String>> = match &d.body {
+            Some(pb::delivery::Body::Usage(_)) => {
+                let mut m: HashMap<String, Vec<String>> = HashMap::new();
+                for k in self.store.keys()? {
+                    if let Some(old) = &k.key.renews {
+                        m.entry(old.clone()).or_default().push(k.key.id.clone());
+                    }
+                }
+                m
+            }
+            _ => HashMap::new(),
+        };
         self.commit(|tx, fx| {
             let mut cursor = tx.cursor::<NodeError>(peer)?;
             if d.seq <= cursor.applied {
@@ -823,32 +878,22 @@ impl Node {
                 }
                 None => None,
             };
+            if let Some(f) = file {
+                if let Some(why) = self.key_refusal(tx, peer, role, &d.body, f, held_serial)? {
+                    tracing::warn!(node = %self.id(), %peer, key_id = %f.key.id, reason = %why, "peer message refused");
+                    fx.notify(
+                        tx,
+                        now,
+                        "peer-message-refused",
+                        &f.key.id,
+                        why,
+                        &[("peer", peer.to_owned())],
+                    )?;
+                    return Ok(());
+                }
+            }
             match (&d.body, file) {
                 (Some(pb::delivery::Body::Grant(g)), Some(f)) => {
-                    if role == Some(PeerRole::Child) {
-                        fx.notify(
-                            tx,
-                            now,
-                            "peer-message-refused",
-                            &f.key.id,
-                            format!("child {peer} tried to grant seats upward; refused"),
-                            &[("peer", peer.to_owned())],
-                        )?;
-                        return Ok(());
-                    }
-                    if role == Some(PeerRole::Neighbor)
-                        && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive)
-                    {
-                        fx.notify(
-                            tx,
-                            now,
-                            "peer-message-refused",
-                            &f.key.id,
-                            format!("neighbor {peer} lent seats but allow_receive is off; refused"),
-                            &[("peer", peer.to_owned())],
-                        )?;
-                        return Ok(());
-                    }
                     let lent = crate::convert::parse_ts("lent_until", &g.lent_until)
                         .ok()
                         .flatten();
@@ -901,6 +946,17 @@ impl Node {
                 (Some(pb::delivery::Body::Claim(c)), _) => {
                     self.claim_tx(tx, fx, peer, c, claimed.as_ref(), now)?;
                 }
+                (Some(pb::delivery::Body::Command(c)), _) if role != Some(PeerRole::Parent) => {
+                    tracing::warn!(node = %self.id(), %peer, "command from a peer that is not the parent refused");
+                    fx.notify(
+                        tx,
+                        now,
+                        "peer-message-refused",
+                        "",
+                        format!("{peer} is not this node's parent; its command {:?} was refused", c.command),
+                        &[("peer", peer.to_owned())],
+                    )?;
+                }
                 (Some(pb::delivery::Body::Command(c)), _) => {
                     // o03: a command from the parent's administrator
                     fx.notify(
@@ -920,7 +976,23 @@ impl Node {
                     self.withdraw_tx(tx, fx, peer, &w.key_id, &w.reason, &old_grants, now)?;
                 }
                 (Some(pb::delivery::Body::Usage(u)), _) => {
+                    let mut refused = BTreeSet::new();
                     for line in &u.lines {
+                        // only keys this node granted to the peer, within the grant
+                        let granted = match tx.grant::<NodeError>(&line.key_id, peer)? {
+                            Some(g) => line.seats <= g.seats,
+                            None => {
+                                let mut renewed = false;
+                                for new in renewals.get(&line.key_id).into_iter().flatten() {
+                                    renewed |= tx.grant::<NodeError>(new, peer)?.is_some();
+                                }
+                                renewed
+                            }
+                        };
+                        if !granted {
+                            refused.insert(line.key_id.clone());
+                            continue;
+                        }
                         tx.put_usage(&keyfed_store::UsageLine {
                             node_id: line.node_id.clone(),
                             key_id: line.key_id.clone(),
@@ -931,6 +1003,18 @@ impl Node {
                                 .flatten()
                                 .unwrap_or(now),
                         })?;
+                    }
+                    if !refused.is_empty() {
+                        let keys = refused.into_iter().collect::<Vec<_>>().join(", ");
+                        tracing::warn!(node = %self.id(), %peer, %keys, "usage lines refused");
+                        fx.notify(
+                            tx,
+                            now,
+                            "peer-message-refused",
+                            "",
+                            format!("{peer} reported usage of key(s) {keys}, whose seats this node did not grant it (or fewer than it claims); those lines were refused"),
+                            &[("peer", peer.to_owned()), ("keys", keys.clone())],
+                        )?;
                     }
                 }
                 _ => {
@@ -951,6 +1035,65 @@ impl Node {
         })
         .await?;
         self.fill_waiting().await
+    }
+
+    /// Why a key-bearing delivery (grant, offer, renewal) from `peer` is
+    /// refused, if it is: seats flow down and to neighbors that accept them,
+    /// never up; a key older than one of its license seen here is a rollback.
+    fn key_refusal(
+        &self,
+        tx: &Tx<'_>,
+        peer: &str,
+        role: Option<PeerRole>,
+        body: &Option<pb::delivery::Body>,
+        f: &KeyFile,
+        held_serial: Option<u64>,
+    ) -> Tr<Option<String>> {
+        let what = body.as_ref().map_or("delivery", body_name);
+        let id = &f.key.id;
+        match role {
+            Some(PeerRole::Child) => {
+                return Ok(Some(format!(
+                    "child {peer} tried to grant seats upward ({what} of key {id}); refused"
+                )))
+            }
+            Some(PeerRole::Neighbor)
+                if !matches!(body, Some(pb::delivery::Body::Offer(_)))
+                    && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive) =>
+            {
+                return Ok(Some(format!(
+                    "neighbor {peer} lent seats ({what} of key {id}) but allow_receive is off; refused"
+                )))
+            }
+            None => {
+                return Ok(Some(format!(
+                    "{peer} is not a configured peer of this node; its {what} of key {id} was refused"
+                )))
+            }
+            _ => {}
+        }
+        if tx.key::<NodeError>(id)?.is_none() {
+            let seen = tx
+                .license_serial::<NodeError>(&f.key.license)?
+                .max(held_serial);
+            if let Some(seen) = seen.filter(|s| *s > f.key.serial) {
+                return Ok(Some(format!(
+                    "{peer} sent a {what}: {}",
+                    rollback_message(&f.key, seen)
+                )));
+            }
+        }
+        if let Some(pb::delivery::Body::Renewed(r)) = body {
+            if let Some(old) = tx.key::<NodeError>(&r.old_key_id)? {
+                if old.key.license != f.key.license {
+                    return Ok(Some(format!(
+                        "{peer} sent key {id} of license {} as the renewal of key {} of license {}; refused",
+                        f.key.license, old.key.id, old.key.license
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1146,18 +1289,11 @@ impl Node {
     }
 }
 
-/// Refuses a rollback: an older key of a license a newer key of is held.
-pub fn check_rollback(held: &[StoredKey], key: &keyfed_core::Key) -> NodeResult<()> {
-    match held
-        .iter()
-        .find(|k| k.key.license == key.license && k.key.serial > key.serial)
-    {
-        Some(newer) => Err(NodeError::FailedPrecondition(format!(
-            "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
-            key.id, key.serial, key.license, newer.key.id, newer.key.serial
-        ))),
-        None => Ok(()),
-    }
+fn rollback_message(key: &keyfed_core::Key, seen: u64) -> String {
+    format!(
+        "key {} is serial {} of license {}, older than serial {seen} this node already had (perhaps deleted since): refused as a rollback",
+        key.id, key.serial, key.license
+    )
 }
 
 /// r07: a superseded key leaves once no object still holds it.

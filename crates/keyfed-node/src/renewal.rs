@@ -49,7 +49,10 @@ impl Node {
         };
         let mut out = Vec::new();
         for k in keys {
-            out.push(self.renew_one(&k).await?);
+            let outcome = self.renew_one(&k).await;
+            self.metrics
+                .renewal(outcome.as_ref().map_or("error", |o| o.outcome.as_str()));
+            out.push(outcome?);
         }
         self.store
             .set_meta("last_renewal_check", &crate::convert::ts(self.now()))?;

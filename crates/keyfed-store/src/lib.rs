@@ -320,10 +320,22 @@ impl Store {
             .collect()
     }
 
+    /// The highest serial of `license` this store ever held, even if that key
+    /// was deleted since (rollback protection).
+    pub fn license_serial(&self, license: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta(&license_serial_meta(license))?
+            .and_then(|s| s.parse().ok()))
+    }
+
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.trees[META].insert(name.as_bytes(), records::encode(&value))?;
         Ok(())
     }
+}
+
+fn license_serial_meta(license: &str) -> String {
+    format!("license-serial:{license}")
 }
 
 /// The typed view of one transaction.
@@ -360,8 +372,25 @@ impl Tx<'_> {
         self.read(KEYS, id.as_bytes())
     }
 
+    /// Stores a key and remembers the highest serial seen of its license,
+    /// which outlives the key (rollback protection after a delete).
     pub fn put_key<E>(&self, k: &StoredKey) -> TxResult<(), E> {
+        let name = license_serial_meta(&k.key.license);
+        let seen = self.trees[META]
+            .get(name.as_bytes())?
+            .and_then(|v| records::decode::<String>(TREES[META], &v).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if seen.is_none_or(|s| s < k.key.serial) {
+            self.write::<_, E>(META, name.as_bytes(), &k.key.serial.to_string())?;
+        }
         self.write(KEYS, k.key.id.as_bytes(), k)
+    }
+
+    /// The highest serial of `license` this store ever held (see [`Tx::put_key`]).
+    pub fn license_serial<E: From<StoreError>>(&self, license: &str) -> TxResult<Option<u64>, E> {
+        Ok(self
+            .meta::<E>(&license_serial_meta(license))?
+            .and_then(|s| s.parse().ok()))
     }
 
     /// Removes a key with all its grants' counter; grants must be removed first.
