@@ -315,3 +315,42 @@ async fn b05_usage_of_the_whole_subtree_reaches_the_root() {
     assert_eq!(own.len(), 1);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b05_usage_tree_drops_keys_the_subtree_no_longer_holds() {
+    let c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
+    c.wait_linked().await;
+    let k1 = c.issue(&["antivirus"], 20, "2027-06-30");
+    c.add("main", &k1).await;
+    c.assign("main", &k1.key.id, "child", 5).await.unwrap();
+    let tree = || async {
+        c.admin("main")
+            .await
+            .usage(pb::UsageRequest {
+                key_id: String::new(),
+                tree: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rows
+            .into_iter()
+            .filter(|r| r.node_id == "child")
+            .map(|r| r.key_id)
+            .collect::<Vec<_>>()
+    };
+    eventually("main sees the child's K1", || async {
+        tree().await == vec![k1.key.id.clone()]
+    })
+    .await;
+    let k2 = c.purchase(&k1.key.id, &["antivirus"], 20, "2027-12-31");
+    c.renew("main", &k1.key.id).await;
+    eventually(
+        "the child holds K2 and main's tree shows only K2 for it",
+        || async {
+            c.has_key("child", &k2.key.id).await && tree().await == vec![k2.key.id.clone()]
+        },
+    )
+    .await;
+    c.shutdown().await;
+}

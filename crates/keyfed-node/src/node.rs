@@ -839,6 +839,17 @@ impl Node {
                 .max(),
             _ => None,
         };
+        // b05: a peer's rollup replaces every line its last one carried
+        let carried: Vec<(String, String)> = match &d.body {
+            Some(pb::delivery::Body::Usage(_)) => self
+                .store
+                .usage_lines()?
+                .into_iter()
+                .filter(|l| l.via == peer)
+                .map(|l| (l.node_id, l.key_id))
+                .collect(),
+            _ => Vec::new(),
+        };
         // b05: a rollup may name a key by the id the peer still holds, the
         // one our grant's key renewed
         let renewals: HashMap<String, Vec<String>> = match &d.body {
@@ -976,6 +987,11 @@ impl Node {
                     self.withdraw_tx(tx, fx, peer, &w.key_id, &w.reason, &old_grants, now)?;
                 }
                 (Some(pb::delivery::Body::Usage(u)), _) => {
+                    for (node_id, key_id) in &carried {
+                        if !u.lines.iter().any(|l| &l.node_id == node_id && &l.key_id == key_id) {
+                            tx.remove_usage::<NodeError>(node_id, key_id)?;
+                        }
+                    }
                     let mut refused = BTreeSet::new();
                     for line in &u.lines {
                         // only keys this node granted to the peer, within the grant
@@ -1002,6 +1018,7 @@ impl Node {
                                 .ok()
                                 .flatten()
                                 .unwrap_or(now),
+                            via: peer.to_owned(),
                         })?;
                     }
                     if !refused.is_empty() {

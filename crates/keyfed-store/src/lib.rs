@@ -621,6 +621,11 @@ impl Tx<'_> {
         self.write(USAGE, &pair(&line.node_id, &line.key_id), line)
     }
 
+    pub fn remove_usage<E>(&self, node_id: &str, key_id: &str) -> TxResult<(), E> {
+        self.trees[USAGE].remove(pair(node_id, key_id))?;
+        Ok(())
+    }
+
     /// A named meta value, read inside the transaction (see [`Store::meta`]).
     pub fn meta<E: From<StoreError>>(&self, name: &str) -> TxResult<Option<String>, E> {
         self.read(META, name.as_bytes())

@@ -175,6 +175,9 @@ pub struct UsageLine {
     pub seats: u32,
     pub used: u32,
     pub reported_at: DateTime<Utc>,
+    /// The peer whose rollup carried it: its next rollup replaces them all.
+    #[serde(default)]
+    pub via: String,
 }
 
 /// An object waiting for seats of a key (r11).
