@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a link's pusher looks at the outbox without being woken.
+const OUTBOX_RECHECK: Duration = Duration::from_millis(500);
 
 /// At most one open link per peer: a newer link from (or to) the same peer
 /// replaces the older one, which is closed. (A reconnect after a half-open
@@ -201,9 +203,13 @@ async fn push_outbox(
             }
             next = e.seq + 1;
         }
+        // the wake-up is a shared Notify: while a replaced link's pusher is
+        // still winding down it may take the permit meant for this one, so
+        // the outbox is also looked at every OUTBOX_RECHECK
         tokio::select! {
             () = stop.cancelled() => return,
             () = wake.notified() => {}
+            () = tokio::time::sleep(OUTBOX_RECHECK) => {}
             () = out.closed() => return,
         }
     }
