@@ -354,3 +354,41 @@ async fn b05_usage_tree_drops_keys_the_subtree_no_longer_holds() {
     .await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b05_usage_is_reported_again_every_usage_report_period() {
+    let c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
+    c.wait_linked().await;
+    let k = c.issue(&["antivirus"], 20, "2027-06-30");
+    c.add("main", &k).await;
+    c.assign("main", &k.key.id, "child", 5).await.unwrap();
+    let reported = || async {
+        c.admin("main")
+            .await
+            .usage(pb::UsageRequest {
+                key_id: k.key.id.clone(),
+                tree: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rows
+            .into_iter()
+            .find(|r| r.node_id == "child")
+            .map(|r| r.reported_at)
+    };
+    eventually("main has the child's line", || async {
+        reported().await.is_some()
+    })
+    .await;
+    let first = reported().await.unwrap();
+    // nothing changes at the child; only time passes
+    let later = c.advance(chrono::Duration::seconds(120));
+    eventually("the child reported again", || async {
+        reported()
+            .await
+            .is_some_and(|r| r != first && r.as_str() >= later.to_rfc3339().get(..19).unwrap_or(""))
+    })
+    .await;
+    c.shutdown().await;
+}

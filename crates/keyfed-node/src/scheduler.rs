@@ -66,6 +66,12 @@ pub async fn once(node: &Node) -> NodeResult<()> {
         node.store.set_meta("last_station_sweep", &ts(node.now()))?;
     }
     node.telemetry_tick().await;
+    // b05: rollups go up when usage changes, and again every
+    // usage_report_secs so the parent's `reported_at` says the node is alive
+    if due(node, "last_usage_refresh", node.config.usage_report_secs)? {
+        node.refresh_rollups()?;
+        node.store.set_meta("last_usage_refresh", &ts(node.now()))?;
+    }
     node.roll_up_usage().await
 }
 
