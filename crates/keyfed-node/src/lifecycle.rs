@@ -189,7 +189,8 @@ impl Node {
 
     /// e07: every subscription per tenant, with start, end, state and use.
     pub fn subscriptions(&self) -> NodeResult<Vec<pb::SubscriptionInfo>> {
-        let month = self.now().format("%Y-%m").to_string();
+        let now = self.now();
+        let month = now.format("%Y-%m").to_string();
         let mut out = Vec::new();
         for k in self.store.keys()? {
             if k.key.kind != KeyKind::Subscription
@@ -202,7 +203,7 @@ impl Node {
             let used = self.store.used(id)?;
             let peak = self
                 .store
-                .meta(&format!("meter:{id}:{month}"))?
+                .meta(&meter_key(id, now))?
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(used);
             let row = |tenant: &str, seats: u32, used: u32, role: &str| pb::SubscriptionInfo {
@@ -284,14 +285,12 @@ impl Node {
             let over_flagged = self.store.meta(&flag("over-allocated", &id))?.is_some();
             let is_low = state.writable() && low.is_low(k.held, used);
             let low_flagged = self.store.meta(&flag("seats-low", &id))?.is_some();
-            let month = format!("meter:{id}:{}", now.format("%Y-%m"));
             let peak: u32 = self
                 .store
-                .meta(&month)?
+                .meta(&meter_key(&id, now))?
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let meter = k.key.kind == KeyKind::Subscription
-                && (used > peak || self.store.meta(&month)?.is_none());
+            let meter = k.key.kind == KeyKind::Subscription && used > peak;
             if due.is_empty() && over == over_flagged && is_low == low_flagged && !meter {
                 continue;
             }
@@ -353,7 +352,7 @@ impl Node {
                     tx.remove_meta(&flag("seats-low", &id))?;
                 }
                 if meter {
-                    tx.put_meta(&month, &used.max(peak).to_string())?;
+                    meter_tx(tx, &k, used, now)?;
                 }
                 Ok(())
             })
@@ -459,6 +458,11 @@ impl Node {
     }
 }
 
+/// e04: where this calendar month's (UTC) peak of a subscription is kept.
+fn meter_key(key_id: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    format!("meter:{key_id}:{}", now.format("%Y-%m"))
+}
+
 /// e04: raises this month's metered peak of a subscription to `used`, in
 /// the transaction that took the seat (a tick could miss a short peak).
 pub fn meter_tx(
@@ -470,7 +474,7 @@ pub fn meter_tx(
     if k.key.kind != KeyKind::Subscription {
         return Ok(());
     }
-    let month = format!("meter:{}:{}", k.key.id, now.format("%Y-%m"));
+    let month = meter_key(&k.key.id, now);
     let peak: u32 = tx
         .meta::<NodeError>(&month)?
         .and_then(|s| s.parse().ok())

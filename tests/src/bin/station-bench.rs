@@ -116,12 +116,47 @@ impl Row {
     }
 }
 
-/// Gathers the latencies of every task into one row.
-async fn collect(
+/// Runs `per_task` sequential calls in each of `tasks` concurrent tasks and
+/// gathers their latencies into one row. With `pace`, each task calls once
+/// per period, the tasks spread out over one period: the latency of a fleet
+/// at a steady rate; without, back to back: the saturated rate.
+async fn load<F, Fut>(
     what: &str,
-    start: Instant,
-    handles: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
-) -> Row {
+    tasks: usize,
+    per_task: usize,
+    pace: Option<Duration>,
+    call: F,
+) -> Row
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut tick = match pace {
+                    Some(every) => {
+                        tokio::time::sleep(every.mul_f64(t as f64 / tasks.max(1) as f64)).await;
+                        Some(tokio::time::interval(every))
+                    }
+                    None => None,
+                };
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    if let Some(tick) = &mut tick {
+                        tick.tick().await;
+                    }
+                    let s = Instant::now();
+                    call(t, i).await;
+                    lat.push(s.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
     let mut lat = Vec::new();
     for h in handles {
         lat.extend(h.await.expect("load task"));
@@ -134,61 +169,6 @@ async fn collect(
         secs,
         lat,
     }
-}
-
-/// Runs `per_task` sequential calls in each of `tasks` concurrent tasks.
-async fn load<F, Fut>(what: &str, tasks: usize, per_task: usize, call: F) -> Row
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let call = Arc::new(call);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per_task);
-                for i in 0..per_task {
-                    let s = Instant::now();
-                    call(t, i).await;
-                    lat.push(s.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    collect(what, start, handles).await
-}
-
-/// Like [`load`], but each task calls once per `every`, starting spread out
-/// over one period: the latency of a fleet at a steady, sustainable rate.
-async fn paced<F, Fut>(what: &str, tasks: usize, per_task: usize, every: Duration, call: F) -> Row
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let call = Arc::new(call);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let call = call.clone();
-            let offset = every.mul_f64(t as f64 / tasks.max(1) as f64);
-            tokio::spawn(async move {
-                tokio::time::sleep(offset).await;
-                let mut tick = tokio::time::interval(every);
-                let mut lat = Vec::with_capacity(per_task);
-                for i in 0..per_task {
-                    tick.tick().await;
-                    let s = Instant::now();
-                    call(t, i).await;
-                    lat.push(s.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    collect(what, start, handles).await
 }
 
 fn renew_request(t: usize) -> pb::RenewRequest {
@@ -285,6 +265,7 @@ async fn main() {
             "ceiling: Station.Ping (no-op)",
             a.stations,
             ping_each,
+            None,
             move |t, _| {
                 let mut c = client(&p, t);
                 async move {
@@ -296,7 +277,7 @@ async fn main() {
     );
     let p = pool.clone();
     rows.push(
-        load("attach: durable lease", a.stations, 1, move |t, _| {
+        load("attach: durable lease", a.stations, 1, None, move |t, _| {
             let mut c = client(&p, t);
             async move {
                 let l = c
@@ -315,6 +296,7 @@ async fn main() {
             "renew (seat durable, contact time stored hourly)",
             a.stations,
             a.renewals,
+            None,
             move |t, _| {
                 let mut c = client(&p, t);
                 async move {
@@ -329,11 +311,11 @@ async fn main() {
     let p = pool.clone();
     let every = Duration::from_secs_f64(a.stations as f64 / 2000.0);
     rows.push(
-        paced(
+        load(
             &format!("renew paced: each station every {} ms", every.as_millis()),
             a.stations,
             10,
-            every,
+            Some(every),
             move |t, _| {
                 let mut c = client(&p, t);
                 async move {
@@ -352,6 +334,7 @@ async fn main() {
         "attach until held (memory phase)",
         a.stations,
         per,
+        None,
         move |t, i| {
             let mut c = client(&p, t);
             let n = stations + t * per + i;
