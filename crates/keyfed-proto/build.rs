@@ -1,5 +1,5 @@
-//! Generates the tonic/prost code from `proto/keyfed/v1` with protox, so the
-//! build needs no system `protoc`.
+//! Generates the tonic services from `proto/keyfed/v1` with protox, so the
+//! build needs no system `protoc`. The messages come from keyfed-wire.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,14 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
-    let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("keyfed_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    // Serialize lets keyfedctl print any reply as --json without a mirror type.
     tonic_prost_build::configure()
-        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .extern_path(".keyfed.v1", "::keyfed_wire::v1")
         .compile_fds(fds)?;
     Ok(())
 }

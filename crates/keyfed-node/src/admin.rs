@@ -1,8 +1,8 @@
 //! The Admin gRPC service: a thin mapping from requests to node operations.
 use crate::convert;
-use crate::error::NodeError;
-use crate::lifecycle::command_info;
+use crate::error::{NodeError, OrStatus};
 use crate::node::Node;
+use keyfed_engine::lifecycle::command_info;
 use keyfed_proto::v1 as pb;
 use keyfed_store::{ObjectKind, StoredKey};
 use std::collections::BTreeMap;
@@ -21,13 +21,13 @@ type R<T> = Result<Response<T>, Status>;
 
 impl AdminService {
     fn key_info(&self, k: &StoredKey) -> Result<pb::KeyInfo, NodeError> {
-        let used = self.node.store.used(&k.key.id)?;
+        let used = self.node.engine.store().used(&k.key.id)?;
         let state = if k.superseded_by.is_some() {
             "superseded"
         } else if k.merged_into.is_some() {
             "activated"
         } else {
-            self.node.key_state(k).label()
+            self.node.engine.key_state(k).label()
         };
         Ok(pb::KeyInfo {
             key: Some(convert::key(
@@ -45,7 +45,7 @@ impl AdminService {
             entitled_until: k.entitlement().expires.to_string(),
             merged_into: k.merged_into.clone().unwrap_or_default(),
             trial_extended: k.trial_extended,
-            over_limit: self.node.over_limit(k)?,
+            over_limit: self.node.engine.over_limit(k)?,
             owner: k.owner().into(),
         })
     }
@@ -56,37 +56,57 @@ impl pb::admin_server::Admin for AdminService {
     async fn add_key(&self, r: Request<pb::AddKeyRequest>) -> R<pb::KeyInfo> {
         let r = r.into_inner();
         let k = if r.activation.is_empty() {
-            self.node.add_key(&r.key_file).await?
+            self.node.engine.add_key(&r.key_file).await.status()?
         } else {
-            let mode = r.activation.parse().map_err(NodeError::InvalidArgument)?;
-            self.node.activate_key(&r.key_file, mode).await?
+            let mode = r
+                .activation
+                .parse()
+                .map_err(NodeError::InvalidArgument)
+                .status()?;
+            self.node
+                .engine
+                .activate_key(&r.key_file, mode)
+                .await
+                .status()?
         };
-        Ok(Response::new(self.key_info(&k)?))
+        Ok(Response::new(self.key_info(&k).status()?))
     }
 
     async fn list_keys(&self, _: Request<pb::Empty>) -> R<pb::KeyList> {
-        let keys = self.node.store.keys().map_err(NodeError::from)?;
+        let keys = self
+            .node
+            .engine
+            .store()
+            .keys()
+            .map_err(NodeError::from)
+            .status()?;
         let keys = keys
             .iter()
             .map(|k| self.key_info(k))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .status()?;
         Ok(Response::new(pb::KeyList { keys }))
     }
 
     async fn get_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyInfo> {
         Ok(Response::new(
-            self.key_info(&self.node.get_key(&r.into_inner().id)?)?,
+            self.key_info(&self.node.engine.get_key(&r.into_inner().id).status()?)
+                .status()?,
         ))
     }
 
     async fn export_key(&self, r: Request<pb::KeyId>) -> R<pb::KeyFile> {
         Ok(Response::new(pb::KeyFile {
-            text: self.node.get_key(&r.into_inner().id)?.text,
+            text: self.node.engine.get_key(&r.into_inner().id).status()?.text,
         }))
     }
 
     async fn delete_key(&self, r: Request<pb::KeyId>) -> R<pb::Empty> {
-        self.node.delete_key(&r.into_inner().id).await?;
+        self.node
+            .engine
+            .delete_key(&r.into_inner().id)
+            .await
+            .status()?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -99,20 +119,33 @@ impl pb::admin_server::Admin for AdminService {
         };
         let g = self
             .node
+            .engine
             .assign(&r.key_id, &r.object, r.seats, kind, r.donation_days)
-            .await?;
+            .await
+            .status()?;
         Ok(Response::new(convert::grant(&g)))
     }
 
     async fn unassign_seats(&self, r: Request<pb::UnassignSeatsRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
-        self.node.unassign(&r.key_id, &r.object).await?;
+        self.node
+            .engine
+            .unassign(&r.key_id, &r.object)
+            .await
+            .status()?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
         let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
-        for g in self.node.store.all_grants().map_err(NodeError::from)? {
+        for g in self
+            .node
+            .engine
+            .store()
+            .all_grants()
+            .map_err(NodeError::from)
+            .status()?
+        {
             let o = objects
                 .entry(g.object.clone())
                 .or_insert_with(|| pb::ObjectInfo {
@@ -123,7 +156,14 @@ impl pb::admin_server::Admin for AdminService {
                 });
             o.grants.push(convert::grant(&g));
         }
-        for w in self.node.store.waiting().map_err(NodeError::from)? {
+        for w in self
+            .node
+            .engine
+            .store()
+            .waiting()
+            .map_err(NodeError::from)
+            .status()?
+        {
             objects
                 .entry(w.object.clone())
                 .or_insert_with(|| pb::ObjectInfo {
@@ -142,7 +182,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         r: Request<pb::ListNotificationsRequest>,
     ) -> R<pb::NotificationList> {
-        let ns = self.node.notifications_after(r.into_inner().after_seq)?;
+        let ns = self
+            .node
+            .engine
+            .notifications_after(r.into_inner().after_seq)
+            .status()?;
         Ok(Response::new(pb::NotificationList {
             notifications: ns.iter().map(convert::notification).collect(),
         }))
@@ -156,8 +200,12 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListNotificationsRequest>,
     ) -> R<Self::WatchNotificationsStream> {
         // subscribe first so nothing falls between the stored list and the live feed
-        let live = tokio_stream::wrappers::BroadcastStream::new(self.node.events.subscribe());
-        let stored = self.node.notifications_after(r.into_inner().after_seq)?;
+        let live = tokio_stream::wrappers::BroadcastStream::new(self.node.engine.subscribe());
+        let stored = self
+            .node
+            .engine
+            .notifications_after(r.into_inner().after_seq)
+            .status()?;
         let mut last = stored.last().map_or(0, |n| n.seq);
         let backlog = tokio_stream::iter(stored.into_iter().map(|n| Ok(convert::notification(&n))));
         let live = live.filter_map(move |n| match n {
@@ -193,23 +241,28 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn status(&self, _: Request<pb::Empty>) -> R<pb::NodeStatus> {
         let n = &self.node;
-        let keys = n.store.keys().map_err(NodeError::from)?;
+        let keys = n.engine.store().keys().map_err(NodeError::from).status()?;
         let mut warnings = Vec::new();
         for k in keys
             .iter()
             .filter(|k| k.superseded_by.is_none() && k.merged_into.is_none())
         {
-            let used = n.store.used(&k.key.id).map_err(NodeError::from)?;
+            let used = n
+                .engine
+                .store()
+                .used(&k.key.id)
+                .map_err(NodeError::from)
+                .status()?;
             if used > k.held {
                 // e06: say who is over the limit
                 warnings.push(format!(
                     "key {} is over-allocated: {used} granted of {}; over the limit: {}; new grants refused until fixed",
                     k.key.id,
                     k.held,
-                    n.over_limit(k)?.join(", ")
+                    n.engine.over_limit(k).status()?.join(", ")
                 ));
             }
-            match n.key_state(k) {
+            match n.engine.key_state(k) {
                 keyfed_core::lifecycle::KeyState::Grace { until } => warnings.push(format!(
                     "key {} expired: in grace until {}, read-only",
                     k.key.id,
@@ -226,15 +279,15 @@ impl pb::admin_server::Admin for AdminService {
             warnings.push("no upstream configured: automatic renewal cannot run".into());
         }
         // stations are counted from their records: no scan of every grant
-        let objects = n.store.station_count() + n.config.peers().len();
+        let objects = n.engine.store().station_count() + n.config.peers().len();
         Ok(Response::new(pb::NodeStatus {
             node_id: n.id().into(),
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: n.config.protocol_version,
-            now: convert::ts(n.now()),
+            now: convert::ts(n.engine.now()),
             keys: u32::try_from(keys.len()).unwrap_or(u32::MAX),
             objects: u32::try_from(objects).unwrap_or(u32::MAX),
-            notifications: u32::try_from(n.store.notification_count()).unwrap_or(u32::MAX),
+            notifications: u32::try_from(n.engine.store().notification_count()).unwrap_or(u32::MAX),
             warnings,
             data_dir: n.config.data_dir.display().to_string(),
         }))
@@ -247,8 +300,10 @@ impl pb::admin_server::Admin for AdminService {
         let id = r.into_inner().key_id;
         let outcomes = self
             .node
+            .engine
             .check_for_updates((!id.is_empty()).then_some(id.as_str()))
-            .await?;
+            .await
+            .status()?;
         Ok(Response::new(pb::RenewalReport { outcomes }))
     }
 
@@ -256,7 +311,7 @@ impl pb::admin_server::Admin for AdminService {
         let n = &self.node;
         let mut peers = Vec::new();
         for (id, role) in n.config.peers() {
-            let meta = n.peer_meta(&id).unwrap_or_default();
+            let meta = n.engine.peer_meta(&id).unwrap_or_default();
             let address = match role {
                 crate::config::PeerRole::Parent => {
                     n.config.parent.as_ref().map(|p| p.address.clone())
@@ -267,7 +322,12 @@ impl pb::admin_server::Admin for AdminService {
                 crate::config::PeerRole::Child => None,
             };
             peers.push(pb::PeerInfo {
-                outbox_depth: n.store.outbox_depth(&id).map_err(NodeError::from)?,
+                outbox_depth: n
+                    .engine
+                    .store()
+                    .outbox_depth(&id)
+                    .map_err(NodeError::from)
+                    .status()?,
                 node_id: id,
                 role: role.as_str().into(),
                 address: address.unwrap_or_else(|| "(dials in)".into()),
@@ -281,7 +341,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn usage(&self, r: Request<pb::UsageRequest>) -> R<pb::UsageReport> {
         let r = r.into_inner();
-        let rows = self.node.usage_rows(r.tree)?;
+        let rows = self.node.engine.usage_rows(r.tree).status()?;
         let rows = rows
             .into_iter()
             .filter(|u| r.key_id.is_empty() || u.key_id == r.key_id)
@@ -291,12 +351,19 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn queue_command(&self, r: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
         let r = r.into_inner();
-        let c = self.node.queue_command(&r.object, &r.command).await?;
         let c = self
             .node
-            .store
+            .engine
+            .queue_command(&r.object, &r.command)
+            .await
+            .status()?;
+        let c = self
+            .node
+            .engine
+            .store()
             .commands_of(&c.object)
-            .map_err(NodeError::from)?
+            .map_err(NodeError::from)
+            .status()?
             .into_iter()
             .find(|x| x.id == c.id)
             .unwrap_or(c);
@@ -310,9 +377,11 @@ impl pb::admin_server::Admin for AdminService {
         let keep = self.node.config.stations.command_keep_days;
         let commands = self
             .node
-            .store
+            .engine
+            .store()
             .commands()
-            .map_err(NodeError::from)?
+            .map_err(NodeError::from)
+            .status()?
             .iter()
             .map(|c| command_info(c, keep))
             .collect();
@@ -321,7 +390,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn subscription_report(&self, _: Request<pb::Empty>) -> R<pb::SubscriptionList> {
         Ok(Response::new(pb::SubscriptionList {
-            subscriptions: self.node.subscriptions()?,
+            subscriptions: self.node.engine.subscriptions().status()?,
         }))
     }
 
@@ -331,11 +400,15 @@ impl pb::admin_server::Admin for AdminService {
     ) -> R<pb::SubscriptionInfo> {
         let r = r.into_inner();
         self.node
+            .engine
             .share_subscription(&r.key_id, &r.tenant, r.seats, r.r#move)
-            .await?;
+            .await
+            .status()?;
         let row = self
             .node
-            .subscriptions()?
+            .engine
+            .subscriptions()
+            .status()?
             .into_iter()
             .find(|s| s.key_id == r.key_id && s.customer == r.tenant)
             .unwrap_or_default();
@@ -343,12 +416,17 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn extend_trial(&self, r: Request<pb::KeyId>) -> R<pb::KeyInfo> {
-        let k = self.node.extend_trial(&r.into_inner().id).await?;
-        Ok(Response::new(self.key_info(&k)?))
+        let k = self
+            .node
+            .engine
+            .extend_trial(&r.into_inner().id)
+            .await
+            .status()?;
+        Ok(Response::new(self.key_info(&k).status()?))
     }
 
     async fn get_settings(&self, _: Request<pb::Empty>) -> R<pb::StationSettings> {
-        let s = self.node.settings()?;
+        let s = self.node.engine.settings().status()?;
         Ok(Response::new(pb::StationSettings {
             settings: s.text,
             version: s.version,
@@ -356,7 +434,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn set_settings(&self, r: Request<pb::StationSettings>) -> R<pb::StationSettings> {
-        let s = self.node.set_settings(&r.into_inner().settings).await?;
+        let s = self
+            .node
+            .engine
+            .set_settings(&r.into_inner().settings)
+            .await
+            .status()?;
         Ok(Response::new(pb::StationSettings {
             settings: s.text,
             version: s.version,
@@ -365,38 +448,43 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_stations(&self, _: Request<pb::Empty>) -> R<pb::StationList> {
         Ok(Response::new(pb::StationList {
-            stations: self.node.list_stations()?,
+            stations: self.node.engine.list_stations().status()?,
         }))
     }
 
     async fn telemetry_status(&self, _: Request<pb::Empty>) -> R<pb::TelemetryStatusReply> {
-        Ok(Response::new(self.node.telemetry_status().await?))
+        Ok(Response::new(
+            self.node.engine.telemetry_status().await.status()?,
+        ))
     }
 
     async fn export_telemetry(&self, _: Request<pb::Empty>) -> R<pb::TelemetryFile> {
-        let text = self.node.export_telemetry().await?;
+        let text = self.node.engine.export_telemetry().await.status()?;
         Ok(Response::new(pb::TelemetryFile { text }))
     }
 
     async fn upload_telemetry(&self, r: Request<pb::TelemetryFile>) -> R<pb::TelemetryReceipt> {
         let text = r.into_inner().text;
-        Ok(Response::new(self.node.upload_telemetry(&text).await?))
+        Ok(Response::new(
+            self.node.engine.upload_telemetry(&text).await.status()?,
+        ))
     }
 
     async fn list_audit(&self, r: Request<pb::ListAuditRequest>) -> R<pb::AuditList> {
-        Ok(Response::new(crate::audit::list(
-            &self.node,
-            &r.into_inner(),
-        )?))
+        Ok(Response::new(
+            crate::audit::list(&self.node, &r.into_inner()).status()?,
+        ))
     }
 
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {
         let secs = r.into_inner().seconds;
-        let manual = self.node.clock.as_manual().filter(|_| self.node.config.debug_clock).ok_or_else(|| {
+        let manual = self.node.engine.clock().as_manual().filter(|_| self.node.config.debug_clock).ok_or_else(|| {
             NodeError::FailedPrecondition("this node runs on the system clock; AdvanceClock needs debug_clock = true and a manual clock".into())
-        })?;
+        }).status()?;
         if secs < 0 {
-            return Err(NodeError::InvalidArgument("the clock only moves forward".into()).into());
+            return Err(crate::error::status(NodeError::InvalidArgument(
+                "the clock only moves forward".into(),
+            )));
         }
         let now = manual.advance(chrono::Duration::seconds(secs));
         Ok(Response::new(pb::ClockReply {

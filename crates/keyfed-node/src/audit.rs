@@ -17,15 +17,11 @@ const MAX_FIELD: usize = 120;
 /// Writes one record and waits until it is on disk. A failure is logged:
 /// the call it describes has already happened.
 pub async fn record(node: &Node, actor: &str, action: &str, detail: &str, outcome: &str) {
-    let at = node.now();
-    let written = node
-        .store
-        .transact(|tx| tx.audit::<NodeError>(at, actor, action, detail, outcome));
-    let result = match written {
-        Ok(_) => node.durable().await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match node
+        .engine
+        .record_audit(actor, action, detail, outcome)
+        .await
+    {
         Ok(()) => {
             tracing::info!(node = %node.id(), %actor, %action, %detail, %outcome, "audit");
         }
@@ -42,7 +38,8 @@ pub fn list(node: &Node, r: &pb::ListAuditRequest) -> Result<pb::AuditList, Node
         n => usize::try_from(n).unwrap_or(DEFAULT_LIMIT),
     };
     let entries = node
-        .store
+        .engine
+        .store()
         .audit_after(r.after_seq, limit)?
         .into_iter()
         .map(|a| pb::AuditEntry {

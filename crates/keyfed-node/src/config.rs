@@ -1,6 +1,10 @@
 //! Node configuration: defaults that run one node out of the box, then a TOML
 //! file, then `KEYFED_*` environment variables, then flags.
 use serde::{Deserialize, Serialize};
+
+pub use keyfed_engine::config::{
+    EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole, StationConfig,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -80,118 +84,6 @@ impl std::str::FromStr for LogFormat {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
             _ => Err(format!("log format {s:?} is not one of text, json")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LifecycleConfig {
-    pub grace_term_days: i64,
-    pub grace_subscription_days: i64,
-    /// e02: the first expiry warning comes this many days before.
-    pub warn_days: i64,
-    /// b04: warn when fewer seats than this are free ...
-    pub low_seat_count: u32,
-    /// ... or less than this percentage.
-    pub low_seat_percent: u32,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        let g = keyfed_core::lifecycle::GracePolicy::default();
-        let l = keyfed_core::entitlement::LowSeatPolicy::default();
-        Self {
-            grace_term_days: g.term_days,
-            grace_subscription_days: g.subscription_days,
-            warn_days: g.warn_days,
-            low_seat_count: l.min_free,
-            low_seat_percent: l.min_free_percent,
-        }
-    }
-}
-
-impl LifecycleConfig {
-    #[must_use]
-    pub fn grace(&self) -> keyfed_core::lifecycle::GracePolicy {
-        keyfed_core::lifecycle::GracePolicy {
-            term_days: self.grace_term_days,
-            subscription_days: self.grace_subscription_days,
-            other_days: 0,
-            warn_days: self.warn_days,
-        }
-    }
-
-    #[must_use]
-    pub fn low_seats(&self) -> keyfed_core::entitlement::LowSeatPolicy {
-        keyfed_core::entitlement::LowSeatPolicy {
-            min_free: self.low_seat_count,
-            min_free_percent: self.low_seat_percent,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StationConfig {
-    /// o02: a lease stays valid this long without contact.
-    pub offline_validity_days: i64,
-    /// b03: a station silent this long gives its seat back.
-    pub retire_after_days: i64,
-    /// o03: undelivered commands are dropped after this long.
-    pub command_keep_days: i64,
-    /// o05: settings every station gets (free text, e.g. TOML or JSON);
-    /// changed at run time with `keyfedctl settings set`.
-    pub settings: String,
-}
-
-impl Default for StationConfig {
-    fn default() -> Self {
-        Self {
-            offline_validity_days: 30,
-            retire_after_days: 90,
-            command_keep_days: 30,
-            settings: String::new(),
-        }
-    }
-}
-
-impl StationConfig {
-    #[must_use]
-    pub fn policy(&self) -> keyfed_core::station::StationPolicy {
-        keyfed_core::station::StationPolicy {
-            offline_validity: chrono::Duration::days(self.offline_validity_days),
-            retire_after: chrono::Duration::days(self.retire_after_days),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    pub node_id: String,
-    pub address: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NeighborConfig {
-    pub node_id: String,
-    /// Set on the side that dials; the other side leaves it empty.
-    pub address: Option<String>,
-    /// b01: may this node lend seats to the neighbor?
-    pub allow_send: bool,
-    /// b01: may the neighbor lend seats to this node?
-    pub allow_receive: bool,
-}
-
-impl Default for NeighborConfig {
-    fn default() -> Self {
-        Self {
-            node_id: String::new(),
-            address: None,
-            allow_send: true,
-            allow_receive: true,
         }
     }
 }
@@ -326,6 +218,29 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// What the engine needs of this config.
+    #[must_use]
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            node_id: self.node_id.clone(),
+            trusted_vendor_keys: self.trusted_vendor_keys.clone(),
+            has_upstream: self.upstream.is_some(),
+            parent: self.parent.clone(),
+            children: self.children.clone(),
+            neighbors: self.neighbors.clone(),
+            protocol_version: self.protocol_version,
+            update_license_keys: self.update_license_keys,
+            renewal_interval_secs: self.renewal_interval_secs,
+            seat_poll_secs: self.seat_poll_secs,
+            usage_report_secs: self.usage_report_secs,
+            donation_days: self.donation_days,
+            telemetry_interval_secs: self.telemetry_interval_secs,
+            telemetry_retry_secs: self.telemetry_retry_secs,
+            lifecycle: self.lifecycle.clone(),
+            stations: self.stations.clone(),
+        }
+    }
+
     pub fn key_dir(&self) -> PathBuf {
         self.key_dir
             .clone()
@@ -378,23 +293,6 @@ impl NodeConfig {
                 .filter_map(|n| n.address.clone().map(|a| (n.node_id.clone(), a))),
         );
         v
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerRole {
-    Parent,
-    Child,
-    Neighbor,
-}
-
-impl PeerRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Parent => "parent",
-            Self::Child => "child",
-            Self::Neighbor => "neighbor",
-        }
     }
 }
 

@@ -1,25 +1,9 @@
 //! Conversions between store/domain values and wire messages.
-use chrono::{DateTime, SecondsFormat, Utc};
 use keyfed_core::{Key, KeyKind};
 use keyfed_proto::v1 as pb;
 use keyfed_store::{Grant, Notification, ObjectKind, Origin};
 
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-pub fn opt_ts(t: Option<DateTime<Utc>>) -> String {
-    t.map(ts).unwrap_or_default()
-}
-
-pub fn parse_ts(field: &str, s: &str) -> Result<Option<DateTime<Utc>>, String> {
-    if s.is_empty() {
-        return Ok(None);
-    }
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| Some(t.to_utc()))
-        .map_err(|e| format!("{field} {s:?}: {e}"))
-}
+pub use keyfed_engine::time::{opt_ts, parse_ts, ts};
 
 pub fn kind(k: KeyKind) -> pb::KeyKind {
     match k {

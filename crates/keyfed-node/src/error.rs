@@ -1,75 +1,60 @@
-//! The node's one error type, mapped to gRPC status codes in one place.
-use keyfed_core::seats::SeatError;
-use keyfed_core::KeyError;
-use keyfed_store::StoreError;
-use thiserror::Error;
+//! Engine errors become gRPC statuses here, in one place: the code from the
+//! engine's [`ErrorCode`], the engine's message (which says what to do).
+use keyfed_engine::{EngineError, ErrorCode};
 use tonic::{Code, Status};
 
-#[derive(Debug, Error)]
-pub enum NodeError {
-    #[error("{0}")]
-    Key(#[from] KeyError),
-    #[error("key {0} is already in the store; delete it first to add it again")]
-    DuplicateKey(String),
-    #[error("{what} {id} not found")]
-    NotFound { what: &'static str, id: String },
-    #[error(transparent)]
-    Seat(#[from] SeatError),
-    #[error(transparent)]
-    License(#[from] keyfed_core::entitlement::LicenseError),
-    #[error("key {key_id} is {state} until {until}: assigning, transferring or distributing it is refused")]
-    ReadOnly {
-        key_id: String,
-        state: &'static str,
-        until: String,
-    },
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("upstream: {0}")]
-    Upstream(String),
-    #[error("peer: {0}")]
-    Peer(String),
-    #[error("{0}")]
-    Unimplemented(&'static str),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use keyfed_engine::{EngineError as NodeError, EngineResult as NodeResult};
 
-impl NodeError {
-    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        Self::NotFound {
-            what,
-            id: id.into(),
-        }
-    }
-
-    fn code(&self) -> Code {
-        match self {
-            Self::Key(KeyError::UnknownSigner { .. }) => Code::FailedPrecondition,
-            Self::Key(_) | Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::DuplicateKey(_) => Code::AlreadyExists,
-            Self::NotFound { .. } => Code::NotFound,
-            Self::Seat(_)
-            | Self::License(_)
-            | Self::ReadOnly { .. }
-            | Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::Upstream(_) => Code::Unavailable,
-            Self::Peer(_) => Code::PermissionDenied,
-            Self::Unimplemented(_) => Code::Unimplemented,
-            Self::Store(_) => Code::Internal,
-        }
+#[must_use]
+pub fn code(c: ErrorCode) -> Code {
+    match c {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Unimplemented => Code::Unimplemented,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorCode::Internal => Code::Internal,
+        ErrorCode::Unknown => Code::Unknown,
     }
 }
 
-impl From<NodeError> for Status {
-    fn from(e: NodeError) -> Self {
-        if matches!(e, NodeError::Store(_)) {
-            tracing::error!(error = %e, "store failure");
-        }
-        Status::new(e.code(), e.to_string())
+/// The engine's view of a gRPC code a remote (upstream, parent) answered.
+#[must_use]
+pub fn error_code(c: Code) -> ErrorCode {
+    match c {
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
+        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+        Code::AlreadyExists => ErrorCode::AlreadyExists,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::PermissionDenied | Code::Unauthenticated => ErrorCode::PermissionDenied,
+        Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorCode::Unavailable,
+        Code::Unimplemented => ErrorCode::Unimplemented,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        Code::Internal | Code::DataLoss => ErrorCode::Internal,
+        Code::Ok | Code::Unknown => ErrorCode::Unknown,
     }
 }
 
-pub type NodeResult<T> = Result<T, NodeError>;
+#[must_use]
+pub fn status(e: EngineError) -> Status {
+    if matches!(e, EngineError::Store(_) | EngineError::Internal(_)) {
+        tracing::error!(error = %e, "internal failure");
+    }
+    Status::new(code(e.code()), e.to_string())
+}
+
+/// `engine_call().await.status()?` in a service method.
+pub trait OrStatus<T> {
+    fn status(self) -> Result<T, Status>;
+}
+
+impl<T> OrStatus<T> for Result<T, EngineError> {
+    fn status(self) -> Result<T, Status> {
+        self.map_err(status)
+    }
+}

@@ -74,7 +74,7 @@ fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
         frame: Some(Frame::Hello(pb::Hello {
             node_id: node.id().to_owned(),
             protocol_version: node.config.protocol_version,
-            last_applied_seq: node.store.cursor(peer)?.applied,
+            last_applied_seq: node.engine.store().cursor(peer)?.applied,
             accepts_donations: allow_receive,
             role: role.into(),
         })),
@@ -93,14 +93,14 @@ async fn session<S>(
     S: Stream<Item = Result<pb::LinkFrame, Status>> + Unpin,
 {
     let link = node.links.open(&peer, stop.clone());
-    if let Err(e) = node.set_peer_online(&peer, true, Some(&peer_hello)) {
+    if let Err(e) = node.engine.set_peer_online(&peer, true, Some(&peer_hello)) {
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
     tracing::info!(node = %node.id(), %peer, protocol = peer_hello.protocol_version, "link up");
     // what the peer says it applied counts as acked, in case its ack was lost
-    match node.store.ack(&peer, peer_hello.last_applied_seq) {
+    match node.engine.store().ack(&peer, peer_hello.last_applied_seq) {
         Ok(done) => {
-            if let Err(e) = node.on_acked(&peer, done).await {
+            if let Err(e) = node.engine.on_acked(&peer, done).await {
                 tracing::warn!(%peer, error = %e, "ack bookkeeping failed");
             }
         }
@@ -123,7 +123,7 @@ async fn session<S>(
         match frame.frame {
             Some(Frame::Delivery(d)) => {
                 let seq = d.seq;
-                if let Err(e) = node.apply_delivery(&peer, d).await {
+                if let Err(e) = node.engine.apply_delivery(&peer, d).await {
                     // not acked: the peer replays it on the next link
                     tracing::warn!(%peer, seq, error = %e, "delivery not applied");
                     break;
@@ -138,9 +138,9 @@ async fn session<S>(
                     break;
                 }
             }
-            Some(Frame::Ack(a)) => match node.store.ack(&peer, a.seq) {
+            Some(Frame::Ack(a)) => match node.engine.store().ack(&peer, a.seq) {
                 Ok(done) => {
-                    if let Err(e) = node.on_acked(&peer, done).await {
+                    if let Err(e) = node.engine.on_acked(&peer, done).await {
                         tracing::warn!(%peer, error = %e, "ack bookkeeping failed");
                     }
                 }
@@ -157,7 +157,7 @@ async fn session<S>(
         tracing::info!(node = %node.id(), %peer, "link replaced by a newer one");
         return;
     }
-    if let Err(e) = node.set_peer_online(&peer, false, None) {
+    if let Err(e) = node.engine.set_peer_online(&peer, false, None) {
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
     tracing::info!(node = %node.id(), %peer, "link down");
@@ -171,10 +171,10 @@ async fn push_outbox(
     out: mpsc::Sender<Result<pb::LinkFrame, Status>>,
     stop: CancellationToken,
 ) {
-    let wake = node.waker(&peer);
+    let wake = node.engine.waker(&peer);
     let mut next = peer_applied + 1;
     loop {
-        let entries = match node.store.outbox(&peer) {
+        let entries = match node.engine.store().outbox(&peer) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(%peer, error = %e, "outbox unreadable");
@@ -282,7 +282,7 @@ impl pb::federation_server::Federation for FederationService {
             )));
         }
         let (tx, rx) = mpsc::channel(256);
-        let reply = hello(&self.node, &peer).map_err(Status::from)?;
+        let reply = hello(&self.node, &peer).map_err(crate::error::status)?;
         tx.send(Ok(reply))
             .await
             .map_err(|_| Status::internal("link closed"))?;

@@ -8,6 +8,15 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Hands every published notification to the hook runner, in order.
+pub struct HookSink(pub mpsc::UnboundedSender<Notification>);
+
+impl keyfed_engine::EventSink for HookSink {
+    fn published(&self, n: &Notification) {
+        let _ = self.0.send(n.clone());
+    }
+}
+
 pub async fn run_hooks(
     hook: HookConfig,
     node_id: String,

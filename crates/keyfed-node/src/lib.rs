@@ -10,24 +10,22 @@ pub mod convert;
 pub mod error;
 pub mod federation;
 pub mod hooks;
-pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod pki;
-pub mod renewal;
 pub mod sandbox;
 pub mod scheduler;
 pub mod station;
-pub mod telemetry;
 pub mod tls;
-pub mod usage;
+pub mod upstream;
 
 pub use config::NodeConfig;
 pub use node::Node;
 
 use keyfed_core::SharedClock;
 use keyfed_proto::v1 as pb;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -74,7 +72,9 @@ pub async fn run_with_metrics(
         config.store_cache_mb.max(1) * 1024 * 1024,
     )?;
     let tasks = TaskTracker::new();
-    let hooks = config.hook.clone().map(|hook| {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let mut sinks: Vec<Arc<dyn keyfed_engine::EventSink>> = vec![metrics.clone()];
+    if let Some(hook) = config.hook.clone() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tasks.spawn(hooks::run_hooks(
             hook,
@@ -83,9 +83,18 @@ pub async fn run_with_metrics(
             rx,
             shutdown.clone(),
         ));
-        tx
-    });
-    let node = Node::new(config, store.clone(), clock, hooks)?;
+        sinks.push(Arc::new(hooks::HookSink(tx)));
+    }
+    let engine = keyfed_engine::Engine::new(keyfed_engine::EngineParts {
+        config: config.engine_config(),
+        store: store.clone(),
+        clock,
+        upstream: Arc::new(upstream::GrpcUpstream::new(config.clone())),
+        sinks,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    })?;
+    let node = Node::new(engine, config, metrics);
     import_key_dir(&node).await;
 
     for (peer, address) in node.config.dialed_peers() {
@@ -199,17 +208,17 @@ async fn import_key_dir(node: &Node) {
             continue;
         };
         let id = &file.key.id;
-        if node
-            .store
+        let store = node.engine.store();
+        if store
             .meta(&format!("deleted:{id}"))
             .ok()
             .flatten()
             .is_some()
-            || node.store.key(id).ok().flatten().is_some()
+            || store.key(id).ok().flatten().is_some()
         {
             continue;
         }
-        match node.add_key(&text).await {
+        match node.engine.add_key(&text).await {
             Ok(_) => {
                 tracing::info!(path = %path.display(), key_id = %id, "key imported from the key folder")
             }

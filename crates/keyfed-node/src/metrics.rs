@@ -119,7 +119,7 @@ impl Metrics {
             .into_iter()
             .map(|s| (s.to_owned(), 0))
             .collect();
-        match node.list_stations() {
+        match node.engine.list_stations() {
             Ok(list) => {
                 for s in list {
                     *states.entry(s.state).or_default() += 1;
@@ -185,8 +185,8 @@ pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
         "gauge",
         "seats of a key on this node: held (may hand out), used (granted), free",
     );
-    for k in node.store.keys()? {
-        let used = node.store.used(&k.key.id)?;
+    for k in node.engine.store().keys()? {
+        let used = node.engine.store().used(&k.key.id)?;
         let id = k.key.id.as_str();
         out.sample(
             "keyfed_key_seats",
@@ -212,7 +212,7 @@ pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
         "1 while the federation link to the peer is up",
     );
     for (peer, role) in &peers {
-        let up = node.peer_meta(peer).is_some_and(|p| p.online);
+        let up = node.engine.peer_meta(peer).is_some_and(|p| p.online);
         out.sample(
             "keyfed_peer_up",
             &[("peer", peer), ("role", role.as_str())],
@@ -228,7 +228,7 @@ pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
         out.sample(
             "keyfed_outbox_depth",
             &[("peer", peer)],
-            node.store.outbox_depth(peer)?,
+            node.engine.store().outbox_depth(peer)?,
         );
     }
 
@@ -259,7 +259,11 @@ pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
         "gauge",
         "stations this node knows of",
     );
-    out.sample("keyfed_station_records", &[], node.store.station_count());
+    out.sample(
+        "keyfed_station_records",
+        &[],
+        node.engine.store().station_count(),
+    );
     out.family(
         "keyfed_stations",
         "gauge",
@@ -593,5 +597,14 @@ mod tests {
         m.renewal("something new");
         assert_eq!(m.renewals[0].load(Ordering::Relaxed), 1);
         assert_eq!(m.renewals[5].load(Ordering::Relaxed), 1);
+    }
+}
+
+impl keyfed_engine::EventSink for Metrics {
+    fn published(&self, n: &keyfed_store::Notification) {
+        self.notification(&n.event);
+    }
+    fn renewal_checked(&self, outcome: &str) {
+        self.renewal(outcome);
     }
 }

@@ -148,20 +148,14 @@ pub async fn check_link_peer(
         "a link claiming to be {claimed} was refused: its certificate is not issued to {claimed}"
     );
     tracing::warn!(node = %node.id(), peer = %claimed, "{msg}");
-    let now = node.now();
-    let peer = claimed.to_owned();
-    let note = msg.clone();
     if let Err(e) = node
-        .commit(|tx, fx| {
-            fx.notify(
-                tx,
-                now,
-                "link-refused",
-                "",
-                note.clone(),
-                &[("peer", peer.clone())],
-            )
-        })
+        .engine
+        .raise(
+            "link-refused",
+            "",
+            msg.clone(),
+            &[("peer", claimed.to_owned())],
+        )
         .await
     {
         tracing::warn!(error = %e, "link refusal not recorded");

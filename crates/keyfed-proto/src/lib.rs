@@ -1,13 +1,12 @@
-//! The wire contract of keyfed: tonic/prost code generated from
-//! `proto/keyfed/v1`, plus the encoded descriptor set for gRPC reflection.
+//! The gRPC services of keyfed: tonic clients and servers generated from
+//! `proto/keyfed/v1`, over the messages of keyfed-wire (re-exported here so
+//! clients need one import).
 #![allow(clippy::all, clippy::pedantic)]
 
 pub mod v1 {
+    pub use keyfed_wire::v1::*;
     tonic::include_proto!("keyfed.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every keyfed service, for tonic-reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/keyfed_descriptor.bin"));
-
+pub use keyfed_wire::FILE_DESCRIPTOR_SET;
 pub use v1::*;

@@ -1,15 +1,15 @@
 //! b05: usage up the tree. Each node rolls up its own and its subtree's usage
 //! of the keys it got from a peer and sends it to that peer.
-use crate::convert::ts;
-use crate::error::NodeResult;
-use crate::node::Node;
-use keyfed_proto::v1 as pb;
+use crate::engine::Engine;
+use crate::error::EngineResult;
+use crate::time::ts;
+use keyfed_wire::v1 as pb;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-impl Node {
+impl Engine {
     /// This node's rows, and with `tree` every row its subtree reported.
-    pub fn usage_rows(&self, tree: bool) -> NodeResult<Vec<pb::KeyUsage>> {
+    pub fn usage_rows(&self, tree: bool) -> EngineResult<Vec<pb::KeyUsage>> {
         let now = ts(self.now());
         let mut rows = Vec::new();
         for k in self.store.keys()? {
@@ -41,7 +41,7 @@ impl Node {
     /// Forgets what was last rolled up, so the next tick sends every rollup
     /// again with a fresh `reported_at`: telemetry (t01) counts a subtree
     /// node as reporting only while its line is recent.
-    pub fn refresh_rollups(&self) -> NodeResult<()> {
+    pub fn refresh_rollups(&self) -> EngineResult<()> {
         for k in self.store.keys()? {
             if let Some(peer) = k.origin.peer() {
                 self.store.set_meta(&format!("rollup:{peer}"), "")?;
@@ -52,7 +52,7 @@ impl Node {
     }
 
     /// Queues a rollup to each peer we hold keys from, when it changed.
-    pub async fn roll_up_usage(&self) -> NodeResult<()> {
+    pub async fn roll_up_usage(&self) -> EngineResult<()> {
         if !self.usage_dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }

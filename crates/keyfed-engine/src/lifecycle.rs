@@ -4,15 +4,15 @@
 //! low-seat warnings (b04), and commands for offline objects (o03). The
 //! rules are keyfed-core functions; this is where they meet the store.
 use crate::config::PeerRole;
-use crate::convert::ts;
-use crate::error::{NodeError, NodeResult};
-use crate::node::Node;
+use crate::engine::Engine;
+use crate::error::{EngineError, EngineResult};
+use crate::time::ts;
 use chrono::Duration;
 use keyfed_core::entitlement::{activate, extend_trial, over_limit, ActivationMode, Holder};
 use keyfed_core::lifecycle::{milestones_reached, KeyState, Milestone};
 use keyfed_core::{KeyFile, KeyKind};
-use keyfed_proto::v1 as pb;
 use keyfed_store::{abort, Command, CommandState, ObjectKind, Origin, StoredKey};
+use keyfed_wire::v1 as pb;
 
 /// Longest command text an administrator may queue.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -21,10 +21,10 @@ fn flag(what: &str, key_id: &str) -> String {
     format!("flag:{what}:{key_id}")
 }
 
-impl Node {
+impl Engine {
     /// e05: activates a new key of a license already held, adding seats or
     /// extending the term; the new key is kept as part of the held one.
-    pub async fn activate_key(&self, text: &str, mode: ActivationMode) -> NodeResult<StoredKey> {
+    pub async fn activate_key(&self, text: &str, mode: ActivationMode) -> EngineResult<StoredKey> {
         let file = KeyFile::parse_trusted(text, &self.config.trusted_vendor_keys)?;
         let new = file.key.clone();
         let keys = self.store.keys()?;
@@ -35,7 +35,7 @@ impl Node {
                 && k.superseded_by.is_none()
                 && k.merged_into.is_none()
         }) else {
-            return Err(NodeError::FailedPrecondition(format!(
+            return Err(EngineError::FailedPrecondition(format!(
                 "no key of license {} is held here to activate {} on; add it without an activation mode",
                 new.license, new.id
             )));
@@ -53,11 +53,11 @@ impl Node {
             ActivationMode::Extend => "extended the term",
         };
         self.commit(|tx, fx| {
-            if tx.key::<NodeError>(&new.id)?.is_some() {
-                return abort(NodeError::DuplicateKey(new.id.clone()));
+            if tx.key::<EngineError>(&new.id)?.is_some() {
+                return abort(EngineError::DuplicateKey(new.id.clone()));
             }
-            let Some(mut k) = tx.key::<NodeError>(&held_id)? else {
-                return abort(NodeError::not_found("key", &held_id));
+            let Some(mut k) = tx.key::<EngineError>(&held_id)? else {
+                return abort(EngineError::not_found("key", &held_id));
             };
             k.entitlement = Some(after);
             k.held = after.seats;
@@ -85,11 +85,11 @@ impl Node {
     }
 
     /// e04: extends a trial once by 30 days.
-    pub async fn extend_trial(&self, key_id: &str) -> NodeResult<StoredKey> {
+    pub async fn extend_trial(&self, key_id: &str) -> EngineResult<StoredKey> {
         let now = self.now();
         self.commit(|tx, fx| {
-            let Some(mut k) = tx.key::<NodeError>(key_id)? else {
-                return abort(NodeError::not_found("key", key_id));
+            let Some(mut k) = tx.key::<EngineError>(key_id)? else {
+                return abort(EngineError::not_found("key", key_id));
             };
             let e = match extend_trial(&k.key, k.entitlement(), k.trial_extended) {
                 Ok(e) => e,
@@ -118,15 +118,15 @@ impl Node {
         tenant: &str,
         seats: u32,
         move_it: bool,
-    ) -> NodeResult<StoredKey> {
+    ) -> EngineResult<StoredKey> {
         if tenant.trim().is_empty() {
-            return Err(NodeError::InvalidArgument(
+            return Err(EngineError::InvalidArgument(
                 "name the tenant to share with or move to".into(),
             ));
         }
         let k = self.get_key(key_id)?;
         if k.key.kind != KeyKind::Subscription {
-            return Err(NodeError::FailedPrecondition(format!(
+            return Err(EngineError::FailedPrecondition(format!(
                 "key {key_id} is a {} key; only subscriptions are shared between tenants",
                 k.key.kind
             )));
@@ -164,11 +164,11 @@ impl Node {
             format!("subscription {key_id}: {seats} seat(s) shared with {tenant}")
         };
         self.commit(|tx, fx| {
-            let Some(mut cur) = tx.key::<NodeError>(key_id)? else {
-                return abort(NodeError::not_found("key", key_id));
+            let Some(mut cur) = tx.key::<EngineError>(key_id)? else {
+                return abort(EngineError::not_found("key", key_id));
             };
             if cur.tenancy != k.tenancy {
-                return abort(NodeError::FailedPrecondition(format!(
+                return abort(EngineError::FailedPrecondition(format!(
                     "subscription {key_id} changed meanwhile; try again"
                 )));
             }
@@ -188,7 +188,7 @@ impl Node {
     }
 
     /// e07: every subscription per tenant, with start, end, state and use.
-    pub fn subscriptions(&self) -> NodeResult<Vec<pb::SubscriptionInfo>> {
+    pub fn subscriptions(&self) -> EngineResult<Vec<pb::SubscriptionInfo>> {
         let now = self.now();
         let month = now.format("%Y-%m").to_string();
         let mut out = Vec::new();
@@ -240,7 +240,7 @@ impl Node {
     }
 
     /// e06: the holders beyond the seats this node holds of a key.
-    pub fn over_limit(&self, k: &StoredKey) -> NodeResult<Vec<String>> {
+    pub fn over_limit(&self, k: &StoredKey) -> EngineResult<Vec<String>> {
         let available = if self.key_state(k).seats_work() {
             k.held
         } else {
@@ -264,7 +264,7 @@ impl Node {
 
     /// Runs on every scheduler tick: e02 warnings (each once), e06 and b04
     /// flags (once per episode), e04 monthly metering of subscriptions.
-    pub async fn lifecycle_sweep(&self) -> NodeResult<()> {
+    pub async fn lifecycle_sweep(&self) -> EngineResult<()> {
         let now = self.now();
         let low = self.config.lifecycle.low_seats();
         for k in self.store.keys()? {
@@ -364,24 +364,24 @@ impl Node {
     // ---- commands (o03) ---------------------------------------------------
 
     /// o03: queues a command for a station (by fingerprint) or a child.
-    pub async fn queue_command(&self, object: &str, command: &str) -> NodeResult<Command> {
+    pub async fn queue_command(&self, object: &str, command: &str) -> EngineResult<Command> {
         let command = command.trim();
         if command.is_empty() || command.len() > MAX_COMMAND_BYTES {
-            return Err(NodeError::InvalidArgument(format!(
+            return Err(EngineError::InvalidArgument(format!(
                 "a command is 1 to {MAX_COMMAND_BYTES} bytes of text"
             )));
         }
         let kind = match self.config.role_of(object) {
             Some(PeerRole::Child) => ObjectKind::Server,
             Some(role) => {
-                return Err(NodeError::InvalidArgument(format!(
+                return Err(EngineError::InvalidArgument(format!(
                     "{object} is this node's {}; commands go to stations and children",
                     role.as_str()
                 )))
             }
             None if self.store.station(object)?.is_some() => ObjectKind::Station,
             None => {
-                return Err(NodeError::not_found(
+                return Err(EngineError::not_found(
                     "station or child",
                     format!("{object} (no station with this fingerprint has connected and no child has this id)"),
                 ))
@@ -389,7 +389,7 @@ impl Node {
         };
         let now = self.now();
         let c = self
-            .commit(|tx, _| tx.add_command::<NodeError>(object, kind, command, now))
+            .commit(|tx, _| tx.add_command::<EngineError>(object, kind, command, now))
             .await?;
         self.command_sweep().await?;
         Ok(c)
@@ -397,7 +397,7 @@ impl Node {
 
     /// o03: sends pending commands to children that are linked, and drops
     /// what waited longer than the keep period, saying so.
-    pub async fn command_sweep(&self) -> NodeResult<()> {
+    pub async fn command_sweep(&self) -> EngineResult<()> {
         let now = self.now();
         let keep = Duration::days(self.config.stations.command_keep_days);
         let work: Vec<Command> = self
@@ -416,7 +416,7 @@ impl Node {
         }
         self.commit(|tx, fx| {
             for c in &work {
-                let Some(mut cur) = tx.command::<NodeError>(&c.object, c.id)? else {
+                let Some(mut cur) = tx.command::<EngineError>(&c.object, c.id)? else {
                     continue;
                 };
                 if cur.state != CommandState::Pending {
@@ -470,13 +470,13 @@ pub fn meter_tx(
     k: &StoredKey,
     used: u32,
     now: chrono::DateTime<chrono::Utc>,
-) -> keyfed_store::TxResult<(), NodeError> {
+) -> keyfed_store::TxResult<(), EngineError> {
     if k.key.kind != KeyKind::Subscription {
         return Ok(());
     }
     let month = meter_key(&k.key.id, now);
     let peak: u32 = tx
-        .meta::<NodeError>(&month)?
+        .meta::<EngineError>(&month)?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     if used > peak {

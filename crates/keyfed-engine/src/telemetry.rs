@@ -3,19 +3,18 @@
 //! scheduled sends with retry, export for air-gapped nodes, relaying uploaded
 //! files up the tree, and the due-date warnings. The rules are in
 //! `keyfed_core::telemetry`; this module only does I/O around them.
-use crate::convert::{opt_ts, ts};
-use crate::error::{NodeError, NodeResult};
-use crate::node::Node;
+use crate::engine::Engine;
+use crate::error::{EngineError, EngineResult};
+use crate::time::{opt_ts, ts};
 use chrono::{DateTime, Duration, Utc};
 use keyfed_core::telemetry::{
     attempt_now, build_report, due_warning, next_due, observe_install, raise_peaks, DuePolicy,
     DueWarning, Install, KeySeats, NodeIdentity, Report, ReportLine, SignedReport,
 };
-use keyfed_proto::v1 as pb;
 use keyfed_store::{abort, Tx, TxResult};
+use keyfed_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tonic::{Code, Status};
 
 /// Store meta names.
 const STATE: &str = "telemetry";
@@ -81,13 +80,13 @@ impl Mode {
     }
 }
 
-type Tr<T> = TxResult<T, NodeError>;
+type Tr<T> = TxResult<T, EngineError>;
 
 fn read_state(tx: &Tx<'_>) -> Tr<TelemetryState> {
-    match tx.meta::<NodeError>(STATE)? {
+    match tx.meta::<EngineError>(STATE)? {
         Some(s) => match serde_json::from_str(&s) {
             Ok(v) => Ok(v),
-            Err(e) => abort(NodeError::Store(keyfed_store::StoreError::Corrupt {
+            Err(e) => abort(EngineError::Store(keyfed_store::StoreError::Corrupt {
                 tree: "meta",
                 why: format!("telemetry state: {e}"),
             })),
@@ -100,31 +99,17 @@ fn write_state(tx: &Tx<'_>, s: &TelemetryState) -> Tr<()> {
     tx.put_meta(STATE, &serde_json::to_string(s).expect("state serializes"))
 }
 
-fn new_report_id() -> NodeResult<String> {
+fn new_report_id() -> EngineResult<String> {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).map_err(|e| {
-        NodeError::FailedPrecondition(format!("no randomness for a report id: {e}"))
+        EngineError::FailedPrecondition(format!("no randomness for a report id: {e}"))
     })?;
     Ok(format!("tr-{}", hex::encode(b)))
 }
 
-/// Transient failures are retried; anything else is the upstream refusing.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Internal
-            | Code::ResourceExhausted
-            | Code::Cancelled
-            | Code::Aborted
-    )
-}
-
-impl Node {
+impl Engine {
     pub fn telemetry_mode(&self) -> Mode {
-        if self.config.upstream.is_some() {
+        if self.config.has_upstream {
             Mode::Automatic
         } else if self.config.parent.is_some() {
             Mode::ThroughParent
@@ -135,7 +120,7 @@ impl Node {
 
     /// The install record, the identity and the state; creates the first
     /// two on first use and records an upgrade (t02) once.
-    async fn telemetry_ready(&self) -> NodeResult<(Install, NodeIdentity, TelemetryState)> {
+    async fn telemetry_ready(&self) -> EngineResult<(Install, NodeIdentity, TelemetryState)> {
         let now = self.now();
         let stored_install: Option<Install> = self
             .store
@@ -146,15 +131,15 @@ impl Node {
         if stored_install.as_ref() != Some(&install) || !has_identity {
             let mut seed = [0u8; 32];
             getrandom::getrandom(&mut seed).map_err(|e| {
-                NodeError::FailedPrecondition(format!("no randomness for the node identity: {e}"))
+                EngineError::FailedPrecondition(format!("no randomness for the node identity: {e}"))
             })?;
             let install_json = serde_json::to_string(&install).expect("install serializes");
             self.commit(|tx, fx| {
-                if tx.meta::<NodeError>(IDENTITY)?.is_none() {
+                if tx.meta::<EngineError>(IDENTITY)?.is_none() {
                     tx.put_meta(IDENTITY, &hex::encode(seed))?;
                 }
                 let before: Option<Install> = tx
-                    .meta::<NodeError>(INSTALL)?
+                    .meta::<EngineError>(INSTALL)?
                     .and_then(|s| serde_json::from_str(&s).ok());
                 if before.as_ref().map(|b| &b.version) != Some(&install.version) {
                     tx.put_meta(INSTALL, &install_json)?;
@@ -188,7 +173,7 @@ impl Node {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| {
-                NodeError::Store(keyfed_store::StoreError::Corrupt {
+                EngineError::Store(keyfed_store::StoreError::Corrupt {
                     tree: "meta",
                     why: "the node's telemetry identity seed is unreadable".into(),
                 })
@@ -197,7 +182,7 @@ impl Node {
         Ok((install, NodeIdentity::from_seed(seed), state))
     }
 
-    fn own_key_seats(&self) -> NodeResult<Vec<KeySeats>> {
+    fn own_key_seats(&self) -> EngineResult<Vec<KeySeats>> {
         self.store
             .keys()?
             .into_iter()
@@ -213,7 +198,7 @@ impl Node {
     }
 
     /// b05 lines of the subtree, as report lines.
-    fn subtree_lines(&self) -> NodeResult<Vec<ReportLine>> {
+    fn subtree_lines(&self) -> EngineResult<Vec<ReportLine>> {
         let customers: BTreeMap<String, String> = self
             .store
             .keys()?
@@ -249,7 +234,7 @@ impl Node {
     }
 
     /// Builds and signs the report of `period_start .. now`.
-    async fn pending_report(&self) -> NodeResult<SignedReport> {
+    async fn pending_report(&self) -> EngineResult<SignedReport> {
         let (install, identity, state) = self.telemetry_ready().await?;
         let now = self.now();
         let own = self.own_key_seats()?;
@@ -265,7 +250,7 @@ impl Node {
             &self.subtree_lines()?,
         );
         identity.sign(report).map_err(|e| {
-            NodeError::FailedPrecondition(format!("this node cannot sign its usage report: {e}"))
+            EngineError::FailedPrecondition(format!("this node cannot sign its usage report: {e}"))
         })
     }
 
@@ -277,7 +262,7 @@ impl Node {
         report: &Report,
         accepted_at: DateTime<Utc>,
         restart_peaks: bool,
-    ) -> NodeResult<()> {
+    ) -> EngineResult<()> {
         let own = self.own_key_seats()?;
         self.commit(|tx, _| {
             let mut s = read_state(tx)?;
@@ -303,26 +288,15 @@ impl Node {
         .await
     }
 
-    async fn submit(&self, text: &str) -> Result<pb::TelemetryAck, Status> {
-        let url = self
-            .config
-            .upstream
-            .clone()
-            .ok_or_else(|| Status::failed_precondition("no upstream is configured"))?;
-        let mut client =
-            crate::renewal::upstream_client(&self.config, &url).map_err(Status::from)?;
-        client
-            .submit_telemetry(pb::TelemetrySubmission { text: text.into() })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| Status::new(s.code(), format!("upstream {url}: {}", s.message())))
+    async fn submit(&self, text: &str) -> EngineResult<pb::TelemetryAck> {
+        self.upstream.submit_telemetry(text).await
     }
 
     /// Sends what is pending: first exported files the node has not seen
     /// accepted, then the report of the whole pending period (t01). A
     /// failure is recorded and retried; nothing is lost because the period
     /// start only moves on acceptance.
-    pub async fn send_telemetry(&self) -> NodeResult<pb::TelemetryReceipt> {
+    pub async fn send_telemetry(&self) -> EngineResult<pb::TelemetryReceipt> {
         let (_, _, state) = self.telemetry_ready().await?;
         let now = self.now();
         let mut result = Ok(());
@@ -331,24 +305,24 @@ impl Node {
                 Ok(ack) => {
                     let r = SignedReport::parse(&e.text)
                         .map_err(|err| {
-                            NodeError::FailedPrecondition(format!(
+                            EngineError::FailedPrecondition(format!(
                                 "exported report {}: {err}",
                                 e.report_id
                             ))
                         })?
                         .report;
-                    let at = crate::convert::parse_ts("accepted_at", &ack.accepted_at)
+                    let at = crate::time::parse_ts("accepted_at", &ack.accepted_at)
                         .ok()
                         .flatten()
                         .unwrap_or(now);
                     self.telemetry_accepted(&r, at, false).await?;
                 }
-                Err(s) if transient(s.code()) => {
+                Err(s) if s.code().transient() => {
                     result = Err(s);
                     break;
                 }
                 Err(s) => {
-                    tracing::warn!(node = %self.id(), report = %e.report_id, error = %s.message(), "exported report refused by the upstream; dropped");
+                    tracing::warn!(node = %self.id(), report = %e.report_id, error = %s, "exported report refused by the upstream; dropped");
                     let id = e.report_id.clone();
                     self.commit(|tx, _| {
                         let mut s = read_state(tx)?;
@@ -364,7 +338,7 @@ impl Node {
             Ok(()) => self.submit(&signed.render()).await,
             Err(s) => Err(s),
         };
-        let error = outcome.as_ref().err().map(|s| s.message().to_owned());
+        let error = outcome.as_ref().err().map(ToString::to_string);
         let first_failure = {
             let error = error.clone();
             self.commit(move |tx, fx| {
@@ -392,7 +366,7 @@ impl Node {
         };
         match outcome {
             Ok(ack) => {
-                let at = crate::convert::parse_ts("accepted_at", &ack.accepted_at)
+                let at = crate::time::parse_ts("accepted_at", &ack.accepted_at)
                     .ok()
                     .flatten()
                     .unwrap_or(now);
@@ -407,9 +381,9 @@ impl Node {
             }
             Err(s) => {
                 if first_failure {
-                    tracing::warn!(node = %self.id(), error = %s.message(), "usage report not sent; retried later");
+                    tracing::warn!(node = %self.id(), error = %s, "usage report not sent; retried later");
                 }
-                Err(NodeError::Upstream(s.message().to_owned()))
+                Err(EngineError::Upstream(s.to_string()))
             }
         }
     }
@@ -418,7 +392,7 @@ impl Node {
     /// (t01). The period does not move: it moves when the node learns the
     /// file was accepted (it re-sends the file at its next contact, or an
     /// administrator uploads the file through this node).
-    pub async fn export_telemetry(&self) -> NodeResult<String> {
+    pub async fn export_telemetry(&self) -> EngineResult<String> {
         let signed = self.pending_report().await?;
         let text = signed.render();
         let e = Exported {
@@ -443,10 +417,10 @@ impl Node {
     /// upstream, or to the parent when this node has no upstream (which
     /// forwards it the same way). A file this node signed marks its report
     /// accepted here.
-    pub async fn upload_telemetry(&self, text: &str) -> Result<pb::TelemetryReceipt, Status> {
+    pub async fn upload_telemetry(&self, text: &str) -> EngineResult<pb::TelemetryReceipt> {
         let file = SignedReport::parse(text)
-            .map_err(|e| Status::invalid_argument(format!("telemetry file refused: {e}")))?;
-        let receipt = if self.config.upstream.is_some() {
+            .map_err(|e| EngineError::InvalidArgument(format!("telemetry file refused: {e}")))?;
+        let receipt = if self.config.has_upstream {
             let ack = self.submit(text).await?;
             pb::TelemetryReceipt {
                 report_id: ack.report_id,
@@ -454,41 +428,26 @@ impl Node {
                 node_id: ack.node_id,
                 via: format!("{} > upstream", self.id()),
             }
-        } else if let Some(parent) = &self.config.parent {
-            let ep = crate::tls::endpoint(&self.config, &parent.address, Some(&parent.node_id))
-                .map_err(|e| Status::internal(format!("parent: {e}")))?
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .timeout(std::time::Duration::from_secs(30));
-            let mut client = pb::admin_client::AdminClient::new(ep.connect_lazy());
-            let r = client
-                .upload_telemetry(pb::TelemetryFile { text: text.into() })
-                .await
-                .map_err(|s| {
-                    Status::new(
-                        s.code(),
-                        format!("via parent {}: {}", parent.node_id, s.message()),
-                    )
-                })?
-                .into_inner();
+        } else if self.config.parent.is_some() {
+            let r = self.upstream.relay_telemetry(text).await?;
             pb::TelemetryReceipt {
                 via: format!("{} > {}", self.id(), r.via),
                 ..r
             }
         } else {
-            return Err(Status::failed_precondition(format!(
+            return Err(EngineError::FailedPrecondition(format!(
                 "node {} has neither an upstream nor a parent to forward the file to; upload it to the upstream directly (keyfedctl --addr UPSTREAM telemetry upload FILE) or through a connected node",
                 self.id()
             )));
         };
         if file.report.node == self.id() {
             self.telemetry_accepted(&file.report, self.now(), false)
-                .await
-                .map_err(Status::from)?;
+                .await?;
         }
         Ok(receipt)
     }
 
-    pub async fn telemetry_status(&self) -> NodeResult<pb::TelemetryStatusReply> {
+    pub async fn telemetry_status(&self) -> EngineResult<pb::TelemetryStatusReply> {
         let (install, identity, state) = self.telemetry_ready().await?;
         let due = Self::due_of(&install, &state);
         Ok(pb::TelemetryStatusReply {
@@ -520,7 +479,7 @@ impl Node {
         }
     }
 
-    async fn telemetry_tick_inner(&self) -> NodeResult<()> {
+    async fn telemetry_tick_inner(&self) -> EngineResult<()> {
         let (install, _, state) = self.telemetry_ready().await?;
         let now = self.now();
         let own = self.own_key_seats()?;
@@ -576,7 +535,7 @@ impl Node {
         state: &TelemetryState,
         due: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> NodeResult<()> {
+    ) -> EngineResult<()> {
         let p = DuePolicy::default();
         let Some(w) = due_warning(due, now, state.warned_soon, state.warned_overdue, &p) else {
             return Ok(());

@@ -1,26 +1,12 @@
 //! The renewal engine (r01-r06, r10): ask the upstream whether a renewal of
 //! each upstream key exists, download and verify it, decide, then store only
 //! or distribute.
-use crate::error::{NodeError, NodeResult};
-use crate::node::Node;
+use crate::engine::Engine;
+use crate::error::{EngineError, EngineResult};
 use keyfed_core::renewal::{decide, RenewalDecision};
 use keyfed_core::KeyFile;
-use keyfed_proto::v1 as pb;
-use keyfed_proto::v1::upstream_client::UpstreamClient;
 use keyfed_store::{Origin, StoredKey};
-use tonic::transport::Channel;
-
-/// A client of the upstream at `url`, over TLS when the node has `[tls]`.
-pub fn upstream_client(
-    config: &crate::NodeConfig,
-    url: &str,
-) -> NodeResult<UpstreamClient<Channel>> {
-    let ep = crate::tls::endpoint(config, url, None)
-        .map_err(|e| NodeError::InvalidArgument(format!("upstream: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30));
-    Ok(UpstreamClient::new(ep.connect_lazy()))
-}
+use keyfed_wire::v1 as pb;
 
 fn outcome(key_id: &str, outcome: &str, reason: String) -> pb::RenewalOutcome {
     pb::RenewalOutcome {
@@ -31,13 +17,16 @@ fn outcome(key_id: &str, outcome: &str, reason: String) -> pb::RenewalOutcome {
     }
 }
 
-impl Node {
+impl Engine {
     /// "Check for updates and replace keys" (r01): one key, or every key whose
-    /// origin is the upstream (r02).
+    /// origin is the upstream (r02). r03: any step may end the procedure for
+    /// one key; that key's failure is its own outcome (and notification) and
+    /// the run goes on with the next key. The run's time is recorded either
+    /// way, so the schedule waits a full period before trying again.
     pub async fn check_for_updates(
         &self,
         key_id: Option<&str>,
-    ) -> NodeResult<Vec<pb::RenewalOutcome>> {
+    ) -> EngineResult<Vec<pb::RenewalOutcome>> {
         let keys: Vec<StoredKey> = match key_id {
             Some(id) => vec![self.get_key(id)?],
             None => self
@@ -49,17 +38,44 @@ impl Node {
         };
         let mut out = Vec::new();
         for k in keys {
-            let outcome = self.renew_one(&k).await;
-            self.metrics
-                .renewal(outcome.as_ref().map_or("error", |o| o.outcome.as_str()));
-            out.push(outcome?);
+            let o = match self.renew_one(&k).await {
+                Ok(o) => o,
+                Err(e) => self.renewal_failed(&k, &e).await?,
+            };
+            self.renewal_checked(&o.outcome);
+            out.push(o);
         }
         self.store
-            .set_meta("last_renewal_check", &crate::convert::ts(self.now()))?;
+            .set_meta("last_renewal_check", &crate::time::ts(self.now()))?;
         Ok(out)
     }
 
-    async fn renew_one(&self, k: &StoredKey) -> NodeResult<pb::RenewalOutcome> {
+    /// r03: a renewal procedure that ended early: the administrator is told
+    /// which key and why; the outcome says "error".
+    async fn renewal_failed(
+        &self,
+        k: &StoredKey,
+        e: &EngineError,
+    ) -> EngineResult<pb::RenewalOutcome> {
+        let id = k.key.id.clone();
+        let why = e.to_string();
+        let now = self.now();
+        tracing::warn!(node = %self.id(), key_id = %id, error = %why, "renewal check failed");
+        self.commit(|tx, fx| {
+            fx.notify(
+                tx,
+                now,
+                "renewal-check-failed",
+                &id,
+                format!("the renewal check of key {id} failed; tried again at the next run: {why}"),
+                &[("error", why.clone())],
+            )
+        })
+        .await?;
+        Ok(outcome(&id, "error", why))
+    }
+
+    async fn renew_one(&self, k: &StoredKey) -> EngineResult<pb::RenewalOutcome> {
         let id = &k.key.id;
         if let Origin::Peer(p) = &k.origin {
             let why = format!("key {id} came from {p}; its renewals arrive by propagation (r02)");
@@ -72,48 +88,19 @@ impl Node {
                 format!("already renewed as {new}; waiting for objects to take it"),
             ));
         }
-        let url = self.config.upstream.clone().ok_or_else(|| {
-            NodeError::FailedPrecondition(
-                "no upstream is configured on this node (set `upstream` in its config)".into(),
-            )
-        })?;
-        let mut client = upstream_client(&self.config, &url)?;
         // (1) is there a renewal?
-        let avail = client
-            .check_renewal(pb::KeyId { id: id.clone() })
-            .await
-            .map_err(|s| {
-                NodeError::Upstream(format!(
-                    "asking {url} for a renewal of {id}: {}",
-                    s.message()
-                ))
-            })?
-            .into_inner();
-        if !avail.available {
+        let Some(renewal_id) = self.upstream.check_renewal(id).await? else {
             return Ok(outcome(
                 id,
                 "nothing",
                 "the upstream holds no renewal for this key (r04)".into(),
             ));
-        }
+        };
         // (2) download and verify
-        let text = client
-            .download_key(pb::KeyId {
-                id: avail.renewal_key_id.clone(),
-            })
-            .await
-            .map_err(|s| {
-                NodeError::Upstream(format!(
-                    "downloading {} from {url}: {}",
-                    avail.renewal_key_id,
-                    s.message()
-                ))
-            })?
-            .into_inner()
-            .text;
+        let text = self.upstream.download_key(&renewal_id).await?;
         let file = KeyFile::parse_trusted(&text, &self.config.trusted_vendor_keys)?;
         if file.key.renews.as_deref() != Some(id.as_str()) {
-            return Err(NodeError::Upstream(format!(
+            return Err(EngineError::Upstream(format!(
                 "the upstream's renewal {} does not name {id} as the key it renews",
                 file.key.id
             )));
@@ -136,7 +123,7 @@ impl Node {
         k: &StoredKey,
         new: StoredKey,
         already: bool,
-    ) -> NodeResult<pb::RenewalOutcome> {
+    ) -> EngineResult<pb::RenewalOutcome> {
         let id = &k.key.id;
         let mut o = outcome(id, "", String::new());
         o.new_key_id = new.key.id.clone();

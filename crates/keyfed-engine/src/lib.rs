@@ -1,0 +1,26 @@
+//! keyfed's node state machine. It owns the seat ledger (keys, grants,
+//! waiting objects, donations, station claims), renewal distribution,
+//! deliveries from peers and their outbox bookkeeping, the key lifecycle,
+//! usage rollups and telemetry state. It sequences `keyfed-core`'s rules
+//! around `keyfed-store` transactions; every change is durable before it is
+//! acknowledged and its effects (notifications, outbox wake-ups) are
+//! published after. It speaks no gRPC: the shell (`keyfed-node`) serves the
+//! wire, owns the links and reaches the upstream through [`UpstreamPort`].
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod lifecycle;
+pub mod renewal;
+pub mod station;
+pub mod telemetry;
+pub mod tick;
+pub mod time;
+pub mod usage;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineParts, EventSink, NoUpstream, PeerMeta, PortFuture, UpstreamPort};
+pub use error::{EngineError, EngineResult, ErrorCode};
+pub use station::{Hello, Settings};
+
+/// The engine's version, as telemetry reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
