@@ -1,6 +1,25 @@
 //! keyfed's durable store: typed sled trees behind a narrow API. Every state
 //! change is one transaction ([`Store::transact`]); the node flushes before it
 //! acknowledges anything (durable before acknowledged).
+//!
+//! ## Two backends behind one seam
+//! Every [`Tx`] method goes through three primitives on named trees (`get`,
+//! `insert`, `remove`), and every [`Store`] read through a point get, a prefix
+//! scan, a range or a length; each matches once on the backend:
+//! - **sled** ([`Store::open`]), the production store. A transaction runs on
+//!   sled's `TransactionalTree`s exactly as before. After a real crash sled
+//!   keeps at least everything [`Store::flush`] made durable, maybe more
+//!   (its own background flusher); [`Store::crash`] is refused.
+//! - **memory** ([`Store::in_memory`]), for deterministic simulations: no
+//!   files, no threads. A transaction holds one writer lock (as sled holds its
+//!   global one, so transactions never conflict), writes into a write set and
+//!   applies it whole on commit; an abort drops it. Committed and synced state
+//!   are kept apart: [`Store::flush`] replays the writes committed since the
+//!   last flush onto the synced state, and [`Store::crash`] returns a new
+//!   store holding the synced state only, so whatever was committed but not
+//!   flushed is gone, always in whole transactions.
+//!
+//! Values are encoded the same way for both: a format-version byte, then JSON.
 mod memory;
 mod records;
 
@@ -812,5 +831,41 @@ impl Tx<'_> {
     pub fn remove_waiting<E>(&self, key_id: &str, object: &str) -> TxResult<(), E> {
         self.remove(WAITING, &pair(key_id, object))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pair, records, Backend, Store, StoreError, CLAIMS, META, SCHEMA_VERSION};
+
+    /// The raw bytes under `key` of `tree`, whichever backend holds them.
+    fn raw(store: &Store, tree: usize, key: &[u8]) -> Vec<u8> {
+        match &store.backend {
+            Backend::Sled(s) => s.trees[tree].get(key).unwrap().unwrap().to_vec(),
+            Backend::Memory(m) => m.get(tree, key).unwrap().to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_value_starts_with_its_format_version_on_both_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::open(dir.path()).unwrap(), Store::in_memory()] {
+            store
+                .transact(|tx| tx.put_meta::<StoreError>("in-tx", "v"))
+                .unwrap();
+            store.set_meta("plain", "v").unwrap();
+            store
+                .transact(|tx| tx.put_claim::<StoreError>("k-1", "fp", "peer"))
+                .unwrap();
+            for key in [&b"in-tx"[..], b"plain"] {
+                assert_eq!(raw(&store, META, key)[0], records::FORMAT_VERSION);
+            }
+            assert_eq!(
+                raw(&store, CLAIMS, &pair("k-1", "fp"))[0],
+                records::FORMAT_VERSION
+            );
+            // the schema marker is the one value that is a bare version byte
+            assert_eq!(raw(&store, META, b"schema"), [SCHEMA_VERSION]);
+        }
     }
 }
