@@ -846,6 +846,12 @@ mod tests {
         }
     }
 
+    /// Callers share a store across threads and tasks, whichever backend.
+    const _: () = {
+        const fn send_sync<T: Send + Sync>() {}
+        send_sync::<Store>();
+    };
+
     #[test]
     fn every_value_starts_with_its_format_version_on_both_backends() {
         let dir = tempfile::tempdir().unwrap();
