@@ -118,7 +118,7 @@ impl Node {
             Some(dir) => {
                 drop(self.store);
                 Self {
-                    store: Store::open(dir.path()).unwrap(),
+                    store: reopen(dir.path()),
                     dir: Some(dir),
                 }
             }
@@ -126,6 +126,22 @@ impl Node {
                 store: self.store.crash().unwrap(),
                 dir: None,
             },
+        }
+    }
+}
+
+/// Opens a sled store just dropped. sled's flusher thread can hold the file
+/// lock a moment past the last handle's drop (spacejam/sled#1234), so the
+/// open is retried until a deadline.
+fn reopen(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("store at {} did not reopen: {e}", dir.display()),
         }
     }
 }
