@@ -5,9 +5,11 @@
 pub mod clock;
 pub mod entitlement;
 pub mod error;
+pub mod event;
 pub mod key;
 pub mod keyfile;
 pub mod lifecycle;
+pub mod names;
 pub mod renewal;
 pub mod seats;
 pub mod station;
