@@ -11,11 +11,13 @@ pub mod key;
 pub mod keyfile;
 pub mod lifecycle;
 pub mod names;
+pub mod peer_refusal;
 pub mod renewal;
 pub mod renewal_plan;
 pub mod seats;
 pub mod station;
 pub mod telemetry;
+pub mod waiting;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;
