@@ -18,6 +18,7 @@ pub mod renewal_plan;
 pub mod seats;
 pub mod station;
 pub mod telemetry;
+pub mod tenant_quota;
 pub mod waiting;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
