@@ -2,6 +2,8 @@
 //! rules, key lifecycle and the clock. No I/O, no async, no gRPC: every rule
 //! is a function of (state, input, now) so it can be tested directly.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod claims;
 pub mod clock;
 pub mod donation;
