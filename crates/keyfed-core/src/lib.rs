@@ -2,22 +2,32 @@
 //! rules, key lifecycle and the clock. No I/O, no async, no gRPC: every rule
 //! is a function of (state, input, now) so it can be tested directly.
 
+#![warn(clippy::too_many_lines)]
+
+pub mod claims;
 pub mod clock;
+pub mod donation;
 pub mod entitlement;
 pub mod error;
+pub mod event;
 pub mod key;
 pub mod keyfile;
 pub mod lifecycle;
+pub mod names;
+pub mod peer_refusal;
 pub mod renewal;
+pub mod renewal_plan;
 pub mod seats;
 pub mod station;
 pub mod telemetry;
+pub mod tenant_quota;
+pub mod waiting;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;
 pub use key::{Components, Key, KeyKind};
 pub use keyfile::{KeyFile, VendorSigner};
-pub use renewal::{decide, IncompatibleReasons, RenewalDecision};
+pub use renewal::{decide, decide_entitled, IncompatibleReasons, RenewalDecision};
 
 /// Federation protocol version this build speaks. 1 had keys and seats only;
 /// 2 adds automatic renewal (r08 treats peers below 2 as "old").

@@ -1,6 +1,7 @@
 //! Where a key is in its life (e01–e03): active, in grace after expiry
 //! (read-only), or suspended once grace is over; and which warnings the
 //! administrator is owed (e02).
+use crate::event::EventKind;
 use crate::key::{expiry_instant, Key, KeyKind};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,12 +110,17 @@ pub enum Milestone {
 
 impl Milestone {
     #[must_use]
-    pub fn event(self) -> &'static str {
+    pub fn kind(self) -> EventKind {
         match self {
-            Self::ExpiresSoon => "key-expires-soon",
-            Self::Expired => "key-expired",
-            Self::Suspended => "key-suspended",
+            Self::ExpiresSoon => EventKind::KeyExpiresSoon,
+            Self::Expired => EventKind::KeyExpired,
+            Self::Suspended => EventKind::KeySuspended,
         }
+    }
+
+    #[must_use]
+    pub fn event(self) -> &'static str {
+        self.kind().as_str()
     }
 }
 

@@ -1,8 +1,11 @@
 //! Property tests: the key file round trip and the renewal decision (r05, r06).
+//! Expectations are built with the inputs, never recomputed with the code's functions.
 use chrono::{DateTime, NaiveDate, Utc};
-use keyfed_core::renewal::{decide, RenewalDecision};
+use keyfed_core::entitlement::Entitlement;
+use keyfed_core::renewal::{decide, decide_entitled, RenewalDecision};
 use keyfed_core::{Components, Key, KeyFile, KeyKind, VendorSigner};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 const NAMES: [&str; 6] = ["antivirus", "antispam", "firewall", "edr", "vpn", "dlp"];
 
@@ -59,18 +62,43 @@ proptest! {
     }
 
     #[test]
-    fn r05_a_missing_component_or_fewer_seats_is_store_only(old in key(), new in key()) {
-        let missing = old.components.missing_from(&new.components);
+    fn r05_a_missing_component_or_fewer_seats_is_store_only(
+        old in key(),
+        drop in proptest::sample::subsequence(NAMES.to_vec(), 0..=2),
+        extra in proptest::sample::subsequence(NAMES.to_vec(), 0..=NAMES.len()),
+        fewer in 0u32..1000,
+    ) {
+        // the new key is built from the old one: `drop` taken away (only what
+        // the old key had is really missing), `extra` added, `fewer` seats less
+        let missing: BTreeSet<String> = drop.iter().filter(|c| old.components.contains(c)).map(|c| (*c).to_owned()).collect();
+        let kept: Vec<&str> = old.components.iter().chain(extra.iter().copied()).filter(|c| !drop.contains(c)).collect();
+        prop_assume!(!kept.is_empty());
+        let new_seats = old.seats.saturating_sub(fewer).max(1);
+        let new = Key { components: Components::new(kept).unwrap(), seats: new_seats, ..old.clone() };
+        let fewer_seats = new_seats < old.seats;
         match decide(&old, &new) {
-            RenewalDecision::Distribute => {
-                prop_assert!(missing.is_empty() && new.seats >= old.seats);
-            }
+            RenewalDecision::Distribute => prop_assert!(missing.is_empty() && !fewer_seats),
             RenewalDecision::StoreOnly(r) => {
-                prop_assert!(!missing.is_empty() || new.seats < old.seats);
-                prop_assert_eq!(r.missing_components, missing);
-                prop_assert_eq!((r.old_seats, r.new_seats), (old.seats, new.seats));
+                prop_assert!(!missing.is_empty() || fewer_seats);
+                prop_assert_eq!(r.missing_components, missing.into_iter().collect::<Vec<_>>());
+                prop_assert_eq!((r.old_seats, r.new_seats), (old.seats, new_seats));
             }
         }
+    }
+
+    #[test]
+    fn r05_fewer_seats_than_entitled_is_store_only_after_add_seats(old in key(), added in 1u32..1000, short in 1u32..1000) {
+        // e05: add-seats raised what the node is entitled to above the key file
+        let entitled = Entitlement { seats: old.seats + added, expires: old.expires };
+        let short = short.min(entitled.seats - 1);
+        let new = Key { seats: entitled.seats - short, ..old.clone() };
+        let RenewalDecision::StoreOnly(r) = decide_entitled(&old, entitled, &new) else {
+            return Err(TestCaseError::fail("fewer seats than entitled must not distribute"));
+        };
+        prop_assert!(r.missing_components.is_empty());
+        prop_assert_eq!((r.old_seats, r.new_seats), (old.seats + added, old.seats + added - short));
+        let enough = Key { seats: entitled.seats, ..old.clone() };
+        prop_assert_eq!(decide_entitled(&old, entitled, &enough), RenewalDecision::Distribute);
     }
 }
 
