@@ -20,8 +20,8 @@ fn outcome(key_id: &str, outcome: &str, reason: String) -> pb::RenewalOutcome {
 impl Engine {
     /// "Check for updates and replace keys" (r01): one key, or every key whose
     /// origin is the upstream (r02). r03: any step may end the procedure for
-    /// one key; that key's failure is its own outcome (and notification) and
-    /// the run goes on with the next key. The run's time is recorded either
+    /// one key; in a run over every key, that key's failure is its own
+    /// outcome (and notification) and the run goes on with the next key. The run's time is recorded either
     /// way, so the schedule waits a full period before trying again.
     pub async fn check_for_updates(
         &self,
@@ -40,6 +40,11 @@ impl Engine {
         for k in keys {
             let o = match self.renew_one(&k).await {
                 Ok(o) => o,
+                // the administrator asked about this one key: the error is the answer
+                Err(e) if key_id.is_some() => {
+                    self.renewal_checked("error");
+                    return Err(e);
+                }
                 Err(e) => self.renewal_failed(&k, &e).await?,
             };
             self.renewal_checked(&o.outcome);
@@ -65,7 +70,7 @@ impl Engine {
             fx.notify(
                 tx,
                 now,
-                "renewal-check-failed",
+                "renewal-failed",
                 &id,
                 format!("the renewal check of key {id} failed; tried again at the next run: {why}"),
                 &[("error", why.clone())],

@@ -15,6 +15,8 @@ pub struct AdminService {
     pub node: Node,
     /// Ends watch streams so a graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Owns each watch stream's forwarder, so shutdown waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -221,7 +223,7 @@ impl pb::admin_server::Admin for AdminService {
         let mut feed = Box::pin(backlog.chain(live));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 let item = tokio::select! {
                     () = shutdown.cancelled() => return,
