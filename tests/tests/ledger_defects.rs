@@ -318,7 +318,6 @@ async fn e03_e07_share_or_move_of_a_subscription_in_grace_is_refused_read_only()
 // ---- defect 6 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 6: fails until the engine split fixes it"]
 async fn r03_one_failing_key_does_not_stop_the_renewal_run() {
     // a second vendor the node trusts, unknown to the node's upstream
     let other_dir = tempfile::tempdir().unwrap();
@@ -607,7 +606,6 @@ const SERVED: [&str; 6] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 11: fails until the engine split fixes it"]
 async fn b06_reflection_v1_lists_exactly_the_services_the_port_serves() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
@@ -621,7 +619,6 @@ async fn b06_reflection_v1_lists_exactly_the_services_the_port_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 11: fails until the engine split fixes it"]
 async fn b06_reflection_v1alpha_lists_exactly_the_services_the_port_serves() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;

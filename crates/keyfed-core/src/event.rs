@@ -36,6 +36,10 @@ pub enum EventKind {
     KeyRetired,
     KeySuspended,
     KeyWithdrawn,
+    /// r13: a server gave back seats it was granted (it refused them).
+    GrantReturned,
+    /// r03: one key's renewal check ended early; the run went on.
+    RenewalFailed,
     LinkRefused,
     ObjectLicensed,
     ObjectUnlicensed,
@@ -56,7 +60,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 35] = [
+    pub const ALL: [EventKind; 37] = [
         Self::CommandDropped,
         Self::CommandReceived,
         Self::ConnectionRefused,
@@ -75,6 +79,8 @@ impl EventKind {
         Self::KeyRetired,
         Self::KeySuspended,
         Self::KeyWithdrawn,
+        Self::GrantReturned,
+        Self::RenewalFailed,
         Self::LinkRefused,
         Self::ObjectLicensed,
         Self::ObjectUnlicensed,
@@ -115,6 +121,8 @@ impl EventKind {
             Self::KeyRetired => "key-retired",
             Self::KeySuspended => "key-suspended",
             Self::KeyWithdrawn => "key-withdrawn",
+            Self::GrantReturned => "grant-returned",
+            Self::RenewalFailed => "renewal-failed",
             Self::LinkRefused => "link-refused",
             Self::ObjectLicensed => "object-licensed",
             Self::ObjectUnlicensed => "object-unlicensed",

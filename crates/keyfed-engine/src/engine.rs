@@ -522,13 +522,24 @@ impl Engine {
             };
             for g in &grants {
                 tx.remove_grant::<EngineError>(id, &g.object)?;
-                // a superseded key's servers get the renewal from their outbox
-                if g.kind == ObjectKind::Server && k.superseded_by.is_none() {
-                    let reason = "deleted by the administrator".to_owned();
+                // every server still holding seats of it is told, also of a
+                // superseded key (r08: a neighbor that was only offered the
+                // renewal, a child that never came back); a child whose
+                // renewal is still queued applies that first and then finds
+                // nothing left to withdraw
+                if g.kind == ObjectKind::Server {
+                    let reason = if k.superseded_by.is_some() {
+                        "the superseded key was deleted by the administrator".to_owned()
+                    } else {
+                        "deleted by the administrator".to_owned()
+                    };
                     fx.send(tx, &g.object, now, id, withdrawn(id, reason))?;
                 }
             }
             tx.remove_key::<EngineError>(id)?;
+            // r12: the tombstone keeps the key folder from importing it again;
+            // written in the same transaction, so a crash cannot separate them
+            tx.put_meta(&format!("deleted:{id}"), &ts(now))?;
             fx.notify(
                 tx,
                 now,
@@ -538,9 +549,7 @@ impl Engine {
                 &[],
             )
         })
-        .await?;
-        self.store.set_meta(&format!("deleted:{id}"), &ts(now))?;
-        Ok(())
+        .await
     }
 
     // ---- seats ------------------------------------------------------------
@@ -1030,6 +1039,16 @@ impl Engine {
             if let Some(f) = file {
                 if let Some(why) = self.key_refusal(tx, peer, role, &d.body, f, held_serial)? {
                     tracing::warn!(node = %self.id(), %peer, key_id = %f.key.id, reason = %why, "peer message refused");
+                    // r13: seats a parent or neighbor granted and this node
+                    // refused go back, or the sender counts them forever
+                    let carries_seats = matches!(
+                        d.body,
+                        Some(pb::delivery::Body::Grant(_) | pb::delivery::Body::Renewed(_))
+                    );
+                    if carries_seats && matches!(role, Some(PeerRole::Parent | PeerRole::Neighbor)) {
+                        let back = format!("refused by {}: {why}", self.id());
+                        fx.send(tx, peer, now, &f.key.id, withdrawn(&f.key.id, back))?;
+                    }
                     fx.notify(
                         tx,
                         now,
@@ -1304,6 +1323,37 @@ impl Engine {
 
     /// A peer took back the seats of a key it gave us: everything below goes too.
     #[allow(clippy::too_many_arguments)]
+    /// r13: a server this node granted seats to refused them (or gave them
+    /// back): its grant is removed, so the seats are free here again.
+    fn grant_returned_tx(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        key_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let Some(g) = tx.grant::<EngineError>(key_id, peer)? else {
+            return Ok(());
+        };
+        if g.kind != ObjectKind::Server {
+            return Ok(());
+        }
+        tx.remove_grant::<EngineError>(key_id, peer)?;
+        fx.notify(
+            tx,
+            now,
+            "grant-returned",
+            key_id,
+            format!(
+                "{peer} gave back its {} seat(s) of key {key_id}: {reason}",
+                g.seats
+            ),
+            &[("peer", peer.to_owned()), ("seats", g.seats.to_string())],
+        )
+    }
+
     fn withdraw_tx(
         &self,
         tx: &Tx<'_>,
@@ -1318,7 +1368,7 @@ impl Engine {
             return Ok(());
         };
         if k.origin.peer() != Some(peer) {
-            return Ok(());
+            return self.grant_returned_tx(tx, fx, peer, key_id, reason, now);
         }
         for g in grants {
             if tx.remove_grant::<EngineError>(key_id, &g.object)?.is_some()
