@@ -684,7 +684,6 @@ async fn r09_a_hanging_hook_is_killed_after_its_timeout_and_the_procedure_goes_o
 // ---- defect 12 --------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 12: fails until the engine split fixes it"]
 async fn names_assign_seats_refuses_bad_object_names_and_zero_seats() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
@@ -720,7 +719,6 @@ async fn names_assign_seats_refuses_bad_object_names_and_zero_seats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 12: fails until the engine split fixes it"]
 async fn names_station_attach_refuses_control_and_bidi_characters_in_fingerprints() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;

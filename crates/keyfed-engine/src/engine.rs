@@ -1322,7 +1322,6 @@ impl Engine {
     }
 
     /// A peer took back the seats of a key it gave us: everything below goes too.
-    #[allow(clippy::too_many_arguments)]
     /// r13: a server this node granted seats to refused them (or gave them
     /// back): its grant is removed, so the seats are free here again.
     fn grant_returned_tx(
@@ -1354,6 +1353,7 @@ impl Engine {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn withdraw_tx(
         &self,
         tx: &Tx<'_>,

@@ -2,6 +2,7 @@
 use crate::convert;
 use crate::error::{NodeError, OrStatus};
 use crate::node::Node;
+use keyfed_core::names::NameKind;
 use keyfed_engine::lifecycle::command_info;
 use keyfed_proto::v1 as pb;
 use keyfed_store::{ObjectKind, StoredKey};
@@ -114,6 +115,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn assign_seats(&self, r: Request<pb::AssignSeatsRequest>) -> R<pb::GrantInfo> {
         let r = r.into_inner();
+        convert::assign_request(&r)?;
         let kind = match pb::ObjectKind::try_from(r.kind).unwrap_or_default() {
             pb::ObjectKind::Unspecified => None,
             pb::ObjectKind::Station => Some(ObjectKind::Station),
@@ -130,6 +132,8 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn unassign_seats(&self, r: Request<pb::UnassignSeatsRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
+        convert::name(NameKind::KeyId, &r.key_id)?;
+        convert::name(NameKind::Object, &r.object)?;
         self.node
             .engine
             .unassign(&r.key_id, &r.object)
@@ -353,6 +357,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn queue_command(&self, r: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
         let r = r.into_inner();
+        convert::name(NameKind::Object, &r.object)?;
         let c = self
             .node
             .engine
@@ -401,6 +406,8 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ShareSubscriptionRequest>,
     ) -> R<pb::SubscriptionInfo> {
         let r = r.into_inner();
+        convert::name(NameKind::KeyId, &r.key_id)?;
+        convert::name(NameKind::Tenant, &r.tenant)?;
         self.node
             .engine
             .share_subscription(&r.key_id, &r.tenant, r.seats, r.r#move)
