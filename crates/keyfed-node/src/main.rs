@@ -1,7 +1,7 @@
 //! `keyfed`: run a node (`serve`) or a local federation (`sandbox`), or ask a
 //! node or upstream whether it is serving (`health`, the container health check).
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyfed_core::{ManualClock, SharedClock, SystemClock};
 use keyfed_node::config::LogFormat;
 use keyfed_node::NodeConfig;
@@ -78,6 +78,10 @@ enum Command {
     /// Federation certificates: a CA, node and administrator certificates.
     #[command(subcommand)]
     Pki(keyfed_node::pki::PkiCmd),
+    /// Print a shell completion script: `keyfed completions bash`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `keyfed man > keyfed.1`.
+    Man,
 }
 
 fn clock(debug: bool) -> SharedClock {
@@ -158,6 +162,13 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Pki(cmd) = cli.command {
         return keyfed_node::pki::run_cli(cmd);
     }
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "keyfed", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Man = cli.command {
+        return Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?);
+    }
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     match cli.command {
@@ -172,11 +183,15 @@ async fn main() -> anyhow::Result<()> {
             metrics_listen,
         } => {
             let mut cfg = match &config {
-                Some(p) => NodeConfig::from_toml(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                Some(p) => {
+                    NodeConfig::from_toml(&std::fs::read_to_string(p).with_context(|| {
+                        format!(
+                            "reading the config file {} (--config or KEYFED_CONFIG)",
+                            p.display()
+                        )
+                    })?)
+                    .map_err(|e| anyhow::anyhow!("the config file {}: {e}", p.display()))?
+                }
                 None => NodeConfig::default(),
             };
             cfg.apply_env(|k| std::env::var(k).ok())
@@ -205,7 +220,9 @@ async fn main() -> anyhow::Result<()> {
             keyfed_node::logging::init(cfg.log_format);
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
-                .with_context(|| format!("binding {}", cfg.listen))?;
+                .with_context(|| {
+                    format!("binding {} (listen, KEYFED_LISTEN or --listen): is another process using the port?", cfg.listen)
+                })?;
             let clock = clock(cfg.debug_clock);
             keyfed_node::run(cfg, listener, clock, shutdown).await
         }
@@ -227,6 +244,35 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Pki(_) => unreachable!("handled before tracing starts"),
+        Command::Pki(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before tracing starts")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_clap_definitions() {
+        Cli::command().debug_assert();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.contains(".TH keyfed") && man.contains("sandbox"),
+            "{man}"
+        );
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "keyfed",
+            &mut bash,
+        );
+        assert!(String::from_utf8(bash).unwrap().contains("serve"));
     }
 }

@@ -41,7 +41,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 out.push_str("  ");
             }
             out.push_str(c);
-            out.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
+            out.extend(std::iter::repeat_n(
+                ' ',
+                w.saturating_sub(c.chars().count()),
+            ));
         }
         out.trim_end().to_owned()
     };
@@ -98,6 +101,8 @@ mod tests {
         assert!(first.ends_with('…'), "{first}");
         assert!(lines[1].ends_with("station"), "{}", lines[1]);
         assert!(lines[2].starts_with("pc-1 INJECTED"), "{}", lines[2]);
-        assert!(lines.iter().all(|l| l.chars().count() <= 2 * MAX_CELL_CHARS + 2));
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() <= 2 * MAX_CELL_CHARS + 2));
     }
 }
