@@ -74,6 +74,14 @@ enum Command {
         /// give up after this many seconds
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+        /// for an https:// address: the CA that signed the server's certificate
+        #[arg(long, env = "KEYFED_CA")]
+        ca: Option<PathBuf>,
+        /// client certificate and key, for a server that demands one (the upstream)
+        #[arg(long, env = "KEYFED_CERT", requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, env = "KEYFED_KEY", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Federation certificates: a CA, node and administrator certificates.
     #[command(subcommand)]
@@ -113,7 +121,12 @@ fn on_signal(token: CancellationToken) {
 }
 
 /// One `grpc.health.v1.Health/Check` call, bounded by `timeout`.
-async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: (Option<&PathBuf>, Option<&PathBuf>, Option<&PathBuf>),
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let url = if addr.contains("://") {
@@ -122,8 +135,22 @@ async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<
         format!("http://{addr}")
     };
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("{addr:?} is not a valid address"))?
+        let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("{addr:?} is not a valid address"))?;
+        if url.starts_with("https://") {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let ca = tls
+                .0
+                .context("an https:// address needs --ca (or KEYFED_CA)")?;
+            let mut t = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            if let (Some(c), Some(k)) = (tls.1, tls.2) {
+                t = t.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+            }
+            ep = ep.tls_config(t)?;
+        }
+        let channel = ep
             .connect()
             .await
             .with_context(|| format!("could not reach {url}"))?;
@@ -154,10 +181,19 @@ async fn main() -> anyhow::Result<()> {
         addr,
         service,
         timeout_secs,
+        ca,
+        cert,
+        key,
     } = &cli.command
     {
         // no tracing or signal handling: a health probe prints one line
-        return health(addr, service, Duration::from_secs(*timeout_secs)).await;
+        return health(
+            addr,
+            service,
+            Duration::from_secs(*timeout_secs),
+            (ca.as_ref(), cert.as_ref(), key.as_ref()),
+        )
+        .await;
     }
     if let Command::Pki(cmd) = cli.command {
         return keyfed_node::pki::run_cli(cmd);

@@ -93,6 +93,15 @@ pub fn apply_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
         t.cert = cert.into();
         t.key = key.into();
     }
+    // comma separated: the compose federation names its administrator here
+    if let (Some(t), Some(names)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_NAMES")) {
+        t.admin_names = names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
 }
 
 fn read(path: &std::path::Path, what: &str, setting: &str) -> Result<Vec<u8>, String> {
@@ -338,10 +347,13 @@ role = "read-only"
             "KEYFED_TLS_CA" => Some("ca.pem".into()),
             "KEYFED_TLS_CERT" => Some("n.pem".into()),
             "KEYFED_TLS_KEY" => Some("n.key".into()),
+            "KEYFED_TLS_ADMIN_NAMES" => Some("ops, ci".into()),
             _ => None,
         };
         e.apply_env(env).unwrap();
-        assert_eq!(e.tls.unwrap().cert, PathBuf::from("n.pem"));
+        let t = e.tls.unwrap();
+        assert_eq!(t.cert, PathBuf::from("n.pem"));
+        assert_eq!(t.admin_names, ["ops", "ci"]);
     }
 
     #[test]
