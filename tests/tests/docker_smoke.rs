@@ -475,20 +475,24 @@ fn docker_smoke() {
         plain.contains("speaks TLS") && plain.contains("https://localhost:7601"),
         "{plain}"
     );
+    // a certificate of the CA that is not an administrator's, and no token
     let anon = s
         .docker(&[
             "exec",
             "-e",
-            "KEYFED_CERT=",
+            "KEYFED_CERT=/pki/gus.pem",
             "-e",
-            "KEYFED_KEY=",
+            "KEYFED_KEY=/pki/gus.key",
             &main_id,
             "keyfedctl",
             "status",
         ])
-        .expect_err("no client certificate, no token: refused");
-    assert!(anon.contains("client certificate"), "{anon}");
-    s.lap("plaintext and certificate-less calls refused with the fix named");
+        .expect_err("not an administrator, no token: refused");
+    assert!(
+        anon.contains("UNAUTHENTICATED") && anon.contains("administrator's client certificate"),
+        "{anon}"
+    );
+    s.lap("plaintext and non-administrator calls refused with the fix named");
 
     // ---- issue at the upstream, add at main, assign (names resolve in the
     // scratch image: main reaches gus by its service name)
