@@ -92,8 +92,8 @@ impl ClusterTls {
             ca: self.ca(),
             cert: self.cert(name),
             key: self.key(name),
-            require_client_cert: true,
             admin_names: vec!["admin".into()],
+            ..keyfed_node::tls::TlsConfig::default()
         }
     }
     /// Client TLS trusting the CA, presenting `name`'s certificate if given.

@@ -143,44 +143,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
-        let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
-        for g in self
-            .node
-            .engine
-            .store()
-            .all_grants()
-            .map_err(NodeError::from)
-            .status()?
-        {
-            let o = objects
-                .entry(g.object.clone())
-                .or_insert_with(|| pb::ObjectInfo {
-                    name: g.object.clone(),
-                    kind: convert::object_kind(g.kind).into(),
-                    state: "licensed".into(),
-                    ..Default::default()
-                });
-            o.grants.push(convert::grant(&g));
-        }
-        for w in self
-            .node
-            .engine
-            .store()
-            .waiting()
-            .map_err(NodeError::from)
-            .status()?
-        {
-            objects
-                .entry(w.object.clone())
-                .or_insert_with(|| pb::ObjectInfo {
-                    name: w.object.clone(),
-                    kind: convert::object_kind(w.kind).into(),
-                    state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
-                    ..Default::default()
-                });
-        }
         Ok(Response::new(pb::ObjectList {
-            objects: objects.into_values().collect(),
+            objects: objects(&self.node)?.into_values().collect(),
         }))
     }
 
@@ -284,8 +248,8 @@ impl pb::admin_server::Admin for AdminService {
         if n.config.upstream.is_none() {
             warnings.push("no upstream configured: automatic renewal cannot run".into());
         }
-        // stations are counted from their records: no scan of every grant
-        let objects = n.engine.store().station_count() + n.config.peers().len();
+        // the objects `ListObjects` lists, by the same definition
+        let objects = objects(n)?.len();
         Ok(Response::new(pb::NodeStatus {
             node_id: n.id().into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -500,4 +464,45 @@ impl pb::admin_server::Admin for AdminService {
             now: convert::ts(now),
         }))
     }
+}
+
+/// The node's objects: everything holding seats of a key (a station, a
+/// child or neighbor) or waiting for them. `ListObjects` lists them and
+/// `Status` counts them, so the two never disagree.
+fn objects(node: &Node) -> Result<BTreeMap<String, pb::ObjectInfo>, Status> {
+    let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
+    for g in node
+        .engine
+        .store()
+        .all_grants()
+        .map_err(NodeError::from)
+        .status()?
+    {
+        let o = objects
+            .entry(g.object.clone())
+            .or_insert_with(|| pb::ObjectInfo {
+                name: g.object.clone(),
+                kind: convert::object_kind(g.kind).into(),
+                state: "licensed".into(),
+                ..Default::default()
+            });
+        o.grants.push(convert::grant(&g));
+    }
+    for w in node
+        .engine
+        .store()
+        .waiting()
+        .map_err(NodeError::from)
+        .status()?
+    {
+        objects
+            .entry(w.object.clone())
+            .or_insert_with(|| pb::ObjectInfo {
+                name: w.object.clone(),
+                kind: convert::object_kind(w.kind).into(),
+                state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
+                ..Default::default()
+            });
+    }
+    Ok(objects)
 }

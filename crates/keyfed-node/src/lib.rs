@@ -64,13 +64,18 @@ pub async fn run_with_metrics(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    let in_data_dir = |what: &str, e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("{what} {} (data_dir, KEYFED_DATA_DIR or --data-dir): {e}; the node needs a directory it can write", config.data_dir.display())
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| in_data_dir("creating the data directory", &e))?;
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = keyfed_store::Store::open_with_cache(
         &config.data_dir.join("store"),
         config.store_cache_mb.max(1) * 1024 * 1024,
-    )?;
+    )
+    .map_err(|e| in_data_dir("opening the store in the data directory", &e))?;
     let tasks = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let mut sinks: Vec<Arc<dyn keyfed_engine::EventSink>> = vec![metrics.clone()];
@@ -163,10 +168,11 @@ pub async fn run_with_metrics(
             pb::federation_server::FederationServer::new(fed)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(
+        .add_service(tls::RequireClientCert::station(
+            &node.config,
             pb::station_server::StationServer::new(station::StationService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
