@@ -2,8 +2,8 @@
 //! service: it names the caller (token, administrator certificate, a peer
 //! node's certificate, or "local"), checks the RPC against the one role
 //! table below, and writes every mutating call to the audit trail.
+pub use crate::config::{AdminToken, Role};
 use crate::node::Node;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,50 +15,6 @@ use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::CertificateDer;
 use tonic::{Code, Status};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Admin,
-    /// May read everything; every mutating RPC is refused.
-    #[default]
-    ReadOnly,
-}
-
-/// `[[admin_tokens]]`: a named bearer token. Prefer `token_sha256`
-/// (`keyfed pki hash-token`) so the config file holds no secret.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminToken {
-    pub name: String,
-    pub token: Option<String>,
-    pub token_sha256: Option<String>,
-    pub role: Role,
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminToken")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `KEYFED_ADMIN_TOKEN` adds one admin token named "env" (containers).
-pub fn apply_env(cfg: &mut crate::NodeConfig, get: &impl Fn(&str) -> Option<String>) {
-    if let Some(t) = get("KEYFED_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
-        cfg.admin_tokens.push(AdminToken {
-            name: "env".into(),
-            token: Some(t),
-            token_sha256: None,
-            role: Role::Admin,
-        });
-    }
-    if let Some(v) = get("KEYFED_INSECURE_OPEN_ADMIN") {
-        cfg.insecure_open_admin = matches!(v.as_str(), "1" | "true" | "yes");
-    }
-}
 
 pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -453,6 +409,63 @@ fn connection(req: &http::Request<Body>) -> (Option<SocketAddr>, PeerCerts) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ClientCert, NodeConfig};
+
+    #[test]
+    fn b06_the_documented_tls_and_token_config_parses() {
+        let c = NodeConfig::from_toml(
+            r#"
+node_id = "main"
+[tls]
+ca = "/etc/keyfed/ca.pem"
+cert = "/etc/keyfed/main.pem"
+key = "/etc/keyfed/main.key"
+admin_names = ["ops"]
+[[admin_tokens]]
+name = "ci"
+token_sha256 = "1a7674eb4ee78df7e1ac439a93c3fa8e3c945784d4dec9fd8e3011738b2f1d62"
+role = "admin"
+[[admin_tokens]]
+name = "dashboard"
+token = "change-me"
+role = "read-only"
+"#,
+        )
+        .unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert!(
+            t.admin_policy() == ClientCert::Required && t.station_policy() == ClientCert::Required,
+            "client certificates are required by default"
+        );
+        let token_only = NodeConfig::from_toml(
+            "[tls]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nadmin_client_cert = \"optional\"\n",
+        )
+        .unwrap();
+        let t = token_only.tls.unwrap();
+        assert_eq!(
+            (t.admin_policy(), t.station_policy()),
+            (ClientCert::Optional, ClientCert::Required)
+        );
+        assert_eq!(c.admin_tokens[1].role, Role::ReadOnly);
+        assert!(
+            !format!("{c:?}").contains("change-me"),
+            "Debug never prints a token"
+        );
+        assert!(AdminAuth::from_config(&c).is_ok());
+        let mut e = NodeConfig::default();
+        let env = |k: &str| match k {
+            "KEYFED_TLS_CA" => Some("ca.pem".into()),
+            "KEYFED_TLS_CERT" => Some("n.pem".into()),
+            "KEYFED_TLS_KEY" => Some("n.key".into()),
+            "KEYFED_TLS_ADMIN_NAMES" => Some("ops, ci".into()),
+            _ => None,
+        };
+        e.apply_env(env).unwrap();
+        let t = e.tls.unwrap();
+        assert_eq!(t.cert, std::path::PathBuf::from("n.pem"));
+        assert_eq!(t.admin_names, ["ops", "ci"]);
+    }
+
     use prost::Message;
 
     #[test]

@@ -58,10 +58,10 @@ pub struct NodeConfig {
     /// The store's page cache, in MiB.
     pub store_cache_mb: u64,
     /// Mutual TLS for the port and every outgoing connection; none: plaintext.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<TlsConfig>,
     /// Bearer tokens for the Admin service. None configured: Admin answers
     /// loopback callers only (or anyone, with `insecure_open_admin`).
-    pub admin_tokens: Vec<crate::auth::AdminToken>,
+    pub admin_tokens: Vec<AdminToken>,
     pub insecure_open_admin: bool,
     /// b06: serve Prometheus metrics at `http://<this>/metrics`; off when unset.
     pub metrics_listen: Option<SocketAddr>,
@@ -189,8 +189,8 @@ impl NodeConfig {
                 .map(PathBuf::from)
                 .collect();
         }
-        crate::tls::apply_env(self, &get);
-        crate::auth::apply_env(self, &get);
+        apply_tls_env(self, &get);
+        apply_admin_env(self, &get);
         Ok(())
     }
 
@@ -298,6 +298,139 @@ impl NodeConfig {
                 .filter_map(|n| n.address.clone().map(|a| (n.node_id.clone(), a))),
         );
         v
+    }
+}
+
+// ---- [tls] and [[admin_tokens]] ---------------------------------------------
+
+/// `[tls]` in the node config. With it, the port speaks TLS only and every
+/// outgoing connection uses TLS with this certificate as client identity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM of the federation CA: peers' and clients' certificates must chain to it.
+    pub ca: PathBuf,
+    /// PEM certificate of this node (CN/SAN = its node id).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The default of `admin_client_cert` and `station_client_cert`:
+    /// true (default) = "required", false = "optional".
+    pub require_client_cert: bool,
+    /// Whether the Admin service demands a client certificate from the CA.
+    /// "optional": token-only administration over server-only TLS.
+    pub admin_client_cert: Option<ClientCert>,
+    /// Whether the Station service demands one. Federation.Link always does.
+    pub station_client_cert: Option<ClientCert>,
+    /// Client certificate names that may use the Admin service as
+    /// administrators without a token.
+    pub admin_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            require_client_cert: true,
+            admin_client_cert: None,
+            station_client_cert: None,
+            admin_names: Vec::new(),
+        }
+    }
+}
+
+/// A service's client-certificate policy. The handshake asks every caller
+/// for a certificate but lets one without it in; each service then checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientCert {
+    Required,
+    Optional,
+}
+
+impl TlsConfig {
+    fn default_policy(&self) -> ClientCert {
+        if self.require_client_cert {
+            ClientCert::Required
+        } else {
+            ClientCert::Optional
+        }
+    }
+    #[must_use]
+    pub fn admin_policy(&self) -> ClientCert {
+        self.admin_client_cert.unwrap_or(self.default_policy())
+    }
+    #[must_use]
+    pub fn station_policy(&self) -> ClientCert {
+        self.station_client_cert.unwrap_or(self.default_policy())
+    }
+}
+
+/// `KEYFED_TLS_CA`, `KEYFED_TLS_CERT`, `KEYFED_TLS_KEY` (all three) turn TLS on.
+fn apply_tls_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
+    if let (Some(ca), Some(cert), Some(key)) = (
+        get("KEYFED_TLS_CA"),
+        get("KEYFED_TLS_CERT"),
+        get("KEYFED_TLS_KEY"),
+    ) {
+        let t = cfg.tls.get_or_insert_with(TlsConfig::default);
+        t.ca = ca.into();
+        t.cert = cert.into();
+        t.key = key.into();
+    }
+    // comma separated: the compose federation names its administrator here
+    if let (Some(t), Some(names)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_NAMES")) {
+        t.admin_names = names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Admin,
+    /// May read everything; every mutating RPC is refused.
+    #[default]
+    ReadOnly,
+}
+
+/// `[[admin_tokens]]`: a named bearer token. Prefer `token_sha256`
+/// (`keyfed pki hash-token`) so the config file holds no secret.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: Option<String>,
+    pub token_sha256: Option<String>,
+    pub role: Role,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `KEYFED_ADMIN_TOKEN` adds one admin token named "env" (containers).
+fn apply_admin_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
+    if let Some(t) = get("KEYFED_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
+        cfg.admin_tokens.push(AdminToken {
+            name: "env".into(),
+            token: Some(t),
+            token_sha256: None,
+            role: Role::Admin,
+        });
+    }
+    if let Some(v) = get("KEYFED_INSECURE_OPEN_ADMIN") {
+        cfg.insecure_open_admin = matches!(v.as_str(), "1" | "true" | "yes");
     }
 }
 

@@ -5,6 +5,7 @@
 //! the outbox is durable, so nothing is lost.
 use crate::config::PeerRole;
 use crate::error::NodeError;
+pub use crate::links::Links;
 use crate::node::Node;
 use keyfed_proto::v1 as pb;
 use keyfed_proto::v1::federation_client::FederationClient;
@@ -23,47 +24,6 @@ use tracing::Instrument;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a link's pusher looks at the outbox without being woken.
 const OUTBOX_RECHECK: Duration = Duration::from_millis(500);
-
-/// At most one open link per peer: a newer link from (or to) the same peer
-/// replaces the older one, which is closed. (A reconnect after a half-open
-/// connection thus works at once; a second link never doubles deliveries.)
-#[derive(Default)]
-pub struct Links {
-    next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
-}
-
-impl Links {
-    /// Registers a link and closes the peer's older one; returns its number.
-    pub fn open(&self, peer: &str, stop: CancellationToken) -> u64 {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self
-            .open
-            .lock()
-            .expect("links lock")
-            .insert(peer.to_owned(), (n, stop));
-        if let Some((_, old)) = old {
-            tracing::warn!(%peer, "a second link from the same peer replaces the open one");
-            old.cancel();
-        }
-        n
-    }
-
-    /// Forgets link `n`; false if a newer link of the peer replaced it.
-    pub fn close(&self, peer: &str, n: u64) -> bool {
-        let mut open = self.open.lock().expect("links lock");
-        if open.get(peer).is_some_and(|(cur, _)| *cur == n) {
-            open.remove(peer);
-            true
-        } else {
-            false
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.open.lock().expect("links lock").len()
-    }
-}
 
 fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
     let role = match node.config.role_of(peer) {

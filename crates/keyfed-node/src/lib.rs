@@ -8,8 +8,10 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod exposition;
 pub mod federation;
 pub mod hooks;
+pub mod links;
 pub mod logging;
 pub mod metrics;
 pub mod node;
@@ -113,7 +115,7 @@ pub async fn run_with_metrics(
     tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
     if let Some(l) = metrics_listener {
         tracing::info!(node = %node.id(), addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
-        tasks.spawn(metrics::serve(
+        tasks.spawn(exposition::serve(
             node.clone(),
             l,
             tasks.clone(),

@@ -1,7 +1,7 @@
 //! The node's shell state: the engine plus what only the shell has (its full
 //! config, the open federation links, the metrics registry).
 use crate::config::NodeConfig;
-use crate::federation::Links;
+use crate::links::Links;
 use crate::metrics::Metrics;
 use keyfed_engine::Engine;
 use std::sync::Arc;

@@ -2,10 +2,9 @@
 //! of every connection it opens (links, upstream, parent), and the check that
 //! a linking peer's certificate names the node id it claims.
 use crate::config::NodeConfig;
+pub use crate::config::{ClientCert, TlsConfig};
 use crate::node::Node;
-use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
 use tonic::body::Body;
@@ -16,93 +15,6 @@ use tonic::transport::{
     Certificate, CertificateDer, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
 use tonic::Status;
-
-/// `[tls]` in the node config. With it, the port speaks TLS only and every
-/// outgoing connection uses TLS with this certificate as client identity.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM of the federation CA: peers' and clients' certificates must chain to it.
-    pub ca: PathBuf,
-    /// PEM certificate of this node (CN/SAN = its node id).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// The default of `admin_client_cert` and `station_client_cert`:
-    /// true (default) = "required", false = "optional".
-    pub require_client_cert: bool,
-    /// Whether the Admin service demands a client certificate from the CA.
-    /// "optional": token-only administration over server-only TLS.
-    pub admin_client_cert: Option<ClientCert>,
-    /// Whether the Station service demands one. Federation.Link always does.
-    pub station_client_cert: Option<ClientCert>,
-    /// Client certificate names that may use the Admin service as
-    /// administrators without a token.
-    pub admin_names: Vec<String>,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            ca: PathBuf::new(),
-            cert: PathBuf::new(),
-            key: PathBuf::new(),
-            require_client_cert: true,
-            admin_client_cert: None,
-            station_client_cert: None,
-            admin_names: Vec::new(),
-        }
-    }
-}
-
-/// A service's client-certificate policy. The handshake asks every caller
-/// for a certificate but lets one without it in; each service then checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientCert {
-    Required,
-    Optional,
-}
-
-impl TlsConfig {
-    fn default_policy(&self) -> ClientCert {
-        if self.require_client_cert {
-            ClientCert::Required
-        } else {
-            ClientCert::Optional
-        }
-    }
-    #[must_use]
-    pub fn admin_policy(&self) -> ClientCert {
-        self.admin_client_cert.unwrap_or(self.default_policy())
-    }
-    #[must_use]
-    pub fn station_policy(&self) -> ClientCert {
-        self.station_client_cert.unwrap_or(self.default_policy())
-    }
-}
-
-/// `KEYFED_TLS_CA`, `KEYFED_TLS_CERT`, `KEYFED_TLS_KEY` (all three) turn TLS on.
-pub fn apply_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
-    if let (Some(ca), Some(cert), Some(key)) = (
-        get("KEYFED_TLS_CA"),
-        get("KEYFED_TLS_CERT"),
-        get("KEYFED_TLS_KEY"),
-    ) {
-        let t = cfg.tls.get_or_insert_with(TlsConfig::default);
-        t.ca = ca.into();
-        t.cert = cert.into();
-        t.key = key.into();
-    }
-    // comma separated: the compose federation names its administrator here
-    if let (Some(t), Some(names)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_NAMES")) {
-        t.admin_names = names
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .collect();
-    }
-}
 
 fn read(path: &std::path::Path, what: &str, setting: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
@@ -294,61 +206,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn b06_the_documented_tls_and_token_config_parses() {
-        let c = NodeConfig::from_toml(
-            r#"
-node_id = "main"
-[tls]
-ca = "/etc/keyfed/ca.pem"
-cert = "/etc/keyfed/main.pem"
-key = "/etc/keyfed/main.key"
-admin_names = ["ops"]
-[[admin_tokens]]
-name = "ci"
-token_sha256 = "1a7674eb4ee78df7e1ac439a93c3fa8e3c945784d4dec9fd8e3011738b2f1d62"
-role = "admin"
-[[admin_tokens]]
-name = "dashboard"
-token = "change-me"
-role = "read-only"
-"#,
-        )
-        .unwrap();
-        let t = c.tls.as_ref().unwrap();
-        assert!(
-            t.admin_policy() == ClientCert::Required && t.station_policy() == ClientCert::Required,
-            "client certificates are required by default"
-        );
-        let token_only = NodeConfig::from_toml(
-            "[tls]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nadmin_client_cert = \"optional\"\n",
-        )
-        .unwrap();
-        let t = token_only.tls.unwrap();
-        assert_eq!(
-            (t.admin_policy(), t.station_policy()),
-            (ClientCert::Optional, ClientCert::Required)
-        );
-        assert_eq!(c.admin_tokens[1].role, crate::auth::Role::ReadOnly);
-        assert!(
-            !format!("{c:?}").contains("change-me"),
-            "Debug never prints a token"
-        );
-        assert!(crate::auth::AdminAuth::from_config(&c).is_ok());
-        let mut e = NodeConfig::default();
-        let env = |k: &str| match k {
-            "KEYFED_TLS_CA" => Some("ca.pem".into()),
-            "KEYFED_TLS_CERT" => Some("n.pem".into()),
-            "KEYFED_TLS_KEY" => Some("n.key".into()),
-            "KEYFED_TLS_ADMIN_NAMES" => Some("ops, ci".into()),
-            _ => None,
-        };
-        e.apply_env(env).unwrap();
-        let t = e.tls.unwrap();
-        assert_eq!(t.cert, PathBuf::from("n.pem"));
-        assert_eq!(t.admin_names, ["ops", "ci"]);
-    }
 
     #[test]
     fn with_tls_every_outgoing_address_is_https_and_without_it_https_is_refused() {
