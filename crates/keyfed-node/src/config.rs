@@ -146,6 +146,34 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The one place configuration is layered: defaults, then the TOML
+    /// file (`--config` / `KEYFED_CONFIG`), then `KEYFED_*` environment
+    /// variables, then flags; vendor key files are read last. Errors name
+    /// the file or variable that was wrong.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &ConfigFlags,
+    ) -> Result<Self, String> {
+        let mut cfg = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    format!(
+                        "reading the config file {} (--config or KEYFED_CONFIG): {e}",
+                        p.display()
+                    )
+                })?;
+                Self::from_toml(&text)
+                    .map_err(|e| format!("the config file {}: {e}", p.display()))?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(env)?;
+        flags.apply(&mut cfg);
+        cfg.load_vendor_key_files()?;
+        Ok(cfg)
+    }
+
     /// Reads a TOML file; unknown fields are refused so typos do not pass silently.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| format!("config: {e}"))
@@ -301,6 +329,46 @@ impl NodeConfig {
     }
 }
 
+/// What `keyfed serve` flags set: the last layer of [`NodeConfig::load`].
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFlags {
+    pub node_id: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    /// Added to `trusted_vendor_keys`.
+    pub trust: Vec<String>,
+    /// Only turns the manual clock on.
+    pub debug_clock: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl ConfigFlags {
+    fn apply(&self, cfg: &mut NodeConfig) {
+        if let Some(v) = &self.node_id {
+            cfg.node_id.clone_from(v);
+        }
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = &self.data_dir {
+            cfg.data_dir.clone_from(v);
+        }
+        if let Some(v) = &self.upstream {
+            cfg.upstream = Some(v.clone());
+        }
+        cfg.trusted_vendor_keys.extend(self.trust.iter().cloned());
+        cfg.debug_clock |= self.debug_clock;
+        if let Some(v) = self.metrics_listen {
+            cfg.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.log_format {
+            cfg.log_format = v;
+        }
+    }
+}
+
 // ---- [tls] and [[admin_tokens]] ---------------------------------------------
 
 /// `[tls]` in the node config. With it, the port speaks TLS only and every
@@ -437,6 +505,45 @@ fn apply_admin_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "node_id = \"from-file\"\ndata_dir = \"/file\"\nupstream = \"http://file\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "KEYFED_DATA_DIR" => Some("/env".to_owned()),
+            "KEYFED_UPSTREAM" => Some("http://env".to_owned()),
+            _ => None,
+        };
+        let flags = ConfigFlags {
+            upstream: Some("http://flag".into()),
+            ..ConfigFlags::default()
+        };
+        let c = NodeConfig::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.node_id, "from-file", "the file beats the default");
+        assert_eq!(c.data_dir, PathBuf::from("/env"), "env beats the file");
+        assert_eq!(
+            c.upstream.as_deref(),
+            Some("http://flag"),
+            "a flag beats env"
+        );
+        assert_eq!(
+            c.listen,
+            NodeConfig::default().listen,
+            "defaults fill the rest"
+        );
+        let err =
+            NodeConfig::load(Some(&dir.path().join("missing.toml")), |_| None, &flags).unwrap_err();
+        assert!(
+            err.contains("missing.toml") && err.contains("KEYFED_CONFIG"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_run_without_a_file_and_unknown_fields_are_refused() {

@@ -218,41 +218,18 @@ async fn main() -> anyhow::Result<()> {
             debug_clock,
             metrics_listen,
         } => {
-            let mut cfg = match &config {
-                Some(p) => {
-                    NodeConfig::from_toml(&std::fs::read_to_string(p).with_context(|| {
-                        format!(
-                            "reading the config file {} (--config or KEYFED_CONFIG)",
-                            p.display()
-                        )
-                    })?)
-                    .map_err(|e| anyhow::anyhow!("the config file {}: {e}", p.display()))?
-                }
-                None => NodeConfig::default(),
+            let flags = keyfed_node::config::ConfigFlags {
+                node_id,
+                listen,
+                data_dir,
+                upstream,
+                trust,
+                debug_clock,
+                metrics_listen,
+                log_format: cli.log_format,
             };
-            cfg.apply_env(|k| std::env::var(k).ok())
+            let cfg = NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok(), &flags)
                 .map_err(anyhow::Error::msg)?;
-            if let Some(v) = node_id {
-                cfg.node_id = v;
-            }
-            if let Some(v) = listen {
-                cfg.listen = v;
-            }
-            if let Some(v) = data_dir {
-                cfg.data_dir = v;
-            }
-            if let Some(v) = upstream {
-                cfg.upstream = Some(v);
-            }
-            cfg.trusted_vendor_keys.extend(trust);
-            cfg.load_vendor_key_files().map_err(anyhow::Error::msg)?;
-            cfg.debug_clock |= debug_clock;
-            if let Some(v) = metrics_listen {
-                cfg.metrics_listen = Some(v);
-            }
-            if let Some(v) = cli.log_format {
-                cfg.log_format = v;
-            }
             keyfed_node::logging::init(cfg.log_format);
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
