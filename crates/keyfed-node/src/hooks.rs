@@ -48,16 +48,9 @@ async fn run_one(hook: &HookConfig, node_id: &str, store: &Store, n: &Notificati
     // the hook may export the key file (r12): it is written to a temp file, never the key folder
     let _tmp = if hook.with_key_file && !n.key_id.is_empty() {
         match store.key(&n.key_id) {
-            Ok(Some(k)) => {
-                let path =
-                    std::env::temp_dir().join(format!("keyfed-hook-{node_id}-{}.key", n.seq));
-                if std::fs::write(&path, &k.text).is_ok() {
-                    cmd.env("KEYFED_KEY_FILE", &path);
-                    Some(TempPath(path))
-                } else {
-                    None
-                }
-            }
+            Ok(Some(k)) => key_file(&k.text, node_id, n.seq).inspect(|f| {
+                cmd.env("KEYFED_KEY_FILE", f.path());
+            }),
             _ => None,
         }
     } else {
@@ -87,10 +80,22 @@ async fn run_one(hook: &HookConfig, node_id: &str, store: &Store, n: &Notificati
     }
 }
 
-struct TempPath(std::path::PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// The key file a hook may read, in a private temp file (0600) that is
+/// removed when the hook has finished; never in the key folder (r12).
+fn key_file(text: &str, node_id: &str, seq: u64) -> Option<tempfile::NamedTempFile> {
+    let made = tempfile::Builder::new()
+        .prefix(&format!("keyfed-hook-{node_id}-{seq}-"))
+        .suffix(".key")
+        .tempfile()
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            Ok(f)
+        });
+    match made {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "the key file for the hook could not be written; the hook runs without it");
+            None
+        }
     }
 }
