@@ -1,15 +1,9 @@
-//! Generates the tonic services from `proto/keyfed/v1` with protox, so the
-//! build needs no system `protoc`. The messages come from keyfed-wire.
-use std::path::PathBuf;
-
+//! Generates the tonic services from the descriptor set keyfed-wire compiled
+//! (with protox: no system `protoc`), so the protos are parsed once and the
+//! services refer to keyfed-wire's messages.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["admin", "federation", "station", "upstream", "types"]
-        .map(|f| root.join(format!("keyfed/v1/{f}.proto")));
-    for f in &files {
-        println!("cargo:rerun-if-changed={}", f.display());
-    }
-    let fds = protox::compile(&files, [&root])?;
+    let fds: prost_types::FileDescriptorSet =
+        prost::Message::decode(keyfed_wire::FILE_DESCRIPTOR_SET)?;
     tonic_prost_build::configure()
         .extern_path(".keyfed.v1", "::keyfed_wire::v1")
         .compile_fds(fds)?;

@@ -280,15 +280,17 @@ impl pb::admin_server::Admin for AdminService {
     async fn list_peers(&self, _: Request<pb::Empty>) -> R<pb::PeerList> {
         let n = &self.node;
         let mut peers = Vec::new();
-        for (id, role) in n.config.peers() {
+        for (id, role) in n.engine.config().peers() {
             let meta = n.engine.peer_meta(&id).unwrap_or_default();
             let address = match role {
                 crate::config::PeerRole::Parent => {
                     n.config.parent.as_ref().map(|p| p.address.clone())
                 }
-                crate::config::PeerRole::Neighbor => {
-                    n.config.neighbor(&id).and_then(|x| x.address.clone())
-                }
+                crate::config::PeerRole::Neighbor => n
+                    .engine
+                    .config()
+                    .neighbor(&id)
+                    .and_then(|x| x.address.clone()),
                 crate::config::PeerRole::Child => None,
             };
             peers.push(pb::PeerInfo {

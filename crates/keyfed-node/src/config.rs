@@ -284,33 +284,16 @@ impl NodeConfig {
         self.neighbors.iter().find(|n| n.node_id == id)
     }
 
-    /// The role a peer has from this node's point of view.
+    /// The role a peer has from this node's point of view (the engine's rule).
+    #[must_use]
     pub fn role_of(&self, id: &str) -> Option<PeerRole> {
-        if self.parent.as_ref().is_some_and(|p| p.node_id == id) {
-            Some(PeerRole::Parent)
-        } else if self.children.iter().any(|c| c == id) {
-            Some(PeerRole::Child)
-        } else if self.neighbor(id).is_some() {
-            Some(PeerRole::Neighbor)
-        } else {
-            None
-        }
+        self.engine_config().role_of(id)
     }
 
-    /// Every configured peer with its role.
+    /// Every configured peer with its role (the engine's list).
+    #[must_use]
     pub fn peers(&self) -> Vec<(String, PeerRole)> {
-        let mut v: Vec<(String, PeerRole)> = self
-            .parent
-            .iter()
-            .map(|p| (p.node_id.clone(), PeerRole::Parent))
-            .collect();
-        v.extend(self.children.iter().map(|c| (c.clone(), PeerRole::Child)));
-        v.extend(
-            self.neighbors
-                .iter()
-                .map(|n| (n.node_id.clone(), PeerRole::Neighbor)),
-        );
-        v
+        self.engine_config().peers()
     }
 
     /// Peers this node dials: its parent and neighbors with an address.

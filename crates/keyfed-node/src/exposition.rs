@@ -131,7 +131,7 @@ fn store_gauges(node: &Node) -> Result<Registry, keyfed_store::StoreError> {
 
     let up = Family::<PeerLabels, Gauge>::default();
     let depth = Family::<PeerLabel, Gauge>::default();
-    for (peer, role) in node.config.peers() {
+    for (peer, role) in node.engine.config().peers() {
         let online = node.engine.peer_meta(&peer).is_some_and(|p| p.online);
         let labels = PeerLabels {
             peer: peer.clone(),

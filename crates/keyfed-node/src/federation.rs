@@ -26,11 +26,15 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOX_RECHECK: Duration = Duration::from_millis(500);
 
 fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
-    let role = match node.config.role_of(peer) {
+    let role = match node.engine.config().role_of(peer) {
         Some(PeerRole::Parent) => "child",
         _ => "neighbor",
     };
-    let allow_receive = node.config.neighbor(peer).is_none_or(|n| n.allow_receive);
+    let allow_receive = node
+        .engine
+        .config()
+        .neighbor(peer)
+        .is_none_or(|n| n.allow_receive);
     Ok(pb::LinkFrame {
         frame: Some(Frame::Hello(pb::Hello {
             node_id: node.id().to_owned(),
@@ -225,7 +229,7 @@ impl pb::federation_server::Federation for FederationService {
         };
         let peer = h.node_id.clone();
         crate::tls::check_link_peer(&self.node, certs.as_deref().map(|c| &c[..]), &peer).await?;
-        let role = self.node.config.role_of(&peer);
+        let role = self.node.engine.config().role_of(&peer);
         match role {
             Some(PeerRole::Child | PeerRole::Neighbor) => {}
             Some(PeerRole::Parent) => {
