@@ -39,10 +39,12 @@ pub enum EventKind {
     LinkRefused,
     ObjectLicensed,
     ObjectUnlicensed,
+    OldKeyHeldByAbsentChild,
     OldKeyKept,
     OverAllocated,
     OverAllocationResolved,
     PeerMessageRefused,
+    RenewalFailed,
     SeatsLow,
     SettingsChanged,
     StationReturned,
@@ -56,7 +58,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 35] = [
+    pub const ALL: [EventKind; 37] = [
         Self::CommandDropped,
         Self::CommandReceived,
         Self::ConnectionRefused,
@@ -78,10 +80,12 @@ impl EventKind {
         Self::LinkRefused,
         Self::ObjectLicensed,
         Self::ObjectUnlicensed,
+        Self::OldKeyHeldByAbsentChild,
         Self::OldKeyKept,
         Self::OverAllocated,
         Self::OverAllocationResolved,
         Self::PeerMessageRefused,
+        Self::RenewalFailed,
         Self::SeatsLow,
         Self::SettingsChanged,
         Self::StationReturned,
@@ -118,10 +122,12 @@ impl EventKind {
             Self::LinkRefused => "link-refused",
             Self::ObjectLicensed => "object-licensed",
             Self::ObjectUnlicensed => "object-unlicensed",
+            Self::OldKeyHeldByAbsentChild => "old-key-held-by-absent-child",
             Self::OldKeyKept => "old-key-kept",
             Self::OverAllocated => "over-allocated",
             Self::OverAllocationResolved => "over-allocation-resolved",
             Self::PeerMessageRefused => "peer-message-refused",
+            Self::RenewalFailed => "renewal-failed",
             Self::SeatsLow => "seats-low",
             Self::SettingsChanged => "settings-changed",
             Self::StationReturned => "station-returned",
