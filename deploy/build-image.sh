@@ -32,7 +32,7 @@ out_dir=$target_dir/$triple/$([ "$profile" = dev ] && echo debug || echo "$profi
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/keyfed-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 
-mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/data" "$ctx/vendor"
+mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/data" "$ctx/vendor" "$ctx/pki"
 chmod 1777 "$ctx/rootfs/tmp"
 for b in "${bins[@]}"; do
     src=$out_dir/$b

@@ -2,7 +2,16 @@
 //! ports, each with its own temp store, all on one shared manual clock. Nodes
 //! can be stopped and restarted on the same data dir and port. Tests wait for
 //! conditions with a deadline, never for a fixed time.
+//!
+//! Every dialed link runs through a harness-owned TCP proxy ([`faults`]), so
+//! [`TestCluster::cut`] and [`TestCluster::heal`] partition two running
+//! nodes; [`TestCluster::shutdown`] (and dropping a cluster) stops every node
+//! and checks seat conservation over all stores ([`conservation`]).
+pub mod conservation;
+pub mod faults;
+
 use chrono::{DateTime, Duration, Utc};
+pub use conservation::{check_seat_conservation, SeatViolation};
 use keyfed_core::{KeyFile, KeyKind, ManualClock, SharedClock};
 use keyfed_node::config::{NeighborConfig, PeerConfig};
 use keyfed_node::NodeConfig;
@@ -37,6 +46,10 @@ pub struct TestCluster {
     pub upstream_addr: SocketAddr,
     upstream_stop: CancellationToken,
     pub nodes: BTreeMap<String, RunningNode>,
+    /// One proxy per dialed link, by (dialer, dialed node).
+    pub links: BTreeMap<(String, String), faults::LinkProxy>,
+    /// Set once the conservation check ran (or must not run again).
+    checked: bool,
 }
 
 /// A change to one node's config before the cluster starts.
@@ -79,8 +92,8 @@ impl ClusterTls {
             ca: self.ca(),
             cert: self.cert(name),
             key: self.key(name),
-            require_client_cert: true,
             admin_names: vec!["admin".into()],
+            ..keyfed_node::tls::TlsConfig::default()
         }
     }
     /// Client TLS trusting the CA, presenting `name`'s certificate if given.
@@ -173,7 +186,24 @@ impl TestCluster {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
             listeners.insert(id.clone(), l);
         }
-        let addr = |id: &str| format!("{scheme}://{}", listeners[id].local_addr().expect("addr"));
+        // every dialed link goes through a proxy of its own (the fault switch)
+        let mut dialed: Vec<(String, String)> = topology
+            .nodes
+            .iter()
+            .filter_map(|(id, p)| p.clone().map(|p| (id.clone(), p)))
+            .collect();
+        dialed.extend(topology.neighbors.iter().cloned());
+        let mut links = BTreeMap::new();
+        for (from, to) in dialed {
+            let target = listeners[&to].local_addr().expect("addr");
+            links.insert((from, to), faults::LinkProxy::start(target).await);
+        }
+        let addr = |from: &str, to: &str| {
+            format!(
+                "{scheme}://{}",
+                links[&(from.to_owned(), to.to_owned())].listen
+            )
+        };
         let mut configs: BTreeMap<String, NodeConfig> = BTreeMap::new();
         for (id, parent) in &topology.nodes {
             let cfg = NodeConfig {
@@ -185,7 +215,7 @@ impl TestCluster {
                 tls: tls.as_ref().map(|t| t.node_config(id)),
                 parent: parent.as_ref().map(|p| PeerConfig {
                     node_id: p.clone(),
-                    address: addr(p),
+                    address: addr(id, p),
                 }),
                 tick_millis: 20,
                 max_backoff_millis: 200,
@@ -203,7 +233,7 @@ impl TestCluster {
             }
         }
         for (a, b) in &topology.neighbors {
-            let b_addr = addr(b);
+            let b_addr = addr(a, b);
             configs
                 .get_mut(a)
                 .expect("neighbor")
@@ -233,6 +263,8 @@ impl TestCluster {
             upstream_addr,
             upstream_stop,
             nodes: BTreeMap::new(),
+            links,
+            checked: false,
         };
         for (id, cfg) in configs {
             let l = listeners.remove(&id).expect("listener");
@@ -638,12 +670,132 @@ impl TestCluster {
         keyfed_proto::v1::upstream_client::UpstreamClient::new(ep.connect_lazy())
     }
 
+    /// The proxy of the link between `a` and `b`, whichever of them dials.
+    pub fn link(&self, a: &str, b: &str) -> &faults::LinkProxy {
+        let ab = (a.to_owned(), b.to_owned());
+        let ba = (b.to_owned(), a.to_owned());
+        self.links
+            .get(&ab)
+            .or_else(|| self.links.get(&ba))
+            .unwrap_or_else(|| panic!("no link between {a} and {b} in the topology"))
+    }
+
+    /// Cuts the link between `a` and `b` (either order): open connections
+    /// close, new ones are refused until [`Self::heal`]; both nodes keep
+    /// running. Returns once each running side sees the other offline.
+    pub async fn cut(&self, a: &str, b: &str) {
+        self.link(a, b).cut();
+        for (x, y) in [(a, b), (b, a)] {
+            if self.is_running(x) {
+                eventually(&format!("{x} sees {y} offline after the cut"), || async {
+                    !self.peer_online(x, y).await
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Heals a cut link; returns once both sides, if running, see each
+    /// other online again (the dialer redials with its backoff).
+    pub async fn heal(&self, a: &str, b: &str) {
+        self.link(a, b).heal();
+        if self.is_running(a) && self.is_running(b) {
+            for (x, y) in [(a, b), (b, a)] {
+                eventually(&format!("{x} sees {y} online after the heal"), || {
+                    self.peer_online(x, y)
+                })
+                .await;
+            }
+        }
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.task.is_some())
+    }
+
+    /// Where `id` keeps its store (open it only while the node is stopped).
+    pub fn store_dir(&self, id: &str) -> std::path::PathBuf {
+        self.nodes[id].config.data_dir.join("store")
+    }
+
+    /// r13 over every node's store (see [`conservation`]); every node must
+    /// be stopped.
+    pub fn seat_violations(&self) -> Vec<SeatViolation> {
+        let nodes: Vec<_> = self
+            .nodes
+            .keys()
+            .map(|id| (id.clone(), self.store_dir(id)))
+            .collect();
+        check_seat_conservation(&nodes).expect("every store opens once its node stopped")
+    }
+
+    /// Stops every node, then checks seat conservation over all stores and
+    /// panics naming every violation.
     pub async fn shutdown(mut self) {
         let ids: Vec<String> = self.nodes.keys().cloned().collect();
         for id in ids {
             self.stop(&id).await;
         }
         self.upstream_stop.cancel();
+        self.checked = true;
+        let bad = self.seat_violations();
+        assert!(
+            bad.is_empty(),
+            "r13 seat conservation violated at shutdown:\n{}",
+            bad.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// A test that ends without [`TestCluster::shutdown`] still gets the check,
+/// unless it is already failing (a second panic would abort the run) or
+/// runs on a current-thread runtime (it cannot wait for the nodes there).
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if self.checked {
+            return;
+        }
+        self.checked = true;
+        self.upstream_stop.cancel();
+        let can_wait = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if std::thread::panicking() || !can_wait {
+            for n in self.nodes.values_mut() {
+                if let Some(s) = n.stop.take() {
+                    s.cancel();
+                }
+            }
+            return;
+        }
+        let clean = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let mut clean = true;
+                for n in self.nodes.values_mut() {
+                    if let Some(s) = n.stop.take() {
+                        s.cancel();
+                    }
+                    if let Some(t) = n.task.take() {
+                        clean &= matches!(t.await, Ok(Ok(())));
+                    }
+                }
+                clean
+            })
+        });
+        if !clean {
+            return; // a node failed; the test said so or will
+        }
+        let bad = self.seat_violations();
+        assert!(
+            bad.is_empty(),
+            "r13 seat conservation violated when the cluster was dropped:\n{}",
+            bad.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
 

@@ -1,9 +1,12 @@
-//! Docker smoke test: the real image and the compose federation of
-//! `deploy/docker-compose.yml` (gus, main, child of main, neighbors east and
-//! west), driven through `docker exec … keyfedctl --json`.
+//! Docker smoke test: the real image and the mutual-TLS compose federation of
+//! `deploy/docker-compose.yml` (a one-shot `pki` service, gus, main, child of
+//! main, neighbors east and west), driven through `docker exec … keyfedctl
+//! --json` over https with the `ops` administrator certificate.
 //!
 //! Runs when a Docker engine answers (`docker info`) and a compose tool exists
-//! (`docker compose` or `docker-compose`); otherwise it prints why and passes.
+//! (`docker compose` or `docker-compose`); otherwise it prints why and passes,
+//! except with `CI=true`, where a missing engine or compose tool FAILS the
+//! test (a CI machine without Docker must not look green).
 //! `KEYFED_SKIP_DOCKER_SMOKE=1` skips it on purpose.
 //!
 //! Each run uses its own compose project (`keyfed-smoke-<pid>`) and image tag
@@ -52,6 +55,11 @@ fn quiet(cmd: &mut Command) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `CI=true` (or `1`): a skipped smoke would hide a broken CI machine.
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 /// Why the smoke cannot run here, or the compose command to use.
@@ -179,9 +187,9 @@ impl Smoke {
     fn ctl(&mut self, service: &str, args: &[&str]) -> Result<Value, String> {
         let id = self.container(service);
         let addr = if service == "gus" {
-            "http://127.0.0.1:7600"
+            "https://localhost:7600"
         } else {
-            "http://127.0.0.1:7601"
+            "https://localhost:7601"
         };
         let mut cmd = Command::new("docker");
         cmd.args(["exec", &id, "keyfedctl", "--json", "--addr", addr])
@@ -407,6 +415,9 @@ impl Drop for Smoke {
 fn docker_smoke() {
     let compose = match compose_tool() {
         Ok(c) => c,
+        Err(why) if on_ci() && !why.starts_with("KEYFED_SKIP_DOCKER_SMOKE") => {
+            panic!("CI=true and the Docker smoke test cannot run: {why}; install a Docker engine and compose, or set KEYFED_SKIP_DOCKER_SMOKE=1 on purpose")
+        }
         Err(why) => {
             say(&format!("SKIPPED: {why}"));
             return;
@@ -447,6 +458,42 @@ fn docker_smoke() {
     s.wait_peers_online();
     s.lap("federation up, healthy and linked");
 
+    // ---- it is TLS: a plaintext call is refused with the fix in the message,
+    // and an https call without the administrator certificate is too
+    let main_id = s.container("main");
+    let plain = s
+        .docker(&[
+            "exec",
+            &main_id,
+            "keyfedctl",
+            "--addr",
+            "http://localhost:7601",
+            "status",
+        ])
+        .expect_err("a plaintext call to a TLS node fails");
+    assert!(
+        plain.contains("speaks TLS") && plain.contains("https://localhost:7601"),
+        "{plain}"
+    );
+    // a certificate of the CA that is not an administrator's, and no token
+    let anon = s
+        .docker(&[
+            "exec",
+            "-e",
+            "KEYFED_CERT=/pki/gus.pem",
+            "-e",
+            "KEYFED_KEY=/pki/gus.key",
+            &main_id,
+            "keyfedctl",
+            "status",
+        ])
+        .expect_err("not an administrator, no token: refused");
+    assert!(
+        anon.contains("UNAUTHENTICATED") && anon.contains("administrator's client certificate"),
+        "{anon}"
+    );
+    s.lap("plaintext and non-administrator calls refused with the fix named");
+
     // ---- issue at the upstream, add at main, assign (names resolve in the
     // scratch image: main reaches gus by its service name)
     let k1 = s
@@ -454,7 +501,7 @@ fn docker_smoke() {
             "main",
             &[
                 "--addr",
-                "http://gus:7600",
+                "https://gus:7600",
                 "upstream",
                 "issue",
                 "--customer",

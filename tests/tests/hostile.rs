@@ -288,6 +288,12 @@ async fn b06_rollback_refused_when_an_older_key_arrives_from_the_parent() {
     })
     .await;
     assert!(c.keys("c").await.is_empty(), "c holds no key");
+    // r13: the refused seats go back to the parent, which no longer counts them
+    eventually("main gets the refused seats back", || async {
+        let k = c.key("main", &k1.key.id).await.expect("main keeps k1");
+        k.seats_assigned == 0
+    })
+    .await;
     c.shutdown().await;
 }
 

@@ -76,7 +76,7 @@ async fn b06_metrics_expose_seats_links_outbox_and_rpc_latency() {
     assert_eq!(
         metric(
             &text,
-            "keyfed_rpc_duration_seconds_bucket{method=\"/keyfed.v1.Admin/AddKey\",code=\"OK\",le=\"+Inf\"}"
+            "keyfed_rpc_duration_seconds_bucket{le=\"+Inf\",method=\"/keyfed.v1.Admin/AddKey\",code=\"OK\"}"
         ),
         Some(1.0)
     );

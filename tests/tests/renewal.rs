@@ -468,3 +468,69 @@ async fn r03_each_step_can_end_the_procedure_and_a_full_run_stores_then_hands_ou
     eventually("handed to the child", || c.has_key("child", &new)).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r07_child_cut_off_during_renewal_keeps_its_claim_until_the_link_heals() {
+    let (c, old) = seeded(tree()).await;
+    let new = c
+        .purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31")
+        .key
+        .id;
+    // both nodes keep running; only the link between them is down
+    c.cut("child", "main").await;
+    c.renew("main", &old).await;
+    eventually("the neighbor took the new key", || {
+        c.has_key("neighbor", &new)
+    })
+    .await;
+    let k = c
+        .key("main", &old)
+        .await
+        .expect("old key kept while the child is cut off");
+    assert_eq!((k.state.as_str(), k.seats_assigned), ("superseded", 5));
+    // the child, alive behind the cut, still holds and uses the old key
+    assert_eq!(held(&c, "child", &old).await, Some((5, 2)));
+    assert!(!c.has_key("child", &new).await, "nothing crossed the cut");
+    let peers = c
+        .admin("main")
+        .await
+        .list_peers(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    let child = peers.iter().find(|p| p.node_id == "child").unwrap();
+    assert!(!child.online && child.outbox_depth >= 1, "{child:?}");
+    c.heal("child", "main").await;
+    eventually("main retires the old key", || async {
+        !c.has_key("main", &old).await
+    })
+    .await;
+    eventually("child and leaf hold only the new key", || async {
+        c.has_key("child", &new).await
+            && !c.has_key("child", &old).await
+            && c.has_key("leaf", &new).await
+            && !c.has_key("leaf", &old).await
+    })
+    .await;
+    assert_eq!(held(&c, "child", &new).await, Some((5, 2)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r07_cut_works_on_a_tls_tree_too() {
+    let (c, old) = seeded(tree().tls()).await;
+    let new = c
+        .purchase(&old, &["antivirus", "firewall"], 20, "2028-01-31")
+        .key
+        .id;
+    c.cut("main", "child").await;
+    c.renew("main", &old).await;
+    assert!(c.has_key("main", &old).await, "kept for the cut-off child");
+    c.heal("main", "child").await;
+    eventually("the child takes the new key over TLS", || async {
+        c.has_key("child", &new).await && !c.has_key("main", &old).await
+    })
+    .await;
+    c.shutdown().await;
+}

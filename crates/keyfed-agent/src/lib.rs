@@ -120,6 +120,8 @@ pub struct AgentState {
 /// What the station shows its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentStatus {
+    /// The station the state belongs to.
+    pub fingerprint: String,
     pub licensed: bool,
     pub reason: String,
     pub valid_until: Option<DateTime<Utc>>,
@@ -197,6 +199,35 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The state in `state_dir` as it is, whichever fingerprint wrote it,
+    /// without writing anything (`keyfed-agent status`); `None` when the
+    /// directory holds no state yet.
+    pub fn inspect(state_dir: &Path, clock: SharedClock) -> Result<Option<Self>, AgentError> {
+        let path = state_dir.join(STATE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(AgentError::State {
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                })
+            }
+        };
+        let state: AgentState = serde_json::from_slice(&bytes).map_err(|e| AgentError::State {
+            path: path.display().to_string(),
+            why: format!("unreadable ({e})"),
+        })?;
+        let cfg = AgentConfig::new("http://127.0.0.1:1", state_dir, &state.fingerprint, &[]);
+        Ok(Some(Self {
+            cfg,
+            clock,
+            state,
+            client: None,
+            online: false,
+        }))
+    }
+
     #[must_use]
     pub fn state(&self) -> &AgentState {
         &self.state
@@ -238,6 +269,7 @@ impl Agent {
                 .unwrap_or_else(|| "never connected to a node".into()),
         };
         AgentStatus {
+            fingerprint: self.state.fingerprint.clone(),
             licensed: self.licensed(),
             reason,
             valid_until: lease.and_then(|l| l.valid_until),
@@ -492,8 +524,17 @@ mod tests {
         // another fingerprint cannot take this state over
         let other = AgentConfig::new("http://127.0.0.1:1", dir.path(), "fp-2", &["av"]);
         assert!(matches!(
-            Agent::open(other, clock),
+            Agent::open(other, clock.clone()),
             Err(AgentError::State { .. })
         ));
+        // but anyone may look at it, and looking writes nothing
+        let before = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        let seen = Agent::inspect(dir.path(), clock.clone()).unwrap().unwrap();
+        assert_eq!(seen.status().fingerprint, cfg.fingerprint);
+        assert_eq!(seen.status().lost, 1);
+        assert_eq!(std::fs::read(dir.path().join(STATE_FILE)).unwrap(), before);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Agent::inspect(empty.path(), clock).unwrap().is_none());
+        assert!(!empty.path().join(STATE_FILE).exists());
     }
 }

@@ -4,10 +4,11 @@
 //!   keyfed-agent run --stations 500 --fingerprint-prefix lab ...   (a fleet, one state dir each)
 //!   keyfed-agent status --state-dir ./agent                         (the cached lease, offline)
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyfed_agent::{Agent, AgentConfig};
 use keyfed_core::station::QueueFullPolicy;
 use keyfed_core::SystemClock;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +30,19 @@ enum Cmd {
     /// Contact the node every interval, queue a report each time, keep
     /// working offline from the cached lease.
     Run(Box<RunArgs>),
-    /// Print the cached state of a station without contacting the node.
+    /// Print the cached state of a station without contacting the node or
+    /// writing anything, whichever fingerprint wrote it.
     Status {
         #[arg(long, default_value = "./keyfed-agent")]
         state_dir: PathBuf,
+        /// only compared: a different one is noted, the state still shown
         #[arg(long)]
         fingerprint: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Parser)]
@@ -101,22 +108,48 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "keyfed_agent=info".into()),
         )
+        // stdout is for status output; colour only on a terminal, never with NO_COLOR
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match Cli::parse().command {
         Cmd::Status {
             state_dir,
             fingerprint,
         } => {
-            let cfg = AgentConfig::new(
-                "http://127.0.0.1:1",
-                &state_dir,
-                &fingerprint.unwrap_or_else(hostname),
-                &[],
-            );
-            let agent = Agent::open(cfg, Arc::new(SystemClock)).context("open agent state")?;
-            println!("{}", serde_json::to_string_pretty(&agent.status())?);
+            let Some(agent) = Agent::inspect(&state_dir, Arc::new(SystemClock))
+                .context("reading the station state (--state-dir)")?
+            else {
+                anyhow::bail!(
+                    "no station state in {} (--state-dir): `keyfed-agent run --state-dir {}` creates it",
+                    state_dir.display(),
+                    state_dir.display()
+                );
+            };
+            let status = agent.status();
+            if let Some(fp) = fingerprint.filter(|f| *f != status.fingerprint) {
+                eprintln!(
+                    "note: the state in {} belongs to fingerprint {}, not {fp}; shown as it is",
+                    state_dir.display(),
+                    status.fingerprint
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keyfed-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
         Cmd::Run(a) => run(*a).await,
     }
 }

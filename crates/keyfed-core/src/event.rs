@@ -36,6 +36,10 @@ pub enum EventKind {
     KeyRetired,
     KeySuspended,
     KeyWithdrawn,
+    /// r13: a server gave back seats it was granted (it refused them).
+    GrantReturned,
+    /// r03: one key's renewal check ended early; the run went on.
+    RenewalFailed,
     LinkRefused,
     ObjectLicensed,
     ObjectUnlicensed,
@@ -44,7 +48,6 @@ pub enum EventKind {
     OverAllocated,
     OverAllocationResolved,
     PeerMessageRefused,
-    RenewalFailed,
     SeatsLow,
     SettingsChanged,
     StationReturned,
@@ -58,7 +61,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 37] = [
+    pub const ALL: [EventKind; 38] = [
         Self::CommandDropped,
         Self::CommandReceived,
         Self::ConnectionRefused,
@@ -77,6 +80,8 @@ impl EventKind {
         Self::KeyRetired,
         Self::KeySuspended,
         Self::KeyWithdrawn,
+        Self::GrantReturned,
+        Self::RenewalFailed,
         Self::LinkRefused,
         Self::ObjectLicensed,
         Self::ObjectUnlicensed,
@@ -85,7 +90,6 @@ impl EventKind {
         Self::OverAllocated,
         Self::OverAllocationResolved,
         Self::PeerMessageRefused,
-        Self::RenewalFailed,
         Self::SeatsLow,
         Self::SettingsChanged,
         Self::StationReturned,
@@ -119,6 +123,8 @@ impl EventKind {
             Self::KeyRetired => "key-retired",
             Self::KeySuspended => "key-suspended",
             Self::KeyWithdrawn => "key-withdrawn",
+            Self::GrantReturned => "grant-returned",
+            Self::RenewalFailed => "renewal-failed",
             Self::LinkRefused => "link-refused",
             Self::ObjectLicensed => "object-licensed",
             Self::ObjectUnlicensed => "object-unlicensed",
@@ -127,7 +133,6 @@ impl EventKind {
             Self::OverAllocated => "over-allocated",
             Self::OverAllocationResolved => "over-allocation-resolved",
             Self::PeerMessageRefused => "peer-message-refused",
-            Self::RenewalFailed => "renewal-failed",
             Self::SeatsLow => "seats-low",
             Self::SettingsChanged => "settings-changed",
             Self::StationReturned => "station-returned",

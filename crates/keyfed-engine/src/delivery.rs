@@ -4,7 +4,7 @@
 //! send is `keyfed_core::peer_refusal`'s to say; a refusal changes nothing
 //! but a `peer-message-refused` notification.
 use crate::config::PeerRole;
-use crate::engine::{body_name, retire_if_free, seat_grant, withdrawn, Effects, Engine};
+use crate::engine::{retire_if_free, seat_grant, withdrawn, Effects, Engine};
 use crate::error::{EngineError, EngineResult};
 use chrono::{DateTime, NaiveDate, Utc};
 use keyfed_core::entitlement::Entitlement;
@@ -196,6 +196,7 @@ impl Engine {
         };
         if let Some(f) = file {
             if let Verdict::Refuse(why) = self.key_verdict(tx, peer, body, f, pre.held_serial)? {
+                self.give_refused_seats_back(tx, fx, peer, body, &f.key.id, &why, now)?;
                 return refuse(fx, &f.key.id, why);
             }
         }
@@ -228,19 +229,7 @@ impl Engine {
                 {
                     return refuse(fx, "", why);
                 }
-                // o03: a command from the parent's administrator
-                fx.notify(
-                    tx,
-                    now,
-                    EventKind::CommandReceived,
-                    "",
-                    format!("command from {peer}: {}", c.command),
-                    &[
-                        ("from", peer.to_owned()),
-                        ("command_id", c.id.to_string()),
-                        ("command", c.command.clone()),
-                    ],
-                )
+                command_received(tx, fx, peer, c, now)
             }
             (Body::Withdrawn(w), _) => self.withdraw_tx(tx, fx, peer, w, &pre.grants, now),
             (Body::Usage(u), _) => self.receive_usage(tx, fx, peer, u, pre, now),
@@ -252,6 +241,31 @@ impl Engine {
                 refuse(fx, "", why)
             }
         }
+    }
+
+    /// r13: seats a parent or neighbor granted and this node refused go
+    /// back, or the sender counts them forever.
+    #[allow(clippy::too_many_arguments)]
+    fn give_refused_seats_back(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        body: &Body,
+        key_id: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let seats = matches!(body, Body::Grant(_) | Body::Renewed(_));
+        let lender = matches!(
+            self.config.role_of(peer),
+            Some(PeerRole::Parent | PeerRole::Neighbor)
+        );
+        if seats && lender {
+            let back = format!("refused by {}: {why}", self.id());
+            fx.send(tx, peer, now, key_id, withdrawn(key_id, back))?;
+        }
+        Ok(())
     }
 
     /// The peer's role, as the refusal rules name it.
@@ -450,7 +464,7 @@ impl Engine {
             return Ok(());
         };
         if peer_refusal::withdrawal(peer, Some(&key_origin(&k.origin))) != Verdict::Accept {
-            return Ok(());
+            return grant_returned_tx(tx, fx, peer, key_id, reason, now);
         }
         for g in grants {
             if tx.remove_grant::<EngineError>(key_id, &g.object)?.is_some()
@@ -577,6 +591,58 @@ impl Engine {
     }
 }
 
+/// o03: a command from the parent's administrator.
+fn command_received(
+    tx: &Tx<'_>,
+    fx: &mut Effects,
+    peer: &str,
+    c: &pb::RemoteCommand,
+    now: DateTime<Utc>,
+) -> Tr<()> {
+    fx.notify(
+        tx,
+        now,
+        EventKind::CommandReceived,
+        "",
+        format!("command from {peer}: {}", c.command),
+        &[
+            ("from", peer.to_owned()),
+            ("command_id", c.id.to_string()),
+            ("command", c.command.clone()),
+        ],
+    )
+}
+
+/// r13: a server this node granted seats to refused them (or gave them
+/// back): its grant is removed, so the seats are free here again.
+fn grant_returned_tx(
+    tx: &Tx<'_>,
+    fx: &mut Effects,
+    peer: &str,
+    key_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Tr<()> {
+    let Some(g) = tx.grant::<EngineError>(key_id, peer)? else {
+        return Ok(());
+    };
+    if g.kind != ObjectKind::Server {
+        return Ok(());
+    }
+    tx.remove_grant::<EngineError>(key_id, peer)?;
+    fx.notify(
+        tx,
+        now,
+        EventKind::GrantReturned,
+        key_id,
+        format!(
+            "{peer} gave back its {} seat(s) of key {key_id}: {reason}",
+            g.seats
+        ),
+        &[("peer", peer.to_owned()), ("seats", g.seats.to_string())],
+    )
+}
+
 /// r07: the peer took the renewal: its new grant is delivered, its old one
 /// goes, and the old key with it once no one holds it.
 fn renewal_taken(
@@ -613,9 +679,4 @@ fn first_application(tx: &Tx<'_>, peer: &str, d: &pb::Delivery, now: DateTime<Ut
     // an outbox names its messages by recipient, sequence and time only:
     // two senders can give the same id, so it is kept per sender
     tx.first_sight::<EngineError>(&format!("{peer}:{}", d.message_id), now)
-}
-
-/// What a delivery is, for logs.
-pub fn describe(d: &pb::Delivery) -> &'static str {
-    d.body.as_ref().map_or("delivery", body_name)
 }

@@ -2,10 +2,12 @@
 //! (r12), seats assigned and unassigned (r13, b01), and objects waiting for
 //! seats served as seats free up (r11, `keyfed_core::waiting`).
 //!
-//! Deleting a key by hand (r08) removes every grant of it here. A child that
-//! still held a superseded key (it never came back for the renewal) keeps its
-//! grant of the new key, which waits in its outbox with the renewal: when it
-//! returns it takes the new key, and the old key is already gone here.
+//! Deleting a key by hand (r08) removes every grant of it here and tells
+//! every server that held it. A child that still held a superseded key (it
+//! never came back for the renewal) keeps its grant of the new key: its
+//! outbox holds the renewal and then the withdrawal of the old key, so when
+//! it returns it takes the new key first and then finds nothing of the old
+//! one left to withdraw.
 use crate::config::PeerRole;
 use crate::engine::{new_grant, retire_if_free, rollback_message, seat_grant, withdrawn, Engine};
 use crate::error::{EngineError, EngineResult};
@@ -119,10 +121,16 @@ impl Engine {
             };
             for g in &grants {
                 tx.remove_grant::<EngineError>(id, &g.object)?;
-                // a superseded key's servers get the renewal from their outbox
-                if g.kind == ObjectKind::Server && k.superseded_by.is_none() {
-                    let reason = "deleted by the administrator".to_owned();
-                    fx.send(tx, &g.object, now, id, withdrawn(id, reason))?;
+                // every server still holding seats of it is told, also of a
+                // superseded key (r08: a neighbor only offered the renewal, a
+                // child that never came back)
+                if g.kind == ObjectKind::Server {
+                    let reason = if k.superseded_by.is_some() {
+                        "the superseded key was deleted by the administrator"
+                    } else {
+                        "deleted by the administrator"
+                    };
+                    fx.send(tx, &g.object, now, id, withdrawn(id, reason.to_owned()))?;
                 }
             }
             tx.remove_key::<EngineError>(id)?;

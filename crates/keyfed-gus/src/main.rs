@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyfed_core::{SharedClock, SystemClock};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -69,6 +70,11 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,h2=warn,sled=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colour only on a terminal, never with NO_COLOR (logs go to files and pipes)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let clock: SharedClock = Arc::new(SystemClock);
     let upstream = keyfed_gus::Upstream::open(&cli.data_dir, clock).with_context(|| {

@@ -2,6 +2,7 @@
 use crate::convert;
 use crate::error::{NodeError, OrStatus};
 use crate::node::Node;
+use keyfed_core::names::NameKind;
 use keyfed_engine::lifecycle::command_info;
 use keyfed_proto::v1 as pb;
 use keyfed_store::{ObjectKind, StoredKey};
@@ -15,6 +16,8 @@ pub struct AdminService {
     pub node: Node,
     /// Ends watch streams so a graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Owns each watch stream's forwarder, so shutdown waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -112,6 +115,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn assign_seats(&self, r: Request<pb::AssignSeatsRequest>) -> R<pb::GrantInfo> {
         let r = r.into_inner();
+        convert::assign_request(&r)?;
         let kind = match pb::ObjectKind::try_from(r.kind).unwrap_or_default() {
             pb::ObjectKind::Unspecified => None,
             pb::ObjectKind::Station => Some(ObjectKind::Station),
@@ -128,6 +132,8 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn unassign_seats(&self, r: Request<pb::UnassignSeatsRequest>) -> R<pb::Empty> {
         let r = r.into_inner();
+        convert::name(NameKind::KeyId, &r.key_id)?;
+        convert::name(NameKind::Object, &r.object)?;
         self.node
             .engine
             .unassign(&r.key_id, &r.object)
@@ -137,44 +143,8 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
-        let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
-        for g in self
-            .node
-            .engine
-            .store()
-            .all_grants()
-            .map_err(NodeError::from)
-            .status()?
-        {
-            let o = objects
-                .entry(g.object.clone())
-                .or_insert_with(|| pb::ObjectInfo {
-                    name: g.object.clone(),
-                    kind: convert::object_kind(g.kind).into(),
-                    state: "licensed".into(),
-                    ..Default::default()
-                });
-            o.grants.push(convert::grant(&g));
-        }
-        for w in self
-            .node
-            .engine
-            .store()
-            .waiting()
-            .map_err(NodeError::from)
-            .status()?
-        {
-            objects
-                .entry(w.object.clone())
-                .or_insert_with(|| pb::ObjectInfo {
-                    name: w.object.clone(),
-                    kind: convert::object_kind(w.kind).into(),
-                    state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
-                    ..Default::default()
-                });
-        }
         Ok(Response::new(pb::ObjectList {
-            objects: objects.into_values().collect(),
+            objects: objects(&self.node)?.into_values().collect(),
         }))
     }
 
@@ -221,7 +191,7 @@ impl pb::admin_server::Admin for AdminService {
         let mut feed = Box::pin(backlog.chain(live));
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 let item = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -278,8 +248,8 @@ impl pb::admin_server::Admin for AdminService {
         if n.config.upstream.is_none() {
             warnings.push("no upstream configured: automatic renewal cannot run".into());
         }
-        // stations are counted from their records: no scan of every grant
-        let objects = n.engine.store().station_count() + n.config.peers().len();
+        // the objects `ListObjects` lists, by the same definition
+        let objects = objects(n)?.len();
         Ok(Response::new(pb::NodeStatus {
             node_id: n.id().into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -351,6 +321,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn queue_command(&self, r: Request<pb::QueueCommandRequest>) -> R<pb::CommandInfo> {
         let r = r.into_inner();
+        convert::name(NameKind::Object, &r.object)?;
         let c = self
             .node
             .engine
@@ -399,6 +370,8 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ShareSubscriptionRequest>,
     ) -> R<pb::SubscriptionInfo> {
         let r = r.into_inner();
+        convert::name(NameKind::KeyId, &r.key_id)?;
+        convert::name(NameKind::Tenant, &r.tenant)?;
         self.node
             .engine
             .share_subscription(&r.key_id, &r.tenant, r.seats, r.r#move)
@@ -491,4 +464,45 @@ impl pb::admin_server::Admin for AdminService {
             now: convert::ts(now),
         }))
     }
+}
+
+/// The node's objects: everything holding seats of a key (a station, a
+/// child or neighbor) or waiting for them. `ListObjects` lists them and
+/// `Status` counts them, so the two never disagree.
+fn objects(node: &Node) -> Result<BTreeMap<String, pb::ObjectInfo>, Status> {
+    let mut objects: BTreeMap<String, pb::ObjectInfo> = BTreeMap::new();
+    for g in node
+        .engine
+        .store()
+        .all_grants()
+        .map_err(NodeError::from)
+        .status()?
+    {
+        let o = objects
+            .entry(g.object.clone())
+            .or_insert_with(|| pb::ObjectInfo {
+                name: g.object.clone(),
+                kind: convert::object_kind(g.kind).into(),
+                state: "licensed".into(),
+                ..Default::default()
+            });
+        o.grants.push(convert::grant(&g));
+    }
+    for w in node
+        .engine
+        .store()
+        .waiting()
+        .map_err(NodeError::from)
+        .status()?
+    {
+        objects
+            .entry(w.object.clone())
+            .or_insert_with(|| pb::ObjectInfo {
+                name: w.object.clone(),
+                kind: convert::object_kind(w.kind).into(),
+                state: format!("waiting for {} seat(s) of {}", w.seats, w.key_id),
+                ..Default::default()
+            });
+    }
+    Ok(objects)
 }

@@ -138,6 +138,8 @@ pub struct AdminAuth {
     admin_names: Vec<String>,
     peers: Vec<String>,
     tls: bool,
+    /// `[tls] admin_client_cert = "required"`: no call without a certificate
+    require_cert: bool,
     open: bool,
 }
 
@@ -180,6 +182,10 @@ impl AdminAuth {
                 .unwrap_or_default(),
             peers: cfg.peers().into_iter().map(|(id, _)| id).collect(),
             tls,
+            require_cert: cfg
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.admin_policy() == crate::tls::ClientCert::Required),
             open: cfg.insecure_open_admin,
         };
         if auth.tokens.is_empty() && auth.admin_names.is_empty() {
@@ -216,6 +222,17 @@ impl AdminAuth {
         rpc: &str,
     ) -> Result<Actor, (Status, String)> {
         let from = remote.map_or_else(|| "unknown".into(), |a| a.ip().to_string());
+        if self.require_cert && certs.and_then(<[_]>::first).is_none() {
+            tracing::warn!(%rpc, %from, "admin call refused: no client certificate");
+            return Err((
+                Status::unauthenticated(
+                    "the Admin service of this node needs a client certificate from the federation CA: \
+                     pass --cert and --key (KEYFED_CERT/KEYFED_KEY); for token-only administration \
+                     set admin_client_cert = \"optional\" under [tls]",
+                ),
+                format!("anonymous without a client certificate (from {from})"),
+            ));
+        }
         if let Some(v) = headers.get("authorization") {
             let presented = v
                 .to_str()
@@ -424,7 +441,7 @@ type PeerCerts = Option<Arc<Vec<CertificateDer<'static>>>>;
 fn connection(req: &http::Request<Body>) -> (Option<SocketAddr>, PeerCerts) {
     let ext = req.extensions();
     if let Some(t) = ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
-        return (t.get_ref().remote_addr(), t.peer_certs());
+        return (t.get_ref().remote_addr(), crate::tls::peer_certs(req));
     }
     (
         ext.get::<TcpConnectInfo>()

@@ -205,7 +205,12 @@ impl NodeConfig {
     pub fn load_vendor_key_files(&mut self) -> Result<(), String> {
         for path in &self.trusted_vendor_key_files {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("trusted vendor key file {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "reading the trusted vendor key file {} (trusted_vendor_key_files or KEYFED_TRUSTED_VENDOR_KEY_FILES): {e}",
+                        path.display()
+                    )
+                })?;
             let key = text.trim();
             let ok = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {

@@ -69,3 +69,53 @@ pub fn notification(n: &Notification) -> pb::Notification {
         details: n.details.clone().into_iter().collect(),
     }
 }
+
+// ---- names arriving on the wire ---------------------------------------------
+// Every name a request carries is checked here, before anything is read or
+// stored: a length limit and a character rule per kind (keyfed_core::names),
+// so a 100,000-character object or one holding NUL, a newline or a bidi
+// override never reaches the ledger, tables or logs.
+
+use keyfed_core::names::{self, NameKind};
+
+fn invalid(e: &names::NameError) -> tonic::Status {
+    tonic::Status::invalid_argument(e.to_string())
+}
+
+/// One name of `kind`; INVALID_ARGUMENT naming the field otherwise.
+pub fn name(kind: NameKind, value: &str) -> Result<(), tonic::Status> {
+    names::validate(kind, value).map_err(|e| invalid(&e))
+}
+
+/// An optional name: empty is allowed (the request means "none" or "all").
+pub fn optional_name(kind: NameKind, value: &str) -> Result<(), tonic::Status> {
+    if value.is_empty() {
+        Ok(())
+    } else {
+        name(kind, value)
+    }
+}
+
+/// Admin.AssignSeats: the key, the object and at least one seat.
+pub fn assign_request(r: &pb::AssignSeatsRequest) -> Result<(), tonic::Status> {
+    name(NameKind::KeyId, &r.key_id)?;
+    name(NameKind::Object, &r.object)?;
+    names::grant_seats(&r.object, r.seats).map_err(|e| invalid(&e))?;
+    Ok(())
+}
+
+/// What a station says on Attach and Renew: its fingerprint, station id,
+/// components and tenant.
+pub fn station_hello(
+    fingerprint: &str,
+    station_id: &str,
+    components: &[String],
+    tenant: &str,
+) -> Result<(), tonic::Status> {
+    name(NameKind::Fingerprint, fingerprint)?;
+    optional_name(NameKind::Object, station_id)?;
+    for c in components {
+        name(NameKind::Component, c)?;
+    }
+    names::validate_tenant_or_owner(tenant).map_err(|e| invalid(&e))
+}

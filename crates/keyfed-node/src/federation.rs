@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a link's pusher looks at the outbox without being woken.
@@ -81,6 +82,19 @@ fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
     })
 }
 
+/// A span per applied delivery: which node, from which peer, which key.
+fn delivery_span(node: &Node, peer: &str, d: &pb::Delivery) -> tracing::Span {
+    use pb::delivery::Body;
+    let (kind, key_id) = match &d.body {
+        Some(b @ Body::Withdrawn(w)) => (keyfed_engine::engine::body_name(b), w.key_id.as_str()),
+        Some(b @ Body::Renewed(r)) => (keyfed_engine::engine::body_name(b), r.old_key_id.as_str()),
+        Some(b @ Body::Claim(c)) => (keyfed_engine::engine::body_name(b), c.key_id.as_str()),
+        Some(b) => (keyfed_engine::engine::body_name(b), ""),
+        None => ("empty", ""),
+    };
+    tracing::info_span!("delivery", node = %node.id(), %peer, seq = d.seq, kind, key_id)
+}
+
 /// Runs one link until either side drops it or the node shuts down.
 async fn session<S>(
     node: Node,
@@ -123,7 +137,8 @@ async fn session<S>(
         match frame.frame {
             Some(Frame::Delivery(d)) => {
                 let seq = d.seq;
-                if let Err(e) = node.engine.apply_delivery(&peer, d).await {
+                let span = delivery_span(&node, &peer, &d);
+                if let Err(e) = node.engine.apply_delivery(&peer, d).instrument(span).await {
                     // not acked: the peer replays it on the next link
                     tracing::warn!(%peer, seq, error = %e, "delivery not applied");
                     break;

@@ -64,13 +64,18 @@ pub async fn run_with_metrics(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    let in_data_dir = |what: &str, e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("{what} {} (data_dir, KEYFED_DATA_DIR or --data-dir): {e}; the node needs a directory it can write", config.data_dir.display())
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| in_data_dir("creating the data directory", &e))?;
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = keyfed_store::Store::open_with_cache(
         &config.data_dir.join("store"),
         config.store_cache_mb.max(1) * 1024 * 1024,
-    )?;
+    )
+    .map_err(|e| in_data_dir("opening the store in the data directory", &e))?;
     let tasks = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let mut sinks: Vec<Arc<dyn keyfed_engine::EventSink>> = vec![metrics.clone()];
@@ -126,10 +131,7 @@ pub async fn run_with_metrics(
     health_reporter
         .set_serving::<pb::station_server::StationServer<station::StationService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let fed = federation::FederationService {
         node: node.clone(),
         tasks: tasks.clone(),
@@ -140,16 +142,23 @@ pub async fn run_with_metrics(
     if let Some(t) = server_tls {
         builder = builder.tls_config(t)?;
     }
+    let node_id = node.id().to_owned();
     let server = builder
+        // a span per RPC, so every log line of a call says which node and method
+        .trace_fn(
+            move |req| tracing::info_span!("rpc", node = %node_id, method = %req.uri().path()),
+        )
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(metrics::RpcMetricsLayer::new(node.metrics.clone()))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(auth::AdminGuard::new(
             pb::admin_server::AdminServer::new(admin::AdminService {
                 node: node.clone(),
                 shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin_auth,
@@ -159,10 +168,11 @@ pub async fn run_with_metrics(
             pb::federation_server::FederationServer::new(fed)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(
+        .add_service(tls::RequireClientCert::station(
+            &node.config,
             pb::station_server::StationServer::new(station::StationService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -186,6 +196,45 @@ pub async fn run_with_metrics(
     store.flush()?;
     tracing::info!(node = %node.id(), "keyfed node stopped, store flushed");
     Ok(())
+}
+
+/// The services a node's port serves, as reflection lists them.
+pub const SERVED_SERVICES: [&str; 6] = [
+    "keyfed.v1.Admin",
+    "keyfed.v1.Federation",
+    "keyfed.v1.Station",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// gRPC reflection in both versions clients speak (`v1`, and `v1alpha` for
+/// grpcio-reflection, older grpcurl and GUI clients), listing exactly the
+/// services this port serves (not the upstream's, though its proto is in the
+/// same descriptor set).
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        SERVED_SERVICES.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(keyfed_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+                .include_reflection_service(false),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// r12: vendor key files dropped in the key folder are added at start,

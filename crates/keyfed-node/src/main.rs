@@ -1,7 +1,7 @@
 //! `keyfed`: run a node (`serve`) or a local federation (`sandbox`), or ask a
 //! node or upstream whether it is serving (`health`, the container health check).
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyfed_core::{ManualClock, SharedClock, SystemClock};
 use keyfed_node::config::LogFormat;
 use keyfed_node::NodeConfig;
@@ -74,10 +74,22 @@ enum Command {
         /// give up after this many seconds
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+        /// for an https:// address: the CA that signed the server's certificate
+        #[arg(long, env = "KEYFED_CA")]
+        ca: Option<PathBuf>,
+        /// client certificate and key, for a server that demands one (the upstream)
+        #[arg(long, env = "KEYFED_CERT", requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, env = "KEYFED_KEY", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Federation certificates: a CA, node and administrator certificates.
     #[command(subcommand)]
     Pki(keyfed_node::pki::PkiCmd),
+    /// Print a shell completion script: `keyfed completions bash`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `keyfed man > keyfed.1`.
+    Man,
 }
 
 fn clock(debug: bool) -> SharedClock {
@@ -109,7 +121,12 @@ fn on_signal(token: CancellationToken) {
 }
 
 /// One `grpc.health.v1.Health/Check` call, bounded by `timeout`.
-async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: (Option<&PathBuf>, Option<&PathBuf>, Option<&PathBuf>),
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let url = if addr.contains("://") {
@@ -118,8 +135,22 @@ async fn health(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<
         format!("http://{addr}")
     };
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("{addr:?} is not a valid address"))?
+        let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("{addr:?} is not a valid address"))?;
+        if url.starts_with("https://") {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let ca = tls
+                .0
+                .context("an https:// address needs --ca (or KEYFED_CA)")?;
+            let mut t = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            if let (Some(c), Some(k)) = (tls.1, tls.2) {
+                t = t.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+            }
+            ep = ep.tls_config(t)?;
+        }
+        let channel = ep
             .connect()
             .await
             .with_context(|| format!("could not reach {url}"))?;
@@ -150,13 +181,29 @@ async fn main() -> anyhow::Result<()> {
         addr,
         service,
         timeout_secs,
+        ca,
+        cert,
+        key,
     } = &cli.command
     {
         // no tracing or signal handling: a health probe prints one line
-        return health(addr, service, Duration::from_secs(*timeout_secs)).await;
+        return health(
+            addr,
+            service,
+            Duration::from_secs(*timeout_secs),
+            (ca.as_ref(), cert.as_ref(), key.as_ref()),
+        )
+        .await;
     }
     if let Command::Pki(cmd) = cli.command {
         return keyfed_node::pki::run_cli(cmd);
+    }
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "keyfed", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Man = cli.command {
+        return Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?);
     }
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -172,11 +219,15 @@ async fn main() -> anyhow::Result<()> {
             metrics_listen,
         } => {
             let mut cfg = match &config {
-                Some(p) => NodeConfig::from_toml(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                Some(p) => {
+                    NodeConfig::from_toml(&std::fs::read_to_string(p).with_context(|| {
+                        format!(
+                            "reading the config file {} (--config or KEYFED_CONFIG)",
+                            p.display()
+                        )
+                    })?)
+                    .map_err(|e| anyhow::anyhow!("the config file {}: {e}", p.display()))?
+                }
                 None => NodeConfig::default(),
             };
             cfg.apply_env(|k| std::env::var(k).ok())
@@ -205,7 +256,9 @@ async fn main() -> anyhow::Result<()> {
             keyfed_node::logging::init(cfg.log_format);
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
-                .with_context(|| format!("binding {}", cfg.listen))?;
+                .with_context(|| {
+                    format!("binding {} (listen, KEYFED_LISTEN or --listen): is another process using the port?", cfg.listen)
+                })?;
             let clock = clock(cfg.debug_clock);
             keyfed_node::run(cfg, listener, clock, shutdown).await
         }
@@ -227,6 +280,35 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Pki(_) => unreachable!("handled before tracing starts"),
+        Command::Pki(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before tracing starts")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_clap_definitions() {
+        Cli::command().debug_assert();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.contains(".TH keyfed") && man.contains("sandbox"),
+            "{man}"
+        );
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "keyfed",
+            &mut bash,
+        );
+        assert!(String::from_utf8(bash).unwrap().contains("serve"));
     }
 }

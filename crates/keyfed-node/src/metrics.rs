@@ -1,18 +1,26 @@
 //! Prometheus metrics (b06): counters the node bumps as it works, gauges read
 //! from the store at scrape time, a tower layer timing every gRPC call, and a
-//! tiny HTTP/1 server answering `GET /metrics` in text format 0.0.4.
+//! tiny HTTP/1 server answering `GET /metrics`. The exposition (OpenMetrics
+//! text, which Prometheus scrapes) is written by the `prometheus-client`
+//! crate; the metric names and labels are the ones dashboards know.
 use crate::node::Node;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::BTreeMap;
+use keyfed_core::event::RenewalOutcomeKind;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,15 +29,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codegen::http;
 
-/// Renewal outcomes, as `Admin.CheckForUpdates` names them, plus `error`.
-pub const RENEWAL_OUTCOMES: [&str; 6] = [
-    "distributed",
-    "store-only",
-    "nothing",
-    "propagated",
-    "skipped",
-    "error",
-];
 /// Upper bounds (seconds) of the RPC latency histogram buckets.
 const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -43,68 +42,111 @@ const STATION_STATES_TTL: Duration = Duration::from_secs(30);
 /// Concurrent scrape connections; more are closed at once.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (b, le) in self.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= le {
-                *b += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: &'static str,
+}
+
+type RpcHistograms = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+fn rpc_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// What the node counts while it runs; lost on restart, as Prometheus
 /// counters may be.
-#[derive(Default)]
 pub struct Metrics {
-    renewals: [AtomicU64; RENEWAL_OUTCOMES.len()],
-    notifications: Mutex<BTreeMap<String, u64>>,
-    rpcs: Mutex<BTreeMap<(String, &'static str), Histogram>>,
+    registry: Registry,
+    renewals: Family<OutcomeLabel, Counter>,
+    notifications: Family<EventLabel, Counter>,
+    rpcs: RpcHistograms,
+    /// (method, code) pairs seen, to bound the series.
+    rpc_series: Mutex<HashSet<(String, &'static str)>>,
     stations: Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let renewals = Family::<OutcomeLabel, Counter>::default();
+        // every outcome shows from the start, at zero
+        for o in RenewalOutcomeKind::ALL {
+            drop(renewals.get_or_create(&OutcomeLabel {
+                outcome: o.as_str(),
+            }));
+        }
+        registry.register(
+            "keyfed_renewal_outcomes",
+            "renewal checks of one key by outcome (r01-r06), since the node started",
+            renewals.clone(),
+        );
+        let notifications = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "keyfed_notifications",
+            "notifications given by event, since the node started",
+            notifications.clone(),
+        );
+        let rpcs: RpcHistograms = Family::new_with_constructor(rpc_histogram);
+        registry.register(
+            "keyfed_rpc_duration_seconds",
+            "gRPC calls served, by method and status code, and how long each took (streams: their lifetime)",
+            rpcs.clone(),
+        );
+        Self {
+            registry,
+            renewals,
+            notifications,
+            rpcs,
+            rpc_series: Mutex::new(HashSet::new()),
+            stations: Mutex::new(None),
+        }
+    }
+}
+
 impl Metrics {
-    /// One key's renewal check ended with `outcome` (see [`RENEWAL_OUTCOMES`]).
+    /// One key's renewal check ended with `outcome`; an unknown one counts
+    /// as an error.
     pub fn renewal(&self, outcome: &str) {
-        let i = RENEWAL_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(RENEWAL_OUTCOMES.len() - 1);
-        self.renewals[i].fetch_add(1, Ordering::Relaxed);
+        let outcome = RenewalOutcomeKind::from_reported(outcome).as_str();
+        self.renewals.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// A committed notification was published.
     pub fn notification(&self, event: &str) {
-        *self
-            .notifications
-            .lock()
-            .expect("metrics lock")
-            .entry(event.to_owned())
-            .or_default() += 1;
+        self.notifications
+            .get_or_create(&EventLabel {
+                event: event.to_owned(),
+            })
+            .inc();
     }
 
     fn rpc(&self, method: &str, code: &'static str, elapsed: Duration) {
-        let mut rpcs = self.rpcs.lock().expect("metrics lock");
-        // an unknown path answers UNIMPLEMENTED: never a label of its own
-        let method = if code == "UNIMPLEMENTED"
-            || (rpcs.len() >= MAX_RPC_SERIES && !rpcs.contains_key(&(method.to_owned(), code)))
-        {
-            "other"
-        } else {
-            method
+        let method = {
+            let mut seen = self.rpc_series.lock().expect("metrics lock");
+            let key = (method.to_owned(), code);
+            // an unknown path answers UNIMPLEMENTED: never a label of its own
+            if code == "UNIMPLEMENTED" || (seen.len() >= MAX_RPC_SERIES && !seen.contains(&key)) {
+                "other".to_owned()
+            } else {
+                seen.insert(key);
+                method.to_owned()
+            }
         };
-        rpcs.entry((method.to_owned(), code))
-            .or_default()
+        self.rpcs
+            .get_or_create(&RpcLabels { method, code })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -132,190 +174,141 @@ impl Metrics {
     }
 }
 
-/// Prometheus text exposition format 0.0.4.
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    node: String,
+    version: &'static str,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeatLabels {
+    key_id: String,
+    state: &'static str,
 }
 
-/// Renders every metric of `node`. Per key it reads the key and its `used`
-/// counter; it never scans grants, and stations at most every 30 s.
-pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
-    let m = &node.metrics;
-    let mut out = Exposition(String::new());
-    let node_id = node.id();
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    role: &'static str,
+}
 
-    out.family(
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+fn gauge(v: impl TryInto<i64>) -> Gauge {
+    let g = Gauge::default();
+    g.set(clamp(v));
+    g
+}
+
+fn clamp(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+/// The gauges read from the store at scrape time, in a registry of their
+/// own. Per key it reads the key and its `used` counter; it never scans
+/// grants, and stations at most every 30 s.
+fn store_gauges(node: &Node) -> Result<Registry, keyfed_store::StoreError> {
+    let mut r = Registry::default();
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
+            node: node.id().to_owned(),
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    r.register(
         "keyfed_build_info",
-        "gauge",
         "the running node and its version",
-    );
-    out.sample(
-        "keyfed_build_info",
-        &[("node", node_id), ("version", env!("CARGO_PKG_VERSION"))],
-        1,
+        build,
     );
 
-    out.family(
-        "keyfed_key_seats",
-        "gauge",
-        "seats of a key on this node: held (may hand out), used (granted), free",
-    );
-    for k in node.engine.store().keys()? {
-        let used = node.engine.store().used(&k.key.id)?;
-        let id = k.key.id.as_str();
-        out.sample(
-            "keyfed_key_seats",
-            &[("key_id", id), ("state", "held")],
-            k.held,
-        );
-        out.sample(
-            "keyfed_key_seats",
-            &[("key_id", id), ("state", "used")],
-            used,
-        );
-        out.sample(
-            "keyfed_key_seats",
-            &[("key_id", id), ("state", "free")],
-            k.held.saturating_sub(used),
-        );
-    }
-
-    let peers = node.config.peers();
-    out.family(
-        "keyfed_peer_up",
-        "gauge",
-        "1 while the federation link to the peer is up",
-    );
-    for (peer, role) in &peers {
-        let up = node.engine.peer_meta(peer).is_some_and(|p| p.online);
-        out.sample(
-            "keyfed_peer_up",
-            &[("peer", peer), ("role", role.as_str())],
-            u8::from(up),
-        );
-    }
-    out.family(
-        "keyfed_outbox_depth",
-        "gauge",
-        "deliveries queued for the peer and not yet acknowledged",
-    );
-    for (peer, _) in &peers {
-        out.sample(
-            "keyfed_outbox_depth",
-            &[("peer", peer)],
-            node.engine.store().outbox_depth(peer)?,
-        );
-    }
-
-    out.family(
-        "keyfed_renewal_outcomes_total",
-        "counter",
-        "renewal checks of one key by outcome (r01-r06), since the node started",
-    );
-    for (name, c) in RENEWAL_OUTCOMES.iter().zip(&m.renewals) {
-        out.sample(
-            "keyfed_renewal_outcomes_total",
-            &[("outcome", name)],
-            c.load(Ordering::Relaxed),
-        );
-    }
-
-    out.family(
-        "keyfed_notifications_total",
-        "counter",
-        "notifications given by event, since the node started",
-    );
-    for (event, n) in m.notifications.lock().expect("metrics lock").iter() {
-        out.sample("keyfed_notifications_total", &[("event", event)], n);
-    }
-
-    out.family(
-        "keyfed_station_records",
-        "gauge",
-        "stations this node knows of",
-    );
-    out.sample(
-        "keyfed_station_records",
-        &[],
-        node.engine.store().station_count(),
-    );
-    out.family(
-        "keyfed_stations",
-        "gauge",
-        "stations by state (counted at most every 30 s)",
-    );
-    for (state, n) in m.station_states(node) {
-        out.sample("keyfed_stations", &[("state", &state)], n);
-    }
-
-    out.family(
-        "keyfed_rpc_duration_seconds",
-        "histogram",
-        "gRPC calls served, by method and status code, and how long each took (streams: their lifetime)",
-    );
-    for ((method, code), h) in m.rpcs.lock().expect("metrics lock").iter() {
-        // bucket counts are cumulative already: an observation bumps every
-        // bucket whose bound it is within
-        for (le, n) in BUCKETS.iter().zip(h.buckets) {
-            let le = le.to_string();
-            out.sample(
-                "keyfed_rpc_duration_seconds_bucket",
-                &[("method", method), ("code", code), ("le", &le)],
-                n,
-            );
+    let seats = Family::<SeatLabels, Gauge>::default();
+    let store = node.engine.store();
+    for k in store.keys()? {
+        let used = store.used(&k.key.id)?;
+        for (state, n) in [
+            ("held", k.held),
+            ("used", used),
+            ("free", k.held.saturating_sub(used)),
+        ] {
+            let labels = SeatLabels {
+                key_id: k.key.id.clone(),
+                state,
+            };
+            seats.get_or_create(&labels).set(i64::from(n));
         }
-        out.sample(
-            "keyfed_rpc_duration_seconds_bucket",
-            &[("method", method), ("code", code), ("le", "+Inf")],
-            h.count,
-        );
-        out.sample(
-            "keyfed_rpc_duration_seconds_sum",
-            &[("method", method), ("code", code)],
-            h.sum,
-        );
-        out.sample(
-            "keyfed_rpc_duration_seconds_count",
-            &[("method", method), ("code", code)],
-            h.count,
-        );
     }
-    Ok(out.0)
+    r.register(
+        "keyfed_key_seats",
+        "seats of a key on this node: held (may hand out), used (granted), free",
+        seats,
+    );
+
+    let up = Family::<PeerLabels, Gauge>::default();
+    let depth = Family::<PeerLabel, Gauge>::default();
+    for (peer, role) in node.config.peers() {
+        let online = node.engine.peer_meta(&peer).is_some_and(|p| p.online);
+        let labels = PeerLabels {
+            peer: peer.clone(),
+            role: role.as_str(),
+        };
+        up.get_or_create(&labels).set(i64::from(online));
+        let n = store.outbox_depth(&peer)?;
+        depth.get_or_create(&PeerLabel { peer }).set(clamp(n));
+    }
+    r.register(
+        "keyfed_peer_up",
+        "1 while the federation link to the peer is up",
+        up,
+    );
+    r.register(
+        "keyfed_outbox_depth",
+        "deliveries queued for the peer and not yet acknowledged",
+        depth,
+    );
+
+    r.register(
+        "keyfed_station_records",
+        "stations this node knows of",
+        gauge(store.station_count()),
+    );
+    let states = Family::<StateLabel, Gauge>::default();
+    for (state, n) in node.metrics.station_states(node) {
+        states.get_or_create(&StateLabel { state }).set(clamp(n));
+    }
+    r.register(
+        "keyfed_stations",
+        "stations by state (counted at most every 30 s)",
+        states,
+    );
+    Ok(r)
+}
+
+/// Renders every metric of `node` as OpenMetrics text.
+pub fn render(node: &Node) -> Result<String, keyfed_store::StoreError> {
+    let gauges = store_gauges(node)?;
+    let mut out = String::new();
+    let written = encode_registry(&mut out, &gauges)
+        .and_then(|()| encode_registry(&mut out, &node.metrics.registry))
+        .and_then(|()| encode_eof(&mut out));
+    // writing to a String cannot fail
+    debug_assert!(written.is_ok());
+    Ok(out)
 }
 
 fn respond(node: &Node, req: &http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
     let reply = |status: http::StatusCode, body: String| {
         http::Response::builder()
             .status(status)
-            .header(
-                http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(Full::new(Bytes::from(body)))
             .expect("static response parts are valid")
     };
@@ -562,9 +555,24 @@ fn code_name(n: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
+impl keyfed_engine::EventSink for Metrics {
+    fn published(&self, n: &keyfed_store::Notification) {
+        self.notification(&n.event);
+    }
+    fn renewal_checked(&self, outcome: &str) {
+        self.renewal(outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        encode_registry(&mut out, &m.registry).unwrap();
+        out
+    }
 
     #[test]
     fn rpc_series_are_bounded_and_unknown_paths_are_not_labels() {
@@ -574,20 +582,39 @@ mod tests {
         for i in 0..(MAX_RPC_SERIES + 10) {
             m.rpc(&format!("/x/{i}"), "OK", Duration::ZERO);
         }
-        let rpcs = m.rpcs.lock().unwrap();
-        assert!(rpcs.len() <= MAX_RPC_SERIES + 1, "{}", rpcs.len());
-        assert!(rpcs.contains_key(&("other".to_owned(), "UNIMPLEMENTED")));
-        let h = &rpcs[&("/keyfed.v1.Admin/Status".to_owned(), "OK")];
-        assert_eq!(h.count, 1);
-        assert_eq!(h.buckets[0], 0, "3 ms is above the 1 ms bucket");
-        assert_eq!(h.buckets[1], 1, "3 ms is within the 5 ms bucket");
+        let t = text(&m);
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("keyfed_rpc_duration_seconds_count"))
+            .count();
+        assert!(series <= MAX_RPC_SERIES + 2, "{series}");
+        assert!(t.contains(
+            "keyfed_rpc_duration_seconds_count{method=\"other\",code=\"UNIMPLEMENTED\"} 1"
+        ));
+        let status = "method=\"/keyfed.v1.Admin/Status\",code=\"OK\"";
+        assert!(
+            t.contains(&format!(
+                "keyfed_rpc_duration_seconds_bucket{{le=\"0.001\",{status}}} 0"
+            )),
+            "3 ms is above the 1 ms bucket"
+        );
+        assert!(
+            t.contains(&format!(
+                "keyfed_rpc_duration_seconds_bucket{{le=\"0.005\",{status}}} 1"
+            )),
+            "3 ms is within the 5 ms bucket"
+        );
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let mut e = Exposition(String::new());
-        e.sample("m", &[("k", "a\"b\\c\nd")], 1);
-        assert_eq!(e.0, "m{k=\"a\\\"b\\\\c\\nd\"} 1\n");
+        let m = Metrics::default();
+        m.notification("a\"b\\c\nd");
+        assert!(
+            text(&m).contains("keyfed_notifications_total{event=\"a\\\"b\\\\c\\nd\"} 1"),
+            "{}",
+            text(&m)
+        );
     }
 
     #[test]
@@ -595,16 +622,18 @@ mod tests {
         let m = Metrics::default();
         m.renewal("distributed");
         m.renewal("something new");
-        assert_eq!(m.renewals[0].load(Ordering::Relaxed), 1);
-        assert_eq!(m.renewals[5].load(Ordering::Relaxed), 1);
-    }
-}
-
-impl keyfed_engine::EventSink for Metrics {
-    fn published(&self, n: &keyfed_store::Notification) {
-        self.notification(&n.event);
-    }
-    fn renewal_checked(&self, outcome: &str) {
-        self.renewal(outcome);
+        let t = text(&m);
+        assert!(
+            t.contains("keyfed_renewal_outcomes_total{outcome=\"distributed\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("keyfed_renewal_outcomes_total{outcome=\"error\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("keyfed_renewal_outcomes_total{outcome=\"nothing\"} 0"),
+            "{t}"
+        );
     }
 }

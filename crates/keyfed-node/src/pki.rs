@@ -38,6 +38,16 @@ pub enum PkiCmd {
         #[arg(long)]
         ip: Vec<IpAddr>,
     },
+    /// Create the CA in DIR if there is none, then a certificate for each
+    /// NAME that has none; what exists is kept, so it can run on every start
+    /// (the compose federation's one-shot `pki` service).
+    Ensure {
+        #[arg(long)]
+        dir: PathBuf,
+        /// node ids, the upstream's service name and administrator names
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
     /// Print the sha256 of a token read from stdin, for `token_sha256`.
     HashToken,
 }
@@ -51,6 +61,18 @@ pub fn run_cli(cmd: PkiCmd) -> anyhow::Result<()> {
         PkiCmd::Issue { dir, name, dns, ip } => {
             let (cert, _) = issue(&dir, &name, &dns, &ip)?;
             println!("{}", cert.display());
+        }
+        PkiCmd::Ensure { dir, names } => {
+            if !dir.join("ca.key").exists() {
+                init(&dir)?;
+                println!("{}", dir.join("ca.pem").display());
+            }
+            for name in names {
+                if !dir.join(format!("{name}.pem")).exists() {
+                    let (cert, _) = issue(&dir, &name, &[], &[])?;
+                    println!("{}", cert.display());
+                }
+            }
         }
         PkiCmd::HashToken => {
             let mut token = String::new();

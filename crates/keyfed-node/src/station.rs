@@ -1,7 +1,9 @@
 //! The Station service on the wire; the rules are the engine's
 //! (`keyfed_engine::station`).
+use crate::convert;
 use crate::error::OrStatus;
 use crate::node::Node;
+use keyfed_core::names::NameKind;
 use keyfed_engine::Hello;
 use keyfed_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -14,13 +16,17 @@ pub struct StationService {
 #[tonic::async_trait]
 impl pb::station_server::Station for StationService {
     async fn attach(&self, r: Request<pb::ConnectRequest>) -> Result<Response<pb::Lease>, Status> {
-        let hello = Hello::from(r.into_inner());
+        let r = r.into_inner();
+        convert::station_hello(&r.fingerprint, &r.station_id, &r.components, &r.tenant)?;
+        let hello = Hello::from(r);
         Ok(Response::new(
             self.node.engine.station_contact(hello).await.status()?,
         ))
     }
     async fn renew(&self, r: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
-        let hello = Hello::from(r.into_inner());
+        let r = r.into_inner();
+        convert::station_hello(&r.fingerprint, &r.station_id, &r.components, &r.tenant)?;
+        let hello = Hello::from(r);
         Ok(Response::new(
             self.node.engine.station_contact(hello).await.status()?,
         ))
@@ -30,6 +36,7 @@ impl pb::station_server::Station for StationService {
         r: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReply>, Status> {
         let r = r.into_inner();
+        convert::name(NameKind::Fingerprint, &r.fingerprint)?;
         self.node
             .engine
             .release_station(&r.lease_id, &r.fingerprint)

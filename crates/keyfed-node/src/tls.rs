@@ -4,7 +4,14 @@
 use crate::config::NodeConfig;
 use crate::node::Node;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::Poll;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{
     Certificate, CertificateDer, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
@@ -20,11 +27,14 @@ pub struct TlsConfig {
     /// PEM certificate of this node (CN/SAN = its node id).
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// true (default): the handshake itself demands a certificate from the
-    /// CA, from every caller. false: stations and token-holding
-    /// administrators may connect with server-only TLS; Federation.Link
-    /// still demands a certificate.
+    /// The default of `admin_client_cert` and `station_client_cert`:
+    /// true (default) = "required", false = "optional".
     pub require_client_cert: bool,
+    /// Whether the Admin service demands a client certificate from the CA.
+    /// "optional": token-only administration over server-only TLS.
+    pub admin_client_cert: Option<ClientCert>,
+    /// Whether the Station service demands one. Federation.Link always does.
+    pub station_client_cert: Option<ClientCert>,
     /// Client certificate names that may use the Admin service as
     /// administrators without a token.
     pub admin_names: Vec<String>,
@@ -37,8 +47,37 @@ impl Default for TlsConfig {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             require_client_cert: true,
+            admin_client_cert: None,
+            station_client_cert: None,
             admin_names: Vec::new(),
         }
+    }
+}
+
+/// A service's client-certificate policy. The handshake asks every caller
+/// for a certificate but lets one without it in; each service then checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientCert {
+    Required,
+    Optional,
+}
+
+impl TlsConfig {
+    fn default_policy(&self) -> ClientCert {
+        if self.require_client_cert {
+            ClientCert::Required
+        } else {
+            ClientCert::Optional
+        }
+    }
+    #[must_use]
+    pub fn admin_policy(&self) -> ClientCert {
+        self.admin_client_cert.unwrap_or(self.default_policy())
+    }
+    #[must_use]
+    pub fn station_policy(&self) -> ClientCert {
+        self.station_client_cert.unwrap_or(self.default_policy())
     }
 }
 
@@ -54,10 +93,25 @@ pub fn apply_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
         t.cert = cert.into();
         t.key = key.into();
     }
+    // comma separated: the compose federation names its administrator here
+    if let (Some(t), Some(names)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_NAMES")) {
+        t.admin_names = names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
 }
 
-fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("reading the TLS {what} {}: {e}", path.display()))
+fn read(path: &std::path::Path, what: &str, setting: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| {
+        format!(
+            "reading the TLS {what} {} ({setting} under [tls], or KEYFED_TLS_{}): {e}",
+            path.display(),
+            setting.trim_start_matches("tls.").to_ascii_uppercase()
+        )
+    })
 }
 
 /// The server side: `None` (with one WARN) when the node runs plaintext.
@@ -66,14 +120,19 @@ pub fn server_config(cfg: &NodeConfig) -> Result<Option<ServerTlsConfig>, String
         tracing::warn!(node = %cfg.node_id, addr = %cfg.listen, "plaintext gRPC: links, admin tokens and keys travel unencrypted; configure [tls] outside local development");
         return Ok(None);
     };
-    let identity = Identity::from_pem(read(&t.cert, "certificate")?, read(&t.key, "key")?);
-    let ca = Certificate::from_pem(read(&t.ca, "CA")?);
-    tracing::info!(node = %cfg.node_id, client_cert_required = t.require_client_cert, "mutual TLS on");
+    let identity = Identity::from_pem(
+        read(&t.cert, "certificate", "tls.cert")?,
+        read(&t.key, "key", "tls.key")?,
+    );
+    let ca = Certificate::from_pem(read(&t.ca, "CA", "tls.ca")?);
+    tracing::info!(node = %cfg.node_id, admin_client_cert = ?t.admin_policy(), station_client_cert = ?t.station_policy(), "mutual TLS on; federation links need a client certificate");
+    // the handshake asks for a certificate and verifies one that is sent;
+    // each service decides whether it needs one (RequireClientCert, AdminAuth)
     Ok(Some(
         ServerTlsConfig::new()
             .identity(identity)
             .client_ca_root(ca)
-            .client_auth_optional(!t.require_client_cert),
+            .client_auth_optional(true),
     ))
 }
 
@@ -95,10 +154,10 @@ pub fn endpoint(cfg: &NodeConfig, url: &str, peer: Option<&str>) -> Result<Endpo
         None => url.to_owned(),
     };
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&t.ca, "CA")?))
+        .ca_certificate(Certificate::from_pem(read(&t.ca, "CA", "tls.ca")?))
         .identity(Identity::from_pem(
-            read(&t.cert, "certificate")?,
-            read(&t.key, "key")?,
+            read(&t.cert, "certificate", "tls.cert")?,
+            read(&t.key, "key", "tls.key")?,
         ));
     if let Some(p) = peer.filter(|p| dns_name(p).is_some()) {
         tls = tls.domain_name(p);
@@ -165,6 +224,73 @@ pub async fn check_link_peer(
     )))
 }
 
+/// The verified client certificate chain of the connection a request came
+/// on; `None` on plaintext or when the caller sent no certificate.
+#[must_use]
+pub fn peer_certs<B>(req: &http::Request<B>) -> Option<Arc<Vec<CertificateDer<'static>>>> {
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .filter(|c| !c.is_empty())
+}
+
+/// A service that refuses callers without a client certificate when its
+/// policy says "required" (the Station service).
+#[derive(Clone)]
+pub struct RequireClientCert<S> {
+    inner: S,
+    required: bool,
+}
+
+impl<S: NamedService> RequireClientCert<S> {
+    /// The Station service under `[tls] station_client_cert`.
+    pub fn station(cfg: &NodeConfig, inner: S) -> Self {
+        Self {
+            inner,
+            required: cfg
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.station_policy() == ClientCert::Required),
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for RequireClientCert<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for RequireClientCert<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if self.required && peer_certs(&req).is_none() {
+            tracing::warn!(
+                service = S::NAME,
+                "call without a client certificate refused"
+            );
+            let status = Status::unauthenticated(format!(
+                "{} on this node needs a client certificate from the federation CA: \
+                 pass one (keyfed-agent --cert/--key), or set station_client_cert = \"optional\" under [tls]",
+                S::NAME
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let fut = self.inner.call(req);
+        Box::pin(fut)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,8 +318,17 @@ role = "read-only"
         .unwrap();
         let t = c.tls.as_ref().unwrap();
         assert!(
-            t.require_client_cert,
+            t.admin_policy() == ClientCert::Required && t.station_policy() == ClientCert::Required,
             "client certificates are required by default"
+        );
+        let token_only = NodeConfig::from_toml(
+            "[tls]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nadmin_client_cert = \"optional\"\n",
+        )
+        .unwrap();
+        let t = token_only.tls.unwrap();
+        assert_eq!(
+            (t.admin_policy(), t.station_policy()),
+            (ClientCert::Optional, ClientCert::Required)
         );
         assert_eq!(c.admin_tokens[1].role, crate::auth::Role::ReadOnly);
         assert!(
@@ -206,10 +341,13 @@ role = "read-only"
             "KEYFED_TLS_CA" => Some("ca.pem".into()),
             "KEYFED_TLS_CERT" => Some("n.pem".into()),
             "KEYFED_TLS_KEY" => Some("n.key".into()),
+            "KEYFED_TLS_ADMIN_NAMES" => Some("ops, ci".into()),
             _ => None,
         };
         e.apply_env(env).unwrap();
-        assert_eq!(e.tls.unwrap().cert, PathBuf::from("n.pem"));
+        let t = e.tls.unwrap();
+        assert_eq!(t.cert, PathBuf::from("n.pem"));
+        assert_eq!(t.admin_names, ["ops", "ci"]);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
 mod audit;
+mod context;
+mod failure;
 mod render;
 mod stations;
 mod telemetry;
 mod tls;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyfed_proto::v1 as pb;
 use keyfed_proto::v1::admin_client::AdminClient;
 use keyfed_proto::v1::upstream_client::UpstreamClient;
@@ -20,23 +22,25 @@ use tonic::transport::Channel;
 #[command(
     name = "keyfedctl",
     version,
-    about = "administer keyfed nodes and the vendor upstream"
+    about = "administer keyfed nodes and the vendor upstream",
+    after_help = failure::EXIT_CODES
 )]
 struct Cli {
-    /// node (or upstream) address
-    #[arg(
-        long,
-        env = "KEYFED_ADDR",
-        default_value = "http://127.0.0.1:7601",
-        global = true
-    )]
-    addr: String,
-    /// print replies as JSON
+    /// node (or upstream) address [default: the context's, else http://127.0.0.1:7601]
+    #[arg(long, env = "KEYFED_ADDR", global = true)]
+    addr: Option<String>,
+    /// a context from $XDG_CONFIG_HOME/keyfed/config.toml (`keyfedctl context list`)
+    #[arg(long, env = "KEYFED_CONTEXT", global = true)]
+    context: Option<String>,
+    /// print replies as JSON, and errors as JSON on stderr
     #[arg(long, global = true)]
     json: bool,
     /// admin token, sent as `authorization: Bearer <token>`
     #[arg(long, env = "KEYFED_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// file holding the admin token (kept out of shell history and `ps`)
+    #[arg(long, env = "KEYFED_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for https:// addresses
     #[arg(long, env = "KEYFED_CA", global = true)]
     ca: Option<PathBuf>,
@@ -48,6 +52,77 @@ struct Cli {
     key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+    /// flags, environment and context merged (`resolve`)
+    #[arg(skip)]
+    target: Resolved,
+}
+
+/// Where commands go and with what, after flags, environment and context.
+#[derive(Default)]
+struct Resolved {
+    addrs: Vec<String>,
+    token: Option<String>,
+    /// the address that answered, for error messages
+    chosen: std::sync::OnceLock<String>,
+}
+
+impl Cli {
+    fn failure_target(&self) -> failure::Target {
+        failure::Target {
+            addr: self
+                .target
+                .chosen
+                .get()
+                .or(self.target.addrs.first())
+                .cloned()
+                .unwrap_or_else(|| context::DEFAULT_ADDR.into()),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+fn read_token(path: &std::path::Path, setting: &str) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the admin token file {} ({setting})",
+            path.display()
+        )
+    })?;
+    Ok(t.trim().to_owned())
+}
+
+/// Fills in what flags and environment left open from the context.
+fn resolve(cli: &mut Cli) -> anyhow::Result<()> {
+    let ctx = match context::config_path(&|k| std::env::var(k).ok()) {
+        Some(path) => context::ConfigFile::load(&path)?.pick(cli.context.as_deref(), &path)?,
+        None if cli.context.is_some() => {
+            anyhow::bail!(
+                "--context needs a config file, but neither XDG_CONFIG_HOME nor HOME is set"
+            )
+        }
+        None => None,
+    };
+    let (name, ctx) = ctx.unwrap_or_default();
+    cli.target.addrs = match &cli.addr {
+        Some(a) => vec![a.clone()],
+        None if !ctx.addrs.is_empty() => ctx.addrs.clone(),
+        None => vec![context::DEFAULT_ADDR.into()],
+    };
+    cli.target.token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(read_token(f, "--token-file or KEYFED_TOKEN_FILE")?),
+        (None, None) => match (&ctx.token, &ctx.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(read_token(f, &format!("token_file of context {name}"))?),
+            (None, None) => None,
+        },
+    };
+    cli.ca = cli.ca.take().or(ctx.ca);
+    cli.cert = cli.cert.take().or(ctx.cert);
+    cli.key = cli.key.take().or(ctx.key);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -110,6 +185,23 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<telemetry::ComplianceCmd>,
     },
+    /// named contexts: servers and their credentials, from the config file
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// print a completion script: `keyfedctl completions bash > /etc/bash_completion.d/keyfedctl`
+    Completions { shell: clap_complete::Shell },
+    /// print the man page (roff): `keyfedctl man > keyfedctl.1`
+    Man,
+}
+
+#[derive(Subcommand)]
+enum ContextCmd {
+    /// every context in the config file; `*` marks the current one
+    List,
+    /// make NAME the current context
+    Use { name: String },
+    /// one context (default: the current one); a token is never printed
+    Show { name: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -233,17 +325,7 @@ impl tonic::service::Interceptor for Auth {
 type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
 async fn channel(cli: &Cli) -> anyhow::Result<(Channel, Auth)> {
-    let channel = tls::endpoint(
-        &cli.addr,
-        cli.ca.as_deref(),
-        cli.cert.as_deref(),
-        cli.key.as_deref(),
-    )?
-    .connect_timeout(std::time::Duration::from_secs(5))
-    .connect()
-    .await
-    .with_context(|| format!("could not reach {}", cli.addr))?;
-    let token = match &cli.token {
+    let token = match &cli.target.token {
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse()
@@ -251,7 +333,29 @@ async fn channel(cli: &Cli) -> anyhow::Result<(Channel, Auth)> {
         ),
         None => None,
     };
-    Ok((channel, Auth(token)))
+    // a replicated node has several addresses: the first that answers serves
+    let mut tries = Vec::new();
+    for addr in &cli.target.addrs {
+        let ep = tls::endpoint(
+            addr,
+            cli.ca.as_deref(),
+            cli.cert.as_deref(),
+            cli.key.as_deref(),
+        )?
+        .connect_timeout(std::time::Duration::from_secs(5));
+        match ep.connect().await {
+            Ok(channel) => {
+                let _ = cli.target.chosen.set(addr.clone());
+                return Ok((channel, Auth(token)));
+            }
+            Err(e) => {
+                let mut t = cli.failure_target();
+                t.addr.clone_from(addr);
+                tries.push((t, failure::chain(&e)));
+            }
+        }
+    }
+    Err(failure::Unreachable { tries }.into())
 }
 
 async fn admin(cli: &Cli) -> anyhow::Result<AdminClient<Intercepted>> {
@@ -499,6 +603,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Compliance { customer, cmd } => {
             telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
         }
+        Command::Context(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("local commands are handled before resolving the target")
+        }
     }
     Ok(())
 }
@@ -698,36 +805,149 @@ async fn upstream_cmd(cli: &Cli, cmd: &UpstreamCmd) -> anyhow::Result<()> {
     write_key(output.as_ref(), &file.text, &key_id_of(&file.text))
 }
 
-fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}").chars().fold(String::new(), |mut s, c| {
-        if c.is_uppercase() && !s.is_empty() {
-            s.push('_');
+fn context_cmd(cli: &Cli, cmd: &ContextCmd) -> anyhow::Result<()> {
+    let path = context::config_path(&|k| std::env::var(k).ok())
+        .context("neither XDG_CONFIG_HOME nor HOME is set: no place for the keyfedctl config")?;
+    let cfg = context::ConfigFile::load(&path)?;
+    match cmd {
+        ContextCmd::List => {
+            let current = cfg.current_context.clone().unwrap_or_default();
+            let rows: Vec<serde_json::Value> = cfg
+                .contexts
+                .iter()
+                .map(|(n, c)| {
+                    serde_json::json!({ "name": n, "current": *n == current, "addrs": c.addrs })
+                })
+                .collect();
+            emit(cli.json, &rows, |rows| {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            if r["current"] == true { "*" } else { "" }.into(),
+                            r["name"].as_str().unwrap_or_default().into(),
+                            cfg.contexts[r["name"].as_str().unwrap_or_default()]
+                                .addrs
+                                .join(","),
+                        ]
+                    })
+                    .collect();
+                let mut t = table(&["CURRENT", "NAME", "ADDRESSES"], &cells);
+                if cells.is_empty() {
+                    t.push_str(&format!("no contexts in {}\n", path.display()));
+                }
+                t
+            });
         }
-        s.push(c.to_ascii_uppercase());
-        s
-    })
+        ContextCmd::Use { name } => {
+            context::set_current(&path, name)?;
+            emit(
+                cli.json,
+                &serde_json::json!({ "current_context": name }),
+                |_| format!("current context: {name}\n"),
+            );
+        }
+        ContextCmd::Show { name } => {
+            let Some((name, c)) = cfg.pick(name.as_deref(), &path)? else {
+                anyhow::bail!(
+                    "no current context in {}: `keyfedctl context use NAME` or --context NAME",
+                    path.display()
+                );
+            };
+            let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            // the token itself is never printed: only whether and where it is set
+            let token = match (&c.token, &c.token_file) {
+                (Some(_), _) => "set in the config file".to_owned(),
+                (None, Some(f)) => format!("from {}", f.display()),
+                (None, None) => "none".to_owned(),
+            };
+            let v = serde_json::json!({
+                "name": name, "addrs": c.addrs, "token": token,
+                "ca": show(&c.ca), "cert": show(&c.cert), "key": show(&c.key),
+            });
+            emit(cli.json, &v, |v| {
+                let mut out = String::new();
+                for k in ["name", "addrs", "token", "ca", "cert", "key"] {
+                    let val = match &v[k] {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Array(a) => a
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        _ => "-".into(),
+                    };
+                    out.push_str(&format!("{k:<6} {val}\n"));
+                }
+                out
+            });
+        }
+    }
+    Ok(())
+}
+
+fn print_failure(json: bool, r: &failure::Report) {
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "code": r.code, "message": r.message })
+        );
+    } else if r.exit == 1 {
+        eprintln!("error: {}: {}", r.code, r.message);
+    } else {
+        eprintln!("error: {}", r.message);
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli).await {
+    let json = std::env::args().any(|a| a == "--json");
+    let mut cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if json && e.use_stderr() => {
+            let message = e.render().to_string();
+            let first = message.lines().next().unwrap_or_default();
+            let r = failure::Report {
+                code: "USAGE".into(),
+                message: first.trim_start_matches("error: ").to_owned(),
+                exit: 2,
+            };
+            print_failure(true, &r);
+            return ExitCode::from(r.exit);
+        }
+        Err(e) => e.exit(),
+    };
+    let local = match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "keyfedctl",
+                &mut std::io::stdout(),
+            );
+            Some(Ok(()))
+        }
+        Command::Man => Some(
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page"),
+        ),
+        Command::Context(cmd) => Some(context_cmd(&cli, cmd)),
+        _ => None,
+    };
+    let result = match local {
+        Some(r) => r,
+        None => match resolve(&mut cli) {
+            Ok(()) => run(&cli).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match e.downcast_ref::<tonic::Status>() {
-                Some(s) => {
-                    // a transport failure (e.g. a TLS refusal) says why only in its sources
-                    let mut why = String::new();
-                    let mut src = std::error::Error::source(s);
-                    while let Some(e) = src {
-                        why.push_str(&format!(": {e}"));
-                        src = e.source();
-                    }
-                    eprintln!("error: {}: {}{why}", code_name(s.code()), s.message());
-                }
-                None => eprintln!("error: {e:#}"),
-            }
-            ExitCode::from(1)
+            let r = failure::report(&e, &cli.failure_target()).await;
+            print_failure(cli.json, &r);
+            ExitCode::from(r.exit)
         }
     }
 }

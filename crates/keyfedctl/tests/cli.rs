@@ -8,6 +8,8 @@ async fn ctl(addr: &str, args: &[&str]) -> Output {
         .arg(addr)
         .args(args)
         .env_remove("KEYFED_TOKEN")
+        .env_remove("KEYFED_CONTEXT")
+        .env("XDG_CONFIG_HOME", "/nonexistent/keyfedctl-test-config")
         .output()
         .await
         .expect("keyfedctl runs")
@@ -151,11 +153,15 @@ async fn keyfedctl_reports_local_mistakes_clearly() {
         .port();
     let addr = format!("http://127.0.0.1:{port}");
     let down = ctl(&addr, &["status"]).await;
-    assert_eq!(down.status.code(), Some(1));
-    assert!(err(&down).contains(&addr), "{}", err(&down));
+    assert_eq!(down.status.code(), Some(3), "unreachable: exit 3");
+    assert!(
+        err(&down).contains(&addr) && err(&down).contains("nothing listens"),
+        "{}",
+        err(&down)
+    );
     // a missing key file names the file
     let missing = ctl(&addr, &["key", "add", "/nonexistent/acme.key"]).await;
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(4), "a local error: exit 4");
     assert!(
         err(&missing).contains("/nonexistent/acme.key"),
         "{}",
@@ -182,6 +188,12 @@ async fn keyfedctl_reports_local_mistakes_clearly() {
     .await;
     assert_eq!(bad.status.code(), Some(2));
     assert!(err(&bad).contains("--expires"), "{}", err(&bad));
+    // the exit codes are documented in --help
+    assert!(
+        out(&help).contains("Exit codes") && out(&help).contains("3  no usable answer"),
+        "{}",
+        out(&help)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +359,9 @@ async fn ctl_env(args: &[&str]) -> Output {
         .env_remove("KEYFED_CA")
         .env_remove("KEYFED_CERT")
         .env_remove("KEYFED_KEY")
+        .env_remove("KEYFED_ADDR")
+        .env_remove("KEYFED_CONTEXT")
+        .env("XDG_CONFIG_HOME", "/nonexistent/keyfedctl-test-config")
         .output()
         .await
         .expect("keyfedctl runs")
@@ -431,4 +446,293 @@ async fn b06_keyfedctl_talks_mutual_tls_with_a_token_and_shows_the_audit_trail()
     let no_ca = ctl_env(&["--addr", &node, "status"]).await;
     assert!(err(&no_ca).contains("--ca"), "{}", err(&no_ca));
     c.shutdown().await;
+}
+
+fn json_err(o: &Output) -> serde_json::Value {
+    serde_json::from_str(err(o).trim())
+        .unwrap_or_else(|e| panic!("stderr is JSON ({e}): {}", err(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_errors_are_objects_on_stderr_with_the_documented_exit_code() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    c.wait_healthy("main").await;
+    let node = c.url("main");
+    let k = c.issue(&["antivirus"], 2, "2027-12-31");
+    c.add("main", &k).await;
+    let over = ctl(&node, &["--json", "key", "assign", &k.key.id, "pc-1", "5"]).await;
+    assert_eq!(over.status.code(), Some(1));
+    let v = json_err(&over);
+    assert_eq!(v["code"], "FAILED_PRECONDITION", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("free seat"), "{v}");
+    assert!(out(&over).is_empty(), "nothing on stdout: {}", out(&over));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = ctl(&format!("http://127.0.0.1:{port}"), &["--json", "status"]).await;
+    assert_eq!(down.status.code(), Some(3));
+    assert_eq!(json_err(&down)["code"], "UNAVAILABLE");
+
+    let usage = ctl(&node, &["--json", "key", "assign"]).await;
+    assert_eq!(usage.status.code(), Some(2));
+    assert_eq!(json_err(&usage)["code"], "USAGE");
+
+    let local = ctl(&node, &["--json", "key", "add", "/nonexistent/x.key"]).await;
+    assert_eq!(local.status.code(), Some(4));
+    let v = json_err(&local);
+    assert_eq!(v["code"], "LOCAL");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/x.key"),
+        "{v}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_to_the_wrong_kind_of_server_names_what_the_server_is() {
+    let c = TestCluster::start(Topology::new().root("main")).await;
+    c.wait_healthy("main").await;
+    let up = format!("http://{}", c.upstream_addr);
+    let at_upstream = ctl(&up, &["status"]).await;
+    assert_eq!(at_upstream.status.code(), Some(3));
+    let e = err(&at_upstream);
+    assert!(
+        e.contains("UNIMPLEMENTED") || e.contains("vendor upstream"),
+        "{e}"
+    );
+    assert!(
+        e.contains("is the vendor upstream") && e.contains("upstream ...") && e.contains("7601"),
+        "{e}"
+    );
+    let at_node = ctl(&c.url("main"), &["upstream", "pubkey"]).await;
+    assert_eq!(at_node.status.code(), Some(3));
+    assert!(
+        err(&at_node).contains("is a keyfed node") && err(&at_node).contains("keyfed-gus"),
+        "{}",
+        err(&at_node)
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mismatches_say_what_happened_and_how_to_fix_it() {
+    use keyfed_node::auth::{AdminToken, Role};
+    use keyfed_node::tls::ClientCert;
+    let token = |cfg: &mut keyfed_node::NodeConfig| {
+        cfg.admin_tokens = vec![AdminToken {
+            name: "ops".into(),
+            token: Some("t0ken".into()),
+            role: Role::Admin,
+            ..AdminToken::default()
+        }];
+    };
+    let c = TestCluster::start(
+        Topology::new()
+            .root("main")
+            .root("open")
+            .tweak("main", token)
+            .tweak("open", move |cfg| {
+                token(cfg);
+                cfg.tls.as_mut().unwrap().admin_client_cert = Some(ClientCert::Optional);
+            })
+            .tls(),
+    )
+    .await;
+    c.wait_healthy("main").await;
+    c.wait_healthy("open").await;
+    let tls = c.tls.clone().unwrap();
+    let ca = tls.ca();
+    let ca = ca.to_str().unwrap();
+
+    // plaintext to a TLS port
+    let plain = c.url("main").replacen("https://", "http://", 1);
+    let p = ctl_env(&["--addr", &plain, "--ca", ca, "--token", "t0ken", "status"]).await;
+    assert_eq!(p.status.code(), Some(3), "{}", err(&p));
+    assert!(
+        err(&p).contains("speaks TLS") && err(&p).contains(&c.url("main")),
+        "{}",
+        err(&p)
+    );
+
+    // TLS to a node whose Admin service needs a client certificate, token only
+    let t = ctl_env(&[
+        "--addr",
+        &c.url("main"),
+        "--ca",
+        ca,
+        "--token",
+        "t0ken",
+        "status",
+    ])
+    .await;
+    assert_ne!(t.status.code(), Some(0));
+    assert!(
+        err(&t).contains("client certificate") && err(&t).contains("--cert"),
+        "{}",
+        err(&t)
+    );
+
+    // admin_client_cert = "optional": token-only administration over TLS works
+    let ok = ctl_env(&[
+        "--addr",
+        &c.url("open"),
+        "--ca",
+        ca,
+        "--token",
+        "t0ken",
+        "status",
+    ])
+    .await;
+    assert!(ok.status.success(), "{}", err(&ok));
+    assert!(out(&ok).contains("open"), "{}", out(&ok));
+    // ... and the token is still needed
+    let anon = ctl_env(&["--addr", &c.url("open"), "--ca", ca, "status"]).await;
+    assert!(err(&anon).contains("UNAUTHENTICATED"), "{}", err(&anon));
+    c.shutdown().await;
+}
+
+/// keyfedctl with a config file in `home` and nothing from the caller's environment.
+async fn ctl_ctx(home: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfedctl"));
+    for v in [
+        "KEYFED_TOKEN",
+        "KEYFED_CA",
+        "KEYFED_CERT",
+        "KEYFED_KEY",
+        "KEYFED_ADDR",
+        "KEYFED_CONTEXT",
+        "KEYFED_TOKEN_FILE",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("XDG_CONFIG_HOME", home);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args(args).output().await.expect("keyfedctl runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_name_servers_with_credentials_and_flags_then_env_win() {
+    use keyfed_node::auth::{AdminToken, Role};
+    let c = TestCluster::start(Topology::new().root("main").tweak("main", |cfg| {
+        cfg.admin_tokens = vec![AdminToken {
+            name: "ops".into(),
+            token: Some("s3cret-token".into()),
+            role: Role::Admin,
+            ..AdminToken::default()
+        }];
+    }))
+    .await;
+    c.wait_healthy("main").await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("keyfed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ops.token"), "s3cret-token\n").unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "# my servers\n[contexts.prod]\naddrs = [\"{dead}\", \"{}\"]\ntoken_file = \"ops.token\"\n\n[contexts.nowhere]\naddrs = [\"{dead}\"]\n",
+            c.url("main")
+        ),
+    )
+    .unwrap();
+    let h = home.path();
+
+    let list = ctl_ctx(h, &[], &["context", "list"]).await;
+    assert!(
+        out(&list).contains("prod") && out(&list).contains("nowhere"),
+        "{}",
+        out(&list)
+    );
+    // no current context yet: the default address, which is not this node
+    let used = ctl_ctx(h, &[], &["context", "use", "prod"]).await;
+    assert!(used.status.success(), "{}", err(&used));
+    let list = ctl_ctx(h, &[], &["context", "list"]).await;
+    let line = out(&list)
+        .lines()
+        .find(|l| l.contains("prod"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.trim_start().starts_with('*'), "{}", out(&list));
+
+    // the first address is down: the second answers; the token comes from its file
+    let st = ctl_ctx(h, &[], &["status"]).await;
+    assert!(st.status.success(), "{}", err(&st));
+    assert!(out(&st).contains("main"), "{}", out(&st));
+
+    let show = ctl_ctx(h, &[], &["context", "show"]).await;
+    assert!(show.status.success(), "{}", err(&show));
+    assert!(out(&show).contains("ops.token"), "{}", out(&show));
+    assert!(
+        !out(&show).contains("s3cret-token"),
+        "a token is never printed"
+    );
+    let show = ctl_ctx(h, &[], &["--json", "context", "show"]).await;
+    assert!(
+        !out(&show).contains("s3cret-token"),
+        "a token is never printed"
+    );
+
+    // the environment beats the context, and a flag beats the environment
+    let env = [("KEYFED_CONTEXT", "nowhere")];
+    let e = ctl_ctx(h, &env, &["status"]).await;
+    assert_eq!(e.status.code(), Some(3), "{}", err(&e));
+    assert!(err(&e).contains(&dead), "{}", err(&e));
+    let f = ctl_ctx(h, &env, &["--context", "prod", "status"]).await;
+    assert!(f.status.success(), "{}", err(&f));
+    let a = ctl_ctx(h, &[("KEYFED_ADDR", dead.as_str())], &["status"]).await;
+    assert_eq!(a.status.code(), Some(3), "KEYFED_ADDR beats the context");
+    let a = ctl_ctx(
+        h,
+        &[("KEYFED_ADDR", dead.as_str())],
+        &["--addr", &c.url("main"), "status"],
+    )
+    .await;
+    assert!(a.status.success(), "--addr beats KEYFED_ADDR: {}", err(&a));
+    // a wrong token from a flag beats the context's file
+    let w = ctl_ctx(h, &[], &["--token", "wrong", "status"]).await;
+    assert!(err(&w).contains("UNAUTHENTICATED"), "{}", err(&w));
+
+    let unknown = ctl_ctx(h, &[], &["--context", "staging", "status"]).await;
+    assert_eq!(unknown.status.code(), Some(4));
+    assert!(
+        err(&unknown).contains("staging") && err(&unknown).contains("nowhere, prod"),
+        "{}",
+        err(&unknown)
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn completions_and_the_man_page_come_from_the_clap_definitions() {
+    for (shell, marker) in [
+        ("bash", "_keyfedctl"),
+        ("zsh", "#compdef keyfedctl"),
+        ("fish", "complete -c keyfedctl"),
+    ] {
+        let o = ctl("http://127.0.0.1:1", &["completions", shell]).await;
+        assert!(o.status.success(), "{}", err(&o));
+        assert!(
+            out(&o).contains(marker) && out(&o).contains("context"),
+            "{shell}"
+        );
+    }
+    let man = ctl("http://127.0.0.1:1", &["man"]).await;
+    assert!(man.status.success(), "{}", err(&man));
+    assert!(out(&man).contains(".TH keyfedctl"), "{}", out(&man));
+    assert!(
+        out(&man).contains("Exit codes"),
+        "the man page documents exit codes"
+    );
 }
