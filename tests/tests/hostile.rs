@@ -112,6 +112,7 @@ fn grant(key: &keyfed_core::KeyFile, seats: u32) -> pb::delivery::Body {
         key: Some(pb::KeyFile { text: key.render() }),
         seats,
         lent_until: String::new(),
+        ..Default::default()
     })
 }
 
@@ -356,6 +357,7 @@ async fn b06_rogue_peer_deliveries_are_refused_and_change_nothing() {
         }),
         seats: 500,
         lent_until: String::new(),
+        ..Default::default()
     }))
     .await;
     kid.deliver(pb::delivery::Body::Usage(pb::UsageRollup {
@@ -382,6 +384,7 @@ async fn b06_rogue_peer_deliveries_are_refused_and_change_nothing() {
         key: Some(pb::KeyFile { text: forged }),
         seats: 5000,
         lent_until: String::new(),
+        ..Default::default()
     }))
     .await;
 

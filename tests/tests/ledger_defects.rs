@@ -57,7 +57,6 @@ async fn pc1_waiting() -> (TestCluster, String) {
 // ---- defect 1 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 1: fails until the engine split fixes it"]
 async fn r11_b03_waiting_record_goes_once_the_station_takes_a_seat_itself() {
     let (c, n) = pc1_waiting().await;
     let other = c.issue(&["antivirus"], 1, EXPIRES);
@@ -90,7 +89,6 @@ async fn r11_b03_waiting_record_goes_once_the_station_takes_a_seat_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 1: fails until the engine split fixes it"]
 async fn r11_administrator_cancels_a_waiting_record() {
     let (c, n) = pc1_waiting().await;
     let r = c.unassign_result("main", &n, "pc-1").await;
@@ -179,7 +177,6 @@ async fn r11_seat_poll_gives_a_waiting_neighbor_seats_freed_by_a_lapsed_donation
 // ---- defect 3 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 3: fails until the engine split fixes it"]
 async fn e04_e05_extend_activation_reaches_the_child_and_its_stations() {
     let c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
     c.wait_linked().await;
@@ -223,7 +220,6 @@ async fn e04_e05_extend_activation_reaches_the_child_and_its_stations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 3: fails until the engine split fixes it"]
 async fn e04_a_childs_trial_runs_30_days_from_activation_not_from_receipt() {
     let c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
     c.wait_linked().await;
@@ -244,7 +240,6 @@ async fn e04_a_childs_trial_runs_30_days_from_activation_not_from_receipt() {
 // ---- defect 4 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 4: fails until the engine split fixes it"]
 async fn r05_e05_renewal_with_fewer_seats_than_held_after_add_seats_is_store_only() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
@@ -278,7 +273,6 @@ async fn r05_e05_renewal_with_fewer_seats_than_held_after_add_seats_is_store_onl
 // ---- defect 5 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 5: fails until the engine split fixes it"]
 async fn e03_e07_share_or_move_of_a_subscription_in_grace_is_refused_read_only() {
     let c = TestCluster::start(Topology::new().root("main")).await;
     c.wait_healthy("main").await;
@@ -385,7 +379,6 @@ async fn lent_until(c: &TestCluster, key: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 7: fails until the engine split fixes it"]
 async fn b01_a_custom_lending_period_survives_automatic_renewals_and_restarts() {
     let mut c = TestCluster::start(Topology::new().root("main").neighbor("east", "main")).await;
     c.wait_linked().await;
@@ -427,7 +420,6 @@ async fn b01_a_custom_lending_period_survives_automatic_renewals_and_restarts() 
 // ---- defect 8 ---------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 8: fails until the engine split fixes it"]
 async fn b02_a_station_reaching_a_second_neighbor_is_never_counted_twice() {
     let c = TestCluster::start(Topology::new().root("main").neighbor("east", "main")).await;
     c.wait_linked().await;
@@ -452,7 +444,6 @@ async fn b02_a_station_reaching_a_second_neighbor_is_never_counted_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 8: fails until the engine split fixes it"]
 async fn b02_with_the_link_to_the_origin_cut_a_second_neighbor_counts_no_second_seat() {
     let c = TestCluster::start(Topology::new().root("main").neighbor("east", "main")).await;
     c.wait_linked().await;
@@ -494,7 +485,6 @@ async fn usage_rows(c: &TestCluster, id: &str) -> Vec<pb::KeyUsage> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 9: fails until the engine split fixes it"]
 async fn t03_b05_a_vanished_grandchild_is_not_kept_current_by_its_parent() {
     let mut c = TestCluster::start(
         Topology::new()
@@ -741,7 +731,6 @@ async fn names_station_attach_refuses_control_and_bidi_characters_in_fingerprint
 // ---- defect 13 --------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect 13: fails until the engine split fixes it"]
 async fn r08_administrator_told_which_child_still_holds_the_old_key_after_30_days() {
     let mut c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
     c.wait_linked().await;

@@ -43,6 +43,7 @@ pub enum EventKind {
     LinkRefused,
     ObjectLicensed,
     ObjectUnlicensed,
+    OldKeyHeldByAbsentChild,
     OldKeyKept,
     OverAllocated,
     OverAllocationResolved,
@@ -60,7 +61,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 37] = [
+    pub const ALL: [EventKind; 38] = [
         Self::CommandDropped,
         Self::CommandReceived,
         Self::ConnectionRefused,
@@ -84,6 +85,7 @@ impl EventKind {
         Self::LinkRefused,
         Self::ObjectLicensed,
         Self::ObjectUnlicensed,
+        Self::OldKeyHeldByAbsentChild,
         Self::OldKeyKept,
         Self::OverAllocated,
         Self::OverAllocationResolved,
@@ -126,6 +128,7 @@ impl EventKind {
             Self::LinkRefused => "link-refused",
             Self::ObjectLicensed => "object-licensed",
             Self::ObjectUnlicensed => "object-unlicensed",
+            Self::OldKeyHeldByAbsentChild => "old-key-held-by-absent-child",
             Self::OldKeyKept => "old-key-kept",
             Self::OverAllocated => "over-allocated",
             Self::OverAllocationResolved => "over-allocation-resolved",

@@ -24,6 +24,9 @@ pub struct EngineConfig {
     pub usage_report_secs: i64,
     /// b01: default lending period of seats donated to a neighbor.
     pub donation_days: i64,
+    /// r08: after this many days the administrator is told which child
+    /// still holds a key that was renewed (it never came back).
+    pub old_key_notice_days: i64,
     /// t01: how often the node sends its usage report to the upstream.
     pub telemetry_interval_secs: i64,
     /// t01: how soon a failed usage report is tried again.
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             seat_poll_secs: 60,
             usage_report_secs: 60,
             donation_days: 30,
+            old_key_notice_days: 30,
             telemetry_interval_secs: 86_400,
             telemetry_retry_secs: 3_600,
             lifecycle: LifecycleConfig::default(),

@@ -1,22 +1,23 @@
 //! The node's state machine around the store: every administrator action and
 //! every federation message is one store transaction, flushed before it is
 //! acknowledged, whose effects (notifications, outbox wake-ups) are published
-//! only after it committed.
-use crate::config::{EngineConfig, PeerRole};
+//! only after it committed. The decisions are `keyfed-core`'s rules; the
+//! modules next to this one read their inputs in the transaction, call the
+//! rule and apply its steps (see [`crate::command`] for the typed commands).
+use crate::config::EngineConfig;
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
+use keyfed_core::donation::{DonationPolicy, Lending};
+use keyfed_core::event::EventKind;
 use keyfed_core::lifecycle::{state_on, GracePolicy, KeyState};
-use keyfed_core::seats::{check_assign, fit};
 use keyfed_core::{KeyFile, SharedClock};
-use keyfed_store::{
-    abort, Grant, Notification, ObjectKind, Origin, OutboxEntry, Store, StoredKey, Tx, TxResult,
-    Waiting,
-};
+use keyfed_store::{Grant, Notification, OutboxEntry, Store, StoredKey, Tx, TxResult};
 use keyfed_wire::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, Notify};
@@ -28,6 +29,8 @@ use tokio_util::task::TaskTracker;
 pub struct Effects {
     notifications: Vec<Notification>,
     wake: BTreeSet<String>,
+    /// b02: fingerprints whose claim the key's origin answered.
+    pub(crate) claim_answers: BTreeSet<String>,
 }
 
 impl Effects {
@@ -35,7 +38,7 @@ impl Effects {
         &mut self,
         tx: &Tx<'_>,
         at: DateTime<Utc>,
-        event: &str,
+        event: EventKind,
         key_id: &str,
         message: String,
         details: &[(&str, String)],
@@ -45,7 +48,7 @@ impl Effects {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         self.notifications
-            .push(tx.notify(at, event, key_id, message, details)?);
+            .push(tx.notify(at, event.as_str(), key_id, message, details)?);
         Ok(())
     }
 
@@ -102,6 +105,8 @@ pub struct Inner {
     pub(crate) upstream: Arc<dyn UpstreamPort>,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     peers: Mutex<HashMap<String, PeerMeta>>,
+    /// b02: contacts waiting for the key's origin to answer their claim.
+    claim_waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// Set by any change that may alter the usage rolled up the tree (b05).
     pub(crate) usage_dirty: AtomicBool,
     /// Group commit: tickets asked for and made durable so far.
@@ -177,7 +182,7 @@ impl std::ops::Deref for Engine {
     }
 }
 
-type Tr<T> = TxResult<T, EngineError>;
+pub(crate) type Tr<T> = TxResult<T, EngineError>;
 
 /// What the shell hands the engine when it starts.
 pub struct EngineParts {
@@ -225,6 +230,7 @@ impl Engine {
             sinks,
             upstream,
             wakers: Mutex::new(HashMap::new()),
+            claim_waiters: Mutex::new(HashMap::new()),
             peers: Mutex::new(peers),
             usage_dirty: AtomicBool::new(true),
             tasks,
@@ -272,6 +278,8 @@ impl Engine {
         message: String,
         details: &[(&str, String)],
     ) -> EngineResult<()> {
+        let event =
+            EventKind::from_str(event).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         let now = self.now();
         self.commit(|tx, fx| fx.notify(tx, now, event, key_id, message.clone(), details))
             .await
@@ -334,6 +342,19 @@ impl Engine {
         for peer in fx.wake {
             self.waker(&peer).notify_one();
         }
+        for fp in fx.claim_answers {
+            self.claim_waiter(&fp).notify_waiters();
+        }
+    }
+
+    /// b02: woken when the key's origin answers a claim for `fingerprint`.
+    pub(crate) fn claim_waiter(&self, fingerprint: &str) -> Arc<Notify> {
+        self.claim_waiters
+            .lock()
+            .expect("claim waiters lock")
+            .entry(fingerprint.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Waits until every transaction committed before the call is on disk.
@@ -373,20 +394,36 @@ impl Engine {
         self.peers.lock().expect("peers lock").get(peer).cloned()
     }
 
+    /// Records a link going up (with the peer's Hello) or down.
     pub fn set_peer_online(
         &self,
         peer: &str,
         online: bool,
         hello: Option<&pb::Hello>,
     ) -> EngineResult<()> {
+        self.peer_link(
+            peer,
+            online,
+            hello.map(|h| (h.protocol_version, h.accepts_donations)),
+            self.now(),
+        )
+    }
+
+    pub(crate) fn peer_link(
+        &self,
+        peer: &str,
+        online: bool,
+        hello: Option<(u32, bool)>,
+        now: DateTime<Utc>,
+    ) -> EngineResult<()> {
         let meta = {
             let mut peers = self.peers.lock().expect("peers lock");
             let m = peers.entry(peer.to_owned()).or_default();
             m.online = online;
-            m.since = Some(self.now());
-            if let Some(h) = hello {
-                m.protocol_version = h.protocol_version;
-                m.accepts_donations = h.accepts_donations;
+            m.since = Some(now);
+            if let Some((protocol_version, accepts_donations)) = hello {
+                m.protocol_version = protocol_version;
+                m.accepts_donations = accepts_donations;
             }
             m.clone()
         };
@@ -399,27 +436,34 @@ impl Engine {
 
     /// Protocol version of a peer as of its last Hello; unknown peers are
     /// assumed current until they say otherwise.
-    fn peer_protocol(&self, peer: &str) -> u32 {
+    pub(crate) fn peer_protocol(&self, peer: &str) -> u32 {
         self.peer_meta(peer)
             .map(|m| m.protocol_version)
             .filter(|v| *v > 0)
             .unwrap_or(keyfed_core::PROTOCOL_VERSION)
     }
 
-    fn parse_key(&self, text: &str) -> EngineResult<KeyFile> {
+    pub(crate) fn parse_key(&self, text: &str) -> EngineResult<KeyFile> {
         Ok(KeyFile::parse_trusted(
             text,
             &self.config.trusted_vendor_keys,
         )?)
     }
 
-    /// e01/e03 by the key's current entitlement (activations, trial extension).
+    /// e01/e03 by the key's current entitlement (activations, trial
+    /// extension), by the node's clock (what the shell shows).
     pub fn key_state(&self, k: &StoredKey) -> KeyState {
-        state_on(k.entitlement().expires, k.key.kind, self.now(), &self.grace)
+        self.state_at(k, self.now())
     }
 
-    fn writable(&self, k: &StoredKey) -> EngineResult<()> {
-        match self.key_state(k) {
+    /// e01/e03 at `now`, the time of the command being applied.
+    pub fn state_at(&self, k: &StoredKey, now: DateTime<Utc>) -> KeyState {
+        state_on(k.entitlement().expires, k.key.kind, now, &self.grace)
+    }
+
+    /// e03: assigning, transferring or distributing needs an active key.
+    pub(crate) fn writable_at(&self, k: &StoredKey, now: DateTime<Utc>) -> EngineResult<()> {
+        match self.state_at(k, now) {
             KeyState::Active => Ok(()),
             KeyState::Grace { until } => Err(EngineError::ReadOnly {
                 key_id: k.key.id.clone(),
@@ -434,1059 +478,20 @@ impl Engine {
         }
     }
 
-    // ---- keys -------------------------------------------------------------
-
-    /// Admin.AddKey: a vendor key file added by hand (origin: upstream).
-    pub async fn add_key(&self, text: &str) -> EngineResult<StoredKey> {
-        let file = self.parse_key(text)?;
-        let key = file.key.clone();
-        self.check_not_rollback(&key)?;
-        let now = self.now();
-        let stored = StoredKey::new(key.clone(), file.render(), Origin::Upstream, now, key.seats);
-        self.commit(|tx, fx| {
-            if tx.key::<EngineError>(&stored.key.id)?.is_some() {
-                return abort(EngineError::DuplicateKey(stored.key.id.clone()));
-            }
-            tx.put_key(&stored)?;
-            let k = &stored.key;
-            fx.notify(
-                tx,
-                now,
-                "key-added",
-                &k.id,
-                format!(
-                    "key {} added: {} seats of {} for {}",
-                    k.id, k.seats, k.components, k.customer
-                ),
-                &[
-                    ("seats", k.seats.to_string()),
-                    ("expires", k.expires.to_string()),
-                ],
-            )
-        })
-        .await?;
-        // e03: the upstream offers a renewal only until the old key expires;
-        // one added by hand for an expired or suspended key restores its
-        // objects at once instead of waiting for a renewal run
-        if let Some(old) = stored.key.renews.as_deref() {
-            if let Some(old) = self.store.key(old)? {
-                if old.origin == Origin::Upstream
-                    && old.superseded_by.is_none()
-                    && !self.key_state(&old).writable()
-                {
-                    self.apply_renewal(&old, stored.clone(), true).await?;
-                }
-            }
-        }
-        Ok(stored)
-    }
-
-    /// Refuses a key older (lower serial) than a key of the same license held
-    /// here or ever held here, even one deleted since: a rollback.
-    pub fn check_not_rollback(&self, key: &keyfed_core::Key) -> EngineResult<()> {
-        let held = self
-            .store
-            .keys()?
-            .into_iter()
-            .filter(|k| k.key.license == key.license)
-            .max_by_key(|k| k.key.serial);
-        if let Some(newer) = held.filter(|k| k.key.serial > key.serial) {
-            return Err(EngineError::FailedPrecondition(format!(
-                "key {} is serial {} of license {}, older than key {} (serial {}) already held: refused as a rollback",
-                key.id, key.serial, key.license, newer.key.id, newer.key.serial
-            )));
-        }
-        match self.store.license_serial(&key.license)? {
-            Some(seen) if seen > key.serial => {
-                Err(EngineError::FailedPrecondition(rollback_message(key, seen)))
-            }
-            _ => Ok(()),
+    /// b01: lending periods when the administrator names none.
+    pub(crate) fn donation_policy(&self) -> DonationPolicy {
+        DonationPolicy {
+            default_days: u32::try_from(self.config.donation_days.max(1)).unwrap_or(u32::MAX),
         }
     }
 
-    pub fn get_key(&self, id: &str) -> EngineResult<StoredKey> {
-        self.store
-            .key(id)?
-            .ok_or_else(|| EngineError::not_found("key", id))
-    }
-
-    /// Admin.DeleteKey: the key leaves the database; a key file in the key
-    /// folder is left alone (r12) and not imported again.
-    pub async fn delete_key(&self, id: &str) -> EngineResult<()> {
-        self.get_key(id)?;
-        let grants = self.store.grants_of_key(id)?;
-        let now = self.now();
-        self.commit(|tx, fx| {
-            let Some(k) = tx.key::<EngineError>(id)? else {
-                return abort(EngineError::not_found("key", id));
-            };
-            for g in &grants {
-                tx.remove_grant::<EngineError>(id, &g.object)?;
-                // every server still holding seats of it is told, also of a
-                // superseded key (r08: a neighbor that was only offered the
-                // renewal, a child that never came back); a child whose
-                // renewal is still queued applies that first and then finds
-                // nothing left to withdraw
-                if g.kind == ObjectKind::Server {
-                    let reason = if k.superseded_by.is_some() {
-                        "the superseded key was deleted by the administrator".to_owned()
-                    } else {
-                        "deleted by the administrator".to_owned()
-                    };
-                    fx.send(tx, &g.object, now, id, withdrawn(id, reason))?;
-                }
-            }
-            tx.remove_key::<EngineError>(id)?;
-            // r12: the tombstone keeps the key folder from importing it again;
-            // written in the same transaction, so a crash cannot separate them
-            tx.put_meta(&format!("deleted:{id}"), &ts(now))?;
-            fx.notify(
-                tx,
-                now,
-                "key-deleted",
-                id,
-                format!("key {id} deleted by the administrator"),
-                &[],
-            )
-        })
-        .await
-    }
-
-    // ---- seats ------------------------------------------------------------
-
-    pub async fn assign(
+    /// b01: a stored grant's lending, with its own period (defect 7).
+    pub(crate) fn lending_of(
         &self,
-        key_id: &str,
-        object: &str,
-        seats: u32,
-        kind: Option<ObjectKind>,
-        donation_days: u32,
-    ) -> EngineResult<Grant> {
-        if object.trim().is_empty() {
-            return Err(EngineError::InvalidArgument(
-                "object must name a station or a peer node".into(),
-            ));
-        }
-        let role = self.config.role_of(object);
-        let kind = match (kind, role) {
-            (Some(ObjectKind::Server), None) => {
-                return Err(EngineError::InvalidArgument(format!(
-                    "{object} is not a child or neighbor of this node; add it to the node's config first"
-                )))
-            }
-            (Some(ObjectKind::Station), Some(_)) => {
-                return Err(EngineError::InvalidArgument(format!("{object} is a peer node, not a station")))
-            }
-            (_, Some(_)) => ObjectKind::Server,
-            (_, None) => ObjectKind::Station,
-        };
-        let now = self.now();
-        let mut lent_until = None;
-        if let Some(role) = role {
-            if role == PeerRole::Parent {
-                return Err(EngineError::InvalidArgument(format!(
-                    "{object} is this node's parent: seats flow to children and neighbors"
-                )));
-            }
-            if role == PeerRole::Neighbor {
-                lent_until = Some(now + Duration::days(self.donation_days(donation_days)));
-                self.check_donation_allowed(object)?;
-            }
-        }
-        let k = self.get_key(key_id)?;
-        self.writable(&k)?;
-        if k.origin.peer() == Some(object) {
-            return Err(EngineError::InvalidArgument(format!(
-                "key {key_id} came from {object}; it cannot be lent back"
-            )));
-        }
-        self.commit(|tx, fx| {
-            let Some(k) = tx.key::<EngineError>(key_id)? else { return abort(EngineError::not_found("key", key_id)) };
-            if let Some(new) = &k.superseded_by {
-                return abort(EngineError::FailedPrecondition(format!(
-                    "key {key_id} was renewed as {new}; assign seats of {new} instead"
-                )));
-            }
-            if !k.distributable && kind == ObjectKind::Server {
-                return abort(EngineError::FailedPrecondition(format!(
-                    "key {key_id} was offered by a peer without automatic renewal and cannot be passed on"
-                )));
-            }
-            let mine = tx.grant::<EngineError>(key_id, object)?.map_or(0, |g| g.seats);
-            let used = tx.used::<EngineError>(key_id)?;
-            if used > k.held {
-                return abort(EngineError::FailedPrecondition(format!(
-                    "key {key_id} is over-allocated ({used} seats granted of {}): new grants are refused until fixed",
-                    k.held
-                )));
-            }
-            if let Err(e) = check_assign(key_id, object, k.held, used - mine, seats) {
-                return abort(e.into());
-            }
-            let g = Grant {
-                key_id: key_id.into(),
-                object: object.into(),
-                kind,
-                seats,
-                granted_at: now,
-                lent_until,
-                delivered: kind == ObjectKind::Station,
-                tenant: String::new(),
-            };
-            tx.put_grant(&g)?;
-            crate::lifecycle::meter_tx(tx, &k, used - mine + seats, now)?;
-            tx.remove_waiting::<EngineError>(key_id, object)?;
-            if kind == ObjectKind::Server {
-                fx.send(tx, object, now, key_id, seat_grant(&k, seats, lent_until))?;
-            }
-            Ok(g)
-        })
-        .await
-    }
-
-    fn donation_days(&self, asked: u32) -> i64 {
-        if asked == 0 {
-            self.config.donation_days
-        } else {
-            i64::from(asked)
-        }
-    }
-
-    /// b01: a donation needs the lender's leave to send and the neighbor's to receive.
-    fn check_donation_allowed(&self, neighbor: &str) -> EngineResult<()> {
-        if !self.config.neighbor(neighbor).is_some_and(|n| n.allow_send) {
-            return Err(EngineError::FailedPrecondition(format!(
-                "this node does not allow sending seats to neighbor {neighbor} (allow_send = false)"
-            )));
-        }
-        match self.peer_meta(neighbor) {
-            Some(m) if m.protocol_version > 0 && !m.accepts_donations => Err(EngineError::FailedPrecondition(format!(
-                "neighbor {neighbor} does not accept donated seats (its allow_receive is off)"
-            ))),
-            Some(m) if m.protocol_version > 0 => Ok(()),
-            _ => Err(EngineError::FailedPrecondition(format!(
-                "neighbor {neighbor} has never linked, so it is not known whether it accepts donated seats"
-            ))),
-        }
-    }
-
-    pub async fn unassign(&self, key_id: &str, object: &str) -> EngineResult<()> {
-        let now = self.now();
-        self.commit(|tx, fx| {
-            let Some(g) = tx.remove_grant::<EngineError>(key_id, object)? else {
-                return abort(EngineError::not_found(
-                    "grant",
-                    format!("of key {key_id} to {object}"),
-                ));
-            };
-            if g.kind == ObjectKind::Server {
-                fx.send(
-                    tx,
-                    object,
-                    now,
-                    key_id,
-                    withdrawn(key_id, "unassigned by the administrator".into()),
-                )?;
-            }
-            retire_if_free(tx, fx, key_id, now)?;
-            Ok(())
-        })
-        .await?;
-        // r11: a freed seat goes to a waiting object at once
-        self.fill_waiting().await
-    }
-
-    // ---- renewal ----------------------------------------------------------
-
-    /// r06/r10/r11: in one transaction, store `new` (if not yet held) and hand
-    /// it to every object of `old_id`. The old key is retired once no object
-    /// still holds it (r07).
-    pub fn distribute_tx(
-        &self,
-        tx: &Tx<'_>,
-        fx: &mut Effects,
-        old_id: &str,
-        grants: &[Grant],
-        new: &StoredKey,
-        now: DateTime<Utc>,
-    ) -> Tr<()> {
-        let new_id = new.key.id.clone();
-        let mut newk = match tx.key::<EngineError>(&new_id)? {
-            Some(mut existing) => {
-                if existing.origin == new.origin {
-                    existing.held = new.held;
-                    existing.lent_until = new.lent_until;
-                }
-                existing
-            }
-            None => new.clone(),
-        };
-        newk.distributable = true;
-        tx.put_key(&newk)?;
-        let Some(mut old) = tx.key::<EngineError>(old_id)? else {
-            return Ok(());
-        };
-        old.superseded_by = Some(new_id.clone());
-        tx.put_key(&old)?;
-        // e07: the renewal keeps who holds the subscription
-        if newk.tenancy == Default::default() && old.tenancy != Default::default() {
-            newk.tenancy = old.tenancy.clone();
-            tx.put_key(&newk)?;
-        }
-        for g in grants {
-            let Some(g) = tx.grant::<EngineError>(old_id, &g.object)? else {
-                continue;
-            };
-            let server = g.kind == ObjectKind::Server;
-            if let Some(have) = tx.grant::<EngineError>(&new_id, &g.object)? {
-                // r10: already given the new key by hand; left as it is
-                if server && self.peer_protocol(&g.object) >= keyfed_core::AUTO_RENEWAL_SINCE {
-                    fx.send(
-                        tx,
-                        &g.object,
-                        now,
-                        old_id,
-                        renewed(old_id, &newk, have.seats, have.lent_until),
-                    )?;
-                } else {
-                    tx.remove_grant::<EngineError>(old_id, &g.object)?;
-                }
-                continue;
-            }
-            if server && self.peer_protocol(&g.object) < keyfed_core::AUTO_RENEWAL_SINCE {
-                // r08: the old peer gets the key file but does not distribute it;
-                // the old key stays here until the administrator deletes it
-                fx.send(
-                    tx,
-                    &g.object,
-                    now,
-                    &new_id,
-                    pb::delivery::Body::Offer(pb::KeyOffer {
-                        key: Some(pb::KeyFile {
-                            text: newk.text.clone(),
-                        }),
-                    }),
-                )?;
-                fx.notify(
-                    tx,
-                    now,
-                    "old-key-kept",
-                    old_id,
-                    format!(
-                        "key {old_id} kept: {} speaks protocol {} without automatic renewal; it was given {new_id} but does not distribute it. Delete {old_id} by hand when done",
-                        g.object,
-                        self.peer_protocol(&g.object)
-                    ),
-                    &[("object", g.object.clone()), ("new_key_id", new_id.clone())],
-                )?;
-                continue;
-            }
-            let used = tx.used::<EngineError>(&new_id)?;
-            if fit(newk.held, used, g.seats) < g.seats {
-                // r11: not enough seats: the object waits, unlicensed
-                tx.remove_grant::<EngineError>(old_id, &g.object)?;
-                if server {
-                    let reason = format!("renewed as {new_id}, which has no free seat for you yet");
-                    fx.send(tx, &g.object, now, old_id, withdrawn(old_id, reason))?;
-                }
-                tx.put_waiting(&Waiting {
-                    key_id: new_id.clone(),
-                    object: g.object.clone(),
-                    kind: g.kind,
-                    seats: g.seats,
-                    since: now,
-                    lent_until: g.lent_until,
-                    replaces: Some(old_id.to_owned()),
-                })?;
-                fx.notify(
-                    tx,
-                    now,
-                    "object-unlicensed",
-                    &new_id,
-                    format!(
-                        "{} keeps no seat: key {new_id} has {} free of {} and it needs {}; it waits until seats free up",
-                        g.object,
-                        newk.held.saturating_sub(used),
-                        newk.held,
-                        g.seats
-                    ),
-                    &[("object", g.object.clone()), ("old_key_id", old_id.to_owned())],
-                )?;
-                continue;
-            }
-            let moved = Grant {
-                key_id: new_id.clone(),
-                granted_at: now,
-                delivered: !server,
-                ..g.clone()
-            };
-            tx.put_grant(&moved)?;
-            if server {
-                // the old grant stays until the peer acks: it still uses the old key (r07)
-                fx.send(
-                    tx,
-                    &g.object,
-                    now,
-                    old_id,
-                    renewed(old_id, &newk, g.seats, g.lent_until),
-                )?;
-            } else {
-                tx.remove_grant::<EngineError>(old_id, &g.object)?;
-            }
-        }
-        retire_if_free(tx, fx, old_id, now)
-    }
-
-    /// The peer acked `entries`: grants are delivered, renewals taken (r07).
-    pub async fn on_acked(&self, peer: &str, entries: Vec<OutboxEntry>) -> EngineResult<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let now = self.now();
-        self.commit(|tx, fx| {
-            for e in &entries {
-                let Ok(d) = pb::Delivery::decode(e.body.as_slice()) else {
-                    continue;
-                };
-                match d.body {
-                    Some(pb::delivery::Body::Grant(g)) => {
-                        if let Some(mut mine) = tx.grant::<EngineError>(&e.key_id, peer)? {
-                            if mine.seats == g.seats {
-                                mine.delivered = true;
-                                tx.put_grant(&mine)?;
-                            }
-                        }
-                    }
-                    Some(pb::delivery::Body::Command(c)) => {
-                        if let Some(mut cmd) = tx.command::<EngineError>(peer, c.id)? {
-                            cmd.state = keyfed_store::CommandState::Delivered { at: now };
-                            tx.put_command(&cmd)?;
-                        }
-                    }
-                    Some(pb::delivery::Body::Renewed(r)) => {
-                        let new_id = r
-                            .new_key
-                            .as_ref()
-                            .and_then(|k| KeyFile::parse(&k.text).ok())
-                            .map(|f| f.key.id);
-                        if let Some(mut g) = new_id
-                            .and_then(|id| tx.grant::<EngineError>(&id, peer).transpose())
-                            .transpose()?
-                        {
-                            g.delivered = true;
-                            tx.put_grant(&g)?;
-                        }
-                        tx.remove_grant::<EngineError>(&r.old_key_id, peer)?;
-                        retire_if_free(tx, fx, &r.old_key_id, now)?;
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// r11: grants seats to objects waiting for them, as far as seats allow.
-    pub async fn fill_waiting(&self) -> EngineResult<()> {
-        let waiting = self.store.waiting()?;
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let now = self.now();
-        self.commit(|tx, fx| {
-            for w in &waiting {
-                let Some(k) = tx.key::<EngineError>(&w.key_id)? else {
-                    tx.remove_waiting::<EngineError>(&w.key_id, &w.object)?;
-                    continue;
-                };
-                let used = tx.used::<EngineError>(&w.key_id)?;
-                if tx.grant::<EngineError>(&w.key_id, &w.object)?.is_some()
-                    || fit(k.held, used, w.seats) < w.seats
-                {
-                    continue;
-                }
-                let server = w.kind == ObjectKind::Server;
-                tx.put_grant(&Grant {
-                    key_id: w.key_id.clone(),
-                    object: w.object.clone(),
-                    kind: w.kind,
-                    seats: w.seats,
-                    granted_at: now,
-                    lent_until: w.lent_until,
-                    delivered: !server,
-                    tenant: String::new(),
-                })?;
-                tx.remove_waiting::<EngineError>(&w.key_id, &w.object)?;
-                if server {
-                    let body = match &w.replaces {
-                        Some(old) => renewed(old, &k, w.seats, w.lent_until),
-                        None => seat_grant(&k, w.seats, w.lent_until),
-                    };
-                    fx.send(
-                        tx,
-                        &w.object,
-                        now,
-                        w.replaces.as_deref().unwrap_or(&w.key_id),
-                        body,
-                    )?;
-                }
-                fx.notify(
-                    tx,
-                    now,
-                    "object-licensed",
-                    &w.key_id,
-                    format!(
-                        "{} got {} seat(s) of key {} that freed up",
-                        w.object, w.seats, w.key_id
-                    ),
-                    &[("object", w.object.clone())],
-                )?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    // ---- receiving from peers ----------------------------------------------
-
-    /// Applies one delivery from `peer` exactly once (by sequence), durably.
-    pub async fn apply_delivery(&self, peer: &str, d: pb::Delivery) -> EngineResult<()> {
-        let now = self.now();
-        // grants are read outside the transaction; it re-reads each one
-        let old_grants = match &d.body {
-            Some(pb::delivery::Body::Renewed(r)) => self.store.grants_of_key(&r.old_key_id)?,
-            Some(pb::delivery::Body::Withdrawn(w)) => self.store.grants_of_key(&w.key_id)?,
-            _ => Vec::new(),
-        };
-        let parsed = match &d.body {
-            Some(pb::delivery::Body::Grant(pb::SeatGrant { key: Some(k), .. }))
-            | Some(pb::delivery::Body::Offer(pb::KeyOffer { key: Some(k) }))
-            | Some(pb::delivery::Body::Renewed(pb::KeyRenewed {
-                new_key: Some(k), ..
-            })) => Some(self.parse_key(&k.text)),
-            _ => None,
-        };
-        let role = self.config.role_of(peer);
-        // b02: claims name a license; find this node's current key of it
-        let claimed = match &d.body {
-            Some(pb::delivery::Body::Claim(c)) => self.store.keys()?.into_iter().find(|k| {
-                k.key.license == c.license && k.superseded_by.is_none() && k.merged_into.is_none()
-            }),
-            _ => None,
-        };
-        // for the rollback check of stores written before serials were kept
-        let held_serial = match &parsed {
-            Some(Ok(f)) => self
-                .store
-                .keys()?
-                .iter()
-                .filter(|k| k.key.license == f.key.license)
-                .map(|k| k.key.serial)
-                .max(),
-            _ => None,
-        };
-        // b05: a peer's rollup replaces every line its last one carried
-        let carried: Vec<(String, String)> = match &d.body {
-            Some(pb::delivery::Body::Usage(_)) => self
-                .store
-                .usage_lines()?
-                .into_iter()
-                .filter(|l| l.via == peer)
-                .map(|l| (l.node_id, l.key_id))
-                .collect(),
-            _ => Vec::new(),
-        };
-        // b05: a rollup may name a key by the id the peer still holds, the
-        // one our grant's key renewed
-        let renewals: HashMap<String, Vec<String>> = match &d.body {
-            Some(pb::delivery::Body::Usage(_)) => {
-                let mut m: HashMap<String, Vec<String>> = HashMap::new();
-                for k in self.store.keys()? {
-                    if let Some(old) = &k.key.renews {
-                        m.entry(old.clone()).or_default().push(k.key.id.clone());
-                    }
-                }
-                m
-            }
-            _ => HashMap::new(),
-        };
-        self.commit(|tx, fx| {
-            let mut cursor = tx.cursor::<EngineError>(peer)?;
-            if d.seq <= cursor.applied {
-                return Ok(()); // a replay: already applied
-            }
-            cursor.applied = d.seq;
-            tx.put_cursor(peer, &cursor)?;
-            if !tx.first_sight::<EngineError>(&d.message_id, now)? {
-                return Ok(());
-            }
-            let file = match &parsed {
-                Some(Ok(f)) => Some(f),
-                Some(Err(e)) => {
-                    fx.notify(
-                        tx,
-                        now,
-                        "peer-message-refused",
-                        "",
-                        format!("a key from {peer} was refused: {e}"),
-                        &[("peer", peer.to_owned())],
-                    )?;
-                    return Ok(());
-                }
-                None => None,
-            };
-            if let Some(f) = file {
-                if let Some(why) = self.key_refusal(tx, peer, role, &d.body, f, held_serial)? {
-                    tracing::warn!(node = %self.id(), %peer, key_id = %f.key.id, reason = %why, "peer message refused");
-                    // r13: seats a parent or neighbor granted and this node
-                    // refused go back, or the sender counts them forever
-                    let carries_seats = matches!(
-                        d.body,
-                        Some(pb::delivery::Body::Grant(_) | pb::delivery::Body::Renewed(_))
-                    );
-                    if carries_seats && matches!(role, Some(PeerRole::Parent | PeerRole::Neighbor)) {
-                        let back = format!("refused by {}: {why}", self.id());
-                        fx.send(tx, peer, now, &f.key.id, withdrawn(&f.key.id, back))?;
-                    }
-                    fx.notify(
-                        tx,
-                        now,
-                        "peer-message-refused",
-                        &f.key.id,
-                        why,
-                        &[("peer", peer.to_owned())],
-                    )?;
-                    return Ok(());
-                }
-            }
-            match (&d.body, file) {
-                (Some(pb::delivery::Body::Grant(g)), Some(f)) => {
-                    let lent = crate::time::parse_ts("lent_until", &g.lent_until)
-                        .ok()
-                        .flatten();
-                    self.receive_key_tx(tx, fx, peer, f, g.seats, lent, true, now)?;
-                }
-                (Some(pb::delivery::Body::Offer(_)), Some(f)) => {
-                    self.receive_key_tx(tx, fx, peer, f, 0, None, false, now)?;
-                }
-                (Some(pb::delivery::Body::Renewed(r)), Some(f)) => {
-                    let lent = crate::time::parse_ts("lent_until", &r.lent_until)
-                        .ok()
-                        .flatten();
-                    if self.config.protocol_version < keyfed_core::AUTO_RENEWAL_SINCE {
-                        return self.receive_key_tx(tx, fx, peer, f, r.seats, lent, false, now);
-                    }
-                    let new = StoredKey {
-                        lent_until: lent,
-                        ..StoredKey::new(
-                            f.key.clone(),
-                            f.render(),
-                            Origin::Peer(peer.to_owned()),
-                            now,
-                            r.seats,
-                        )
-                    };
-                    let old_here = tx
-                        .key::<EngineError>(&r.old_key_id)?
-                        .filter(|k| k.origin.peer() == Some(peer));
-                    fx.notify(
-                        tx,
-                        now,
-                        "key-renewed-automatically",
-                        &f.key.id,
-                        format!(
-                            "key {} was renewed automatically as {} ({} seats) by {peer}",
-                            r.old_key_id, f.key.id, r.seats
-                        ),
-                        &[
-                            ("old_key_id", r.old_key_id.clone()),
-                            ("new_key_id", f.key.id.clone()),
-                            ("from", peer.to_owned()),
-                        ],
-                    )?;
-                    if old_here.is_some() {
-                        self.distribute_tx(tx, fx, &r.old_key_id, &old_grants, &new, now)?;
-                    } else if tx.key::<EngineError>(&new.key.id)?.is_none() {
-                        tx.put_key(&new)?;
-                    }
-                }
-                (Some(pb::delivery::Body::Claim(c)), _) => {
-                    self.claim_tx(tx, fx, peer, c, claimed.as_ref(), now)?;
-                }
-                (Some(pb::delivery::Body::Command(c)), _) if role != Some(PeerRole::Parent) => {
-                    tracing::warn!(node = %self.id(), %peer, "command from a peer that is not the parent refused");
-                    fx.notify(
-                        tx,
-                        now,
-                        "peer-message-refused",
-                        "",
-                        format!("{peer} is not this node's parent; its command {:?} was refused", c.command),
-                        &[("peer", peer.to_owned())],
-                    )?;
-                }
-                (Some(pb::delivery::Body::Command(c)), _) => {
-                    // o03: a command from the parent's administrator
-                    fx.notify(
-                        tx,
-                        now,
-                        "command-received",
-                        "",
-                        format!("command from {peer}: {}", c.command),
-                        &[
-                            ("from", peer.to_owned()),
-                            ("command_id", c.id.to_string()),
-                            ("command", c.command.clone()),
-                        ],
-                    )?;
-                }
-                (Some(pb::delivery::Body::Withdrawn(w)), _) => {
-                    self.withdraw_tx(tx, fx, peer, &w.key_id, &w.reason, &old_grants, now)?;
-                }
-                (Some(pb::delivery::Body::Usage(u)), _) => {
-                    for (node_id, key_id) in &carried {
-                        if !u.lines.iter().any(|l| &l.node_id == node_id && &l.key_id == key_id) {
-                            tx.remove_usage::<EngineError>(node_id, key_id)?;
-                        }
-                    }
-                    let mut refused = BTreeSet::new();
-                    for line in &u.lines {
-                        // only keys this node granted to the peer, within the grant
-                        let granted = match tx.grant::<EngineError>(&line.key_id, peer)? {
-                            Some(g) => line.seats <= g.seats,
-                            None => {
-                                let mut renewed = false;
-                                for new in renewals.get(&line.key_id).into_iter().flatten() {
-                                    renewed |= tx.grant::<EngineError>(new, peer)?.is_some();
-                                }
-                                renewed
-                            }
-                        };
-                        if !granted {
-                            refused.insert(line.key_id.clone());
-                            continue;
-                        }
-                        tx.put_usage(&keyfed_store::UsageLine {
-                            node_id: line.node_id.clone(),
-                            key_id: line.key_id.clone(),
-                            seats: line.seats,
-                            used: line.used,
-                            reported_at: crate::time::parse_ts("reported_at", &line.reported_at)
-                                .ok()
-                                .flatten()
-                                .unwrap_or(now),
-                            via: peer.to_owned(),
-                        })?;
-                    }
-                    if !refused.is_empty() {
-                        let keys = refused.into_iter().collect::<Vec<_>>().join(", ");
-                        tracing::warn!(node = %self.id(), %peer, %keys, "usage lines refused");
-                        fx.notify(
-                            tx,
-                            now,
-                            "peer-message-refused",
-                            "",
-                            format!("{peer} reported usage of key(s) {keys}, whose seats this node did not grant it (or fewer than it claims); those lines were refused"),
-                            &[("peer", peer.to_owned()), ("keys", keys.clone())],
-                        )?;
-                    }
-                }
-                _ => {
-                    fx.notify(
-                        tx,
-                        now,
-                        "peer-message-refused",
-                        "",
-                        format!(
-                            "an empty or malformed delivery {} from {peer} was ignored",
-                            d.seq
-                        ),
-                        &[("peer", peer.to_owned())],
-                    )?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        self.fill_waiting().await
-    }
-
-    /// Why a key-bearing delivery (grant, offer, renewal) from `peer` is
-    /// refused, if it is: seats flow down and to neighbors that accept them,
-    /// never up; a key older than one of its license seen here is a rollback.
-    fn key_refusal(
-        &self,
-        tx: &Tx<'_>,
-        peer: &str,
-        role: Option<PeerRole>,
-        body: &Option<pb::delivery::Body>,
-        f: &KeyFile,
-        held_serial: Option<u64>,
-    ) -> Tr<Option<String>> {
-        let what = body.as_ref().map_or("delivery", body_name);
-        let id = &f.key.id;
-        match role {
-            Some(PeerRole::Child) => {
-                return Ok(Some(format!(
-                    "child {peer} tried to grant seats upward ({what} of key {id}); refused"
-                )))
-            }
-            Some(PeerRole::Neighbor)
-                if !matches!(body, Some(pb::delivery::Body::Offer(_)))
-                    && !self.config.neighbor(peer).is_some_and(|n| n.allow_receive) =>
-            {
-                return Ok(Some(format!(
-                    "neighbor {peer} lent seats ({what} of key {id}) but allow_receive is off; refused"
-                )))
-            }
-            None => {
-                return Ok(Some(format!(
-                    "{peer} is not a configured peer of this node; its {what} of key {id} was refused"
-                )))
-            }
-            _ => {}
-        }
-        if tx.key::<EngineError>(id)?.is_none() {
-            let seen = tx
-                .license_serial::<EngineError>(&f.key.license)?
-                .max(held_serial);
-            if let Some(seen) = seen.filter(|s| *s > f.key.serial) {
-                return Ok(Some(format!(
-                    "{peer} sent a {what}: {}",
-                    rollback_message(&f.key, seen)
-                )));
-            }
-        }
-        if let Some(pb::delivery::Body::Renewed(r)) = body {
-            if let Some(old) = tx.key::<EngineError>(&r.old_key_id)? {
-                if old.key.license != f.key.license {
-                    return Ok(Some(format!(
-                        "{peer} sent key {id} of license {} as the renewal of key {} of license {}; refused",
-                        f.key.license, old.key.id, old.key.license
-                    )));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn receive_key_tx(
-        &self,
-        tx: &Tx<'_>,
-        fx: &mut Effects,
-        peer: &str,
-        f: &KeyFile,
-        seats: u32,
-        lent_until: Option<DateTime<Utc>>,
-        distributable: bool,
-        now: DateTime<Utc>,
-    ) -> Tr<()> {
-        let id = &f.key.id;
-        let existing = tx.key::<EngineError>(id)?;
-        if let Some(e) = &existing {
-            if e.origin != Origin::Peer(peer.to_owned()) {
-                return fx.notify(tx, now, "peer-message-refused", id, format!("{peer} sent key {id}, which this node already holds from elsewhere; ignored"), &[("peer", peer.to_owned())]);
-            }
-        }
-        let k = StoredKey {
-            superseded_by: existing.as_ref().and_then(|e| e.superseded_by.clone()),
-            lent_until,
-            distributable,
-            ..StoredKey::new(
-                f.key.clone(),
-                f.render(),
-                Origin::Peer(peer.to_owned()),
-                existing.as_ref().map_or(now, |e| e.added_at),
-                seats,
-            )
-        };
-        // e06: fewer seats than granted is flagged by the lifecycle sweep
-        tx.put_key(&k)?;
-        if existing.is_none() {
-            let event = if distributable {
-                "key-received"
-            } else {
-                "key-offered"
-            };
-            fx.notify(
-                tx,
-                now,
-                event,
-                id,
-                format!("key {id} received from {peer} with {seats} seat(s)"),
-                &[("from", peer.to_owned()), ("seats", seats.to_string())],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// A peer took back the seats of a key it gave us: everything below goes too.
-    /// r13: a server this node granted seats to refused them (or gave them
-    /// back): its grant is removed, so the seats are free here again.
-    fn grant_returned_tx(
-        &self,
-        tx: &Tx<'_>,
-        fx: &mut Effects,
-        peer: &str,
-        key_id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Tr<()> {
-        let Some(g) = tx.grant::<EngineError>(key_id, peer)? else {
-            return Ok(());
-        };
-        if g.kind != ObjectKind::Server {
-            return Ok(());
-        }
-        tx.remove_grant::<EngineError>(key_id, peer)?;
-        fx.notify(
-            tx,
-            now,
-            "grant-returned",
-            key_id,
-            format!(
-                "{peer} gave back its {} seat(s) of key {key_id}: {reason}",
-                g.seats
-            ),
-            &[("peer", peer.to_owned()), ("seats", g.seats.to_string())],
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn withdraw_tx(
-        &self,
-        tx: &Tx<'_>,
-        fx: &mut Effects,
-        peer: &str,
-        key_id: &str,
-        reason: &str,
-        grants: &[Grant],
-        now: DateTime<Utc>,
-    ) -> Tr<()> {
-        let Some(k) = tx.key::<EngineError>(key_id)? else {
-            return Ok(());
-        };
-        if k.origin.peer() != Some(peer) {
-            return self.grant_returned_tx(tx, fx, peer, key_id, reason, now);
-        }
-        for g in grants {
-            if tx.remove_grant::<EngineError>(key_id, &g.object)?.is_some()
-                && g.kind == ObjectKind::Server
-            {
-                fx.send(
-                    tx,
-                    &g.object,
-                    now,
-                    key_id,
-                    withdrawn(key_id, format!("withdrawn upstream: {reason}")),
-                )?;
-            }
-        }
-        tx.remove_key::<EngineError>(key_id)?;
-        fx.notify(
-            tx,
-            now,
-            "key-withdrawn",
-            key_id,
-            format!("{peer} withdrew key {key_id}: {reason}"),
-            &[("from", peer.to_owned())],
-        )
-    }
-
-    /// b02 across nodes: a peer says one of its stations took (or gave back)
-    /// a seat of a license; or our origin answers that it is a second seat.
-    fn claim_tx(
-        &self,
-        tx: &Tx<'_>,
-        fx: &mut Effects,
-        peer: &str,
-        c: &pb::StationClaim,
-        key: Option<&StoredKey>,
-        now: DateTime<Utc>,
-    ) -> Tr<()> {
-        let (license, fp) = (c.license.as_str(), c.fingerprint.as_str());
-        let Some(k) = key else {
-            return Ok(()); // the license is gone here: nothing to arbitrate
-        };
-        let origin = k.origin.peer().map(str::to_owned);
-        if c.duplicate {
-            if origin.as_deref() != Some(peer) {
-                return fx.notify(
-                    tx,
-                    now,
-                    "peer-message-refused",
-                    &k.key.id,
-                    format!(
-                        "{peer} answered a station claim for a key it did not give us; ignored"
-                    ),
-                    &[("peer", peer.to_owned())],
-                );
-            }
-            if let Some(below) = tx.claim::<EngineError>(license, fp)? {
-                // forwarded for a node below us: pass the answer down
-                tx.remove_claim::<EngineError>(license, fp)?;
-                return fx
-                    .send(
-                        tx,
-                        &below,
-                        now,
-                        &k.key.id,
-                        pb::delivery::Body::Claim(c.clone()),
-                    )
-                    .map(|_| ());
-            }
-            if tx.remove_grant::<EngineError>(&k.key.id, fp)?.is_some() {
-                if let Some(mut s) = tx.station::<EngineError>(fp)? {
-                    s.key_id = None;
-                    s.elsewhere = Some((c.holder.clone(), k.key.id.clone(), now));
-                    tx.put_station(&s)?;
-                }
-                fx.notify(tx, now, "duplicate-station", &k.key.id, format!("station {fp} already holds a seat of {} through {}: the seat it took here was given back (b02)", k.key.id, c.holder), &[("fingerprint", fp.to_owned()), ("holder", c.holder.clone())])?;
-            }
-            return Ok(());
-        }
-        if tx.grant::<EngineError>(&k.key.id, peer)?.is_none() {
-            return fx.notify(
-                tx,
-                now,
-                "peer-message-refused",
-                &k.key.id,
-                format!(
-                    "{peer} claims a station seat of {} but was never granted seats of it; refused",
-                    k.key.id
-                ),
-                &[("peer", peer.to_owned())],
-            );
-        }
-        if c.released {
-            if tx.claim::<EngineError>(license, fp)?.as_deref() == Some(peer) {
-                tx.remove_claim::<EngineError>(license, fp)?;
-                if let Some(up) = &origin {
-                    fx.send(tx, up, now, &k.key.id, crate::station::claim(k, fp, true))?;
-                }
-            }
-            return Ok(());
-        }
-        let here = tx
-            .grant::<EngineError>(&k.key.id, fp)?
-            .filter(|g| g.kind == ObjectKind::Station)
-            .map(|_| self.id().to_owned());
-        let elsewhere = tx.claim::<EngineError>(license, fp)?.filter(|p| p != peer);
-        if let Some(holder) = here.or(elsewhere) {
-            let answer = pb::StationClaim {
-                duplicate: true,
-                holder: holder.clone(),
-                ..c.clone()
-            };
-            fx.send(tx, peer, now, &k.key.id, pb::delivery::Body::Claim(answer))?;
-            return fx.notify(tx, now, "duplicate-station", &k.key.id, format!("station {fp} reached {peer} but already holds a seat of {} through {holder}; {peer} gives its seat back (b02)", k.key.id), &[("fingerprint", fp.to_owned()), ("holder", holder)]);
-        }
-        tx.put_claim(license, fp, peer)?;
-        if let Some(up) = &origin {
-            fx.send(tx, up, now, &k.key.id, crate::station::claim(k, fp, false))?;
-        }
-        Ok(())
+        until: Option<DateTime<Utc>>,
+        days: Option<u32>,
+    ) -> Option<Lending> {
+        until.map(|u| Lending::stored(u, days, self.donation_policy()))
     }
 
     pub fn notifications_after(&self, seq: u64) -> EngineResult<Vec<Notification>> {
@@ -1494,7 +499,7 @@ impl Engine {
     }
 }
 
-fn rollback_message(key: &keyfed_core::Key, seen: u64) -> String {
+pub(crate) fn rollback_message(key: &keyfed_core::Key, seen: u64) -> String {
     format!(
         "key {} is serial {} of license {}, older than serial {seen} this node already had (perhaps deleted since): refused as a rollback",
         key.id, key.serial, key.license
@@ -1502,7 +507,12 @@ fn rollback_message(key: &keyfed_core::Key, seen: u64) -> String {
 }
 
 /// r07: a superseded key leaves once no object still holds it.
-fn retire_if_free(tx: &Tx<'_>, fx: &mut Effects, key_id: &str, now: DateTime<Utc>) -> Tr<()> {
+pub(crate) fn retire_if_free(
+    tx: &Tx<'_>,
+    fx: &mut Effects,
+    key_id: &str,
+    now: DateTime<Utc>,
+) -> Tr<()> {
     let Some(k) = tx.key::<EngineError>(key_id)? else {
         return Ok(());
     };
@@ -1516,33 +526,45 @@ fn retire_if_free(tx: &Tx<'_>, fx: &mut Effects, key_id: &str, now: DateTime<Utc
     fx.notify(
         tx,
         now,
-        "key-retired",
+        EventKind::KeyRetired,
         key_id,
         format!("key {key_id} retired: every object now holds {new}"),
         &[("new_key_id", new.clone())],
     )
 }
 
+/// e04/e05: the entitlement a delivery of `k` carries (defect 3).
+fn entitled(k: &StoredKey) -> (u32, String) {
+    let e = k.entitlement();
+    (e.seats, e.expires.to_string())
+}
+
+/// A grant of `seats` of `k` to a peer, with the key's entitlement.
 pub fn seat_grant(
     k: &StoredKey,
     seats: u32,
     lent_until: Option<DateTime<Utc>>,
 ) -> pb::delivery::Body {
+    let (entitled_seats, entitled_until) = entitled(k);
     pb::delivery::Body::Grant(pb::SeatGrant {
         key: Some(pb::KeyFile {
             text: k.text.clone(),
         }),
         seats,
         lent_until: crate::time::opt_ts(lent_until),
+        entitled_seats,
+        entitled_until,
     })
 }
 
+/// r06: the renewal of `old_id` as `new`, with the seats granted of it.
 pub fn renewed(
     old_id: &str,
     new: &StoredKey,
     seats: u32,
     lent_until: Option<DateTime<Utc>>,
 ) -> pb::delivery::Body {
+    let (entitled_seats, entitled_until) = entitled(new);
     pb::delivery::Body::Renewed(pb::KeyRenewed {
         old_key_id: old_id.to_owned(),
         new_key: Some(pb::KeyFile {
@@ -1550,6 +572,8 @@ pub fn renewed(
         }),
         seats,
         lent_until: crate::time::opt_ts(lent_until),
+        entitled_seats,
+        entitled_until,
     })
 }
 
@@ -1558,4 +582,26 @@ pub fn withdrawn(key_id: &str, reason: String) -> pb::delivery::Body {
         key_id: key_id.to_owned(),
         reason,
     })
+}
+
+/// The grant a server or station gets of `key_id`.
+pub(crate) fn new_grant(
+    key_id: &str,
+    object: &str,
+    kind: keyfed_store::ObjectKind,
+    seats: u32,
+    lending: Option<Lending>,
+    now: DateTime<Utc>,
+) -> Grant {
+    Grant {
+        key_id: key_id.to_owned(),
+        object: object.to_owned(),
+        kind,
+        seats,
+        granted_at: now,
+        lent_until: lending.map(|l| l.until),
+        lent_days: lending.map(|l| l.period_days),
+        delivered: kind == keyfed_store::ObjectKind::Station,
+        tenant: String::new(),
+    }
 }

@@ -6,9 +6,17 @@
 //! acknowledged and its effects (notifications, outbox wake-ups) are
 //! published after. It speaks no gRPC: the shell (`keyfed-node`) serves the
 //! wire, owns the links and reaches the upstream through [`UpstreamPort`].
+//! Its API is the typed, deterministic [`Command`] set ([`Engine::execute`]).
+
+#![warn(clippy::too_many_lines)]
+
+pub mod claims;
+pub mod command;
 pub mod config;
+pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod ledger;
 pub mod lifecycle;
 pub mod renewal;
 pub mod station;
@@ -17,6 +25,7 @@ pub mod tick;
 pub mod time;
 pub mod usage;
 
+pub use command::{Command, Outcome, StationReportIn};
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineParts, EventSink, NoUpstream, PeerMeta, PortFuture, UpstreamPort};
 pub use error::{EngineError, EngineResult, ErrorCode};
@@ -24,3 +33,6 @@ pub use station::{Hello, Settings};
 
 /// The engine's version, as telemetry reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests;

@@ -4,14 +4,21 @@
 //! low-seat warnings (b04), and commands for offline objects (o03). The
 //! rules are keyfed-core functions; this is where they meet the store.
 use crate::config::PeerRole;
-use crate::engine::Engine;
+use crate::engine::{seat_grant, Effects, Engine};
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
-use chrono::Duration;
-use keyfed_core::entitlement::{activate, extend_trial, over_limit, ActivationMode, Holder};
+use chrono::{DateTime, Duration, Utc};
+use keyfed_core::entitlement::{activate, extend_trial, ActivationMode, Holder};
+use keyfed_core::event::EventKind;
 use keyfed_core::lifecycle::{milestones_reached, KeyState, Milestone};
+use keyfed_core::tenant_quota::{
+    available_seats, change_tenancy, over_allocation, QuotaError, Subscription, TenancyChange,
+    TenantUse,
+};
 use keyfed_core::{KeyFile, KeyKind};
-use keyfed_store::{abort, Command, CommandState, ObjectKind, Origin, StoredKey};
+use keyfed_store::{abort, Command, CommandState, Grant, ObjectKind, Origin, StoredKey, Tx};
+
+type Tr<T> = keyfed_store::TxResult<T, EngineError>;
 use keyfed_wire::v1 as pb;
 
 /// Longest command text an administrator may queue.
@@ -23,8 +30,14 @@ fn flag(what: &str, key_id: &str) -> String {
 
 impl Engine {
     /// e05: activates a new key of a license already held, adding seats or
-    /// extending the term; the new key is kept as part of the held one.
-    pub async fn activate_key(&self, text: &str, mode: ActivationMode) -> EngineResult<StoredKey> {
+    /// extending the term; the new key is kept as part of the held one. The
+    /// new entitlement reaches every server holding seats of it (defect 3).
+    pub(crate) async fn activate_key_at(
+        &self,
+        text: &str,
+        mode: ActivationMode,
+        now: DateTime<Utc>,
+    ) -> EngineResult<StoredKey> {
         let file = KeyFile::parse_trusted(text, &self.config.trusted_vendor_keys)?;
         let new = file.key.clone();
         let keys = self.store.keys()?;
@@ -41,7 +54,6 @@ impl Engine {
             )));
         };
         self.check_not_rollback(&new)?;
-        let now = self.now();
         let before = held.entitlement();
         let after = activate(before, &held.key.license, &new, mode, now.date_naive())?;
         let held_id = held.key.id.clone();
@@ -52,6 +64,7 @@ impl Engine {
             ActivationMode::AddSeats => "added its seats",
             ActivationMode::Extend => "extended the term",
         };
+        let grants = self.store.grants_of_key(&held_id)?;
         self.commit(|tx, fx| {
             if tx.key::<EngineError>(&new.id)?.is_some() {
                 return abort(EngineError::DuplicateKey(new.id.clone()));
@@ -63,10 +76,11 @@ impl Engine {
             k.held = after.seats;
             tx.put_key(&k)?;
             tx.put_key(&merged)?;
+            pass_on_entitlement(tx, fx, &k, &grants, now)?;
             fx.notify(
                 tx,
                 now,
-                "key-activated",
+                EventKind::KeyActivated,
                 &held_id,
                 format!(
                     "key {} activated on {held_id}: {how}; {} seats until {} (was {} until {})",
@@ -80,13 +94,18 @@ impl Engine {
             )
         })
         .await?;
-        self.lifecycle_sweep().await?;
+        self.lifecycle_sweep_at(now).await?;
         self.get_key(&held_id)
     }
 
-    /// e04: extends a trial once by 30 days.
-    pub async fn extend_trial(&self, key_id: &str) -> EngineResult<StoredKey> {
-        let now = self.now();
+    /// e04: extends a trial once by 30 days; the servers holding seats of it
+    /// are told (defect 3).
+    pub(crate) async fn extend_trial_at(
+        &self,
+        key_id: &str,
+        now: DateTime<Utc>,
+    ) -> EngineResult<StoredKey> {
+        let grants = self.store.grants_of_key(key_id)?;
         self.commit(|tx, fx| {
             let Some(mut k) = tx.key::<EngineError>(key_id)? else {
                 return abort(EngineError::not_found("key", key_id));
@@ -98,10 +117,11 @@ impl Engine {
             k.entitlement = Some(e);
             k.trial_extended = true;
             tx.put_key(&k)?;
+            pass_on_entitlement(tx, fx, &k, &grants, now)?;
             fx.notify(
                 tx,
                 now,
-                "trial-extended",
+                EventKind::TrialExtended,
                 key_id,
                 format!("trial key {key_id} extended once, to {}", e.expires),
                 &[("expires", e.expires.to_string())],
@@ -111,78 +131,64 @@ impl Engine {
         .await
     }
 
-    /// e07: shares a subscription with another tenant, or moves it whole.
-    pub async fn share_subscription(
+    /// e07: shares a subscription with another tenant, or moves it whole,
+    /// by `keyfed_core::tenant_quota`: never beyond the total, never while
+    /// the subscription is read-only in grace or suspended (defect 5).
+    pub(crate) async fn share_subscription_at(
         &self,
         key_id: &str,
         tenant: &str,
         seats: u32,
         move_it: bool,
+        now: DateTime<Utc>,
     ) -> EngineResult<StoredKey> {
-        if tenant.trim().is_empty() {
-            return Err(EngineError::InvalidArgument(
-                "name the tenant to share with or move to".into(),
-            ));
-        }
-        let k = self.get_key(key_id)?;
-        if k.key.kind != KeyKind::Subscription {
-            return Err(EngineError::FailedPrecondition(format!(
-                "key {key_id} is a {} key; only subscriptions are shared between tenants",
-                k.key.kind
-            )));
-        }
-        let mut uses = std::collections::BTreeMap::new();
-        let used = self.store.used(key_id)?;
-        let mut others = 0;
-        for t in k
-            .tenancy
-            .shares
-            .keys()
-            .chain(std::iter::once(&tenant.to_owned()))
-        {
-            let n = self.store.used_by(key_id, t)?;
-            if k.tenancy.shares.contains_key(t) {
-                others += n;
-            }
-            uses.insert(t.clone(), n);
-        }
-        uses.insert(k.owner().to_owned(), used.saturating_sub(others));
-        let next = if move_it {
-            k.tenancy.move_to(key_id, &k.key.customer, tenant)?
+        let change = if move_it {
+            TenancyChange::Move { tenant }
         } else {
-            k.tenancy
-                .share(key_id, &k.key.customer, k.held, tenant, seats, |t| {
-                    uses.get(t).copied().unwrap_or(0)
-                })?
-        };
-        let now = self.now();
-        let what = if move_it {
-            format!("subscription {key_id} moved from {} to {tenant}", k.owner())
-        } else if seats == 0 {
-            format!("subscription {key_id}: share of {tenant} taken back")
-        } else {
-            format!("subscription {key_id}: {seats} seat(s) shared with {tenant}")
+            TenancyChange::Share { tenant, seats }
         };
         self.commit(|tx, fx| {
-            let Some(mut cur) = tx.key::<EngineError>(key_id)? else {
+            let Some(mut k) = tx.key::<EngineError>(key_id)? else {
                 return abort(EngineError::not_found("key", key_id));
             };
-            if cur.tenancy != k.tenancy {
-                return abort(EngineError::FailedPrecondition(format!(
-                    "subscription {key_id} changed meanwhile; try again"
-                )));
+            let sub = Subscription {
+                key_id,
+                kind: k.key.kind,
+                customer: &k.key.customer,
+                total: k.held,
+                state: self.state_at(&k, now),
+                tenancy: &k.tenancy,
+            };
+            let mut uses = TenantUse {
+                total: tx.used::<EngineError>(key_id)?,
+                ..TenantUse::default()
+            };
+            for t in k.tenancy.shares.keys().map(String::as_str).chain([tenant]) {
+                uses.by_tenant
+                    .insert(t.to_owned(), tx.used_by::<EngineError>(key_id, t)?);
             }
-            cur.tenancy = next.clone();
-            tx.put_key(&cur)?;
+            let next = match change_tenancy(&sub, change, &uses) {
+                Ok(next) => next,
+                Err(e) => return abort(quota_error(e)),
+            };
+            let what = if move_it {
+                format!("subscription {key_id} moved from {} to {tenant}", k.owner())
+            } else if seats == 0 {
+                format!("subscription {key_id}: share of {tenant} taken back")
+            } else {
+                format!("subscription {key_id}: {seats} seat(s) shared with {tenant}")
+            };
+            k.tenancy = next;
+            tx.put_key(&k)?;
             fx.notify(
                 tx,
                 now,
-                "subscription-changed",
+                EventKind::SubscriptionChanged,
                 key_id,
-                what.clone(),
+                what,
                 &[("tenant", tenant.to_owned())],
             )?;
-            Ok(cur)
+            Ok(k)
         })
         .await
     }
@@ -239,14 +245,19 @@ impl Engine {
         Ok(out)
     }
 
-    /// e06: the holders beyond the seats this node holds of a key.
+    /// e06: the holders beyond the seats available of a key (none once it
+    /// is suspended, defect 5).
     pub fn over_limit(&self, k: &StoredKey) -> EngineResult<Vec<String>> {
-        let available = if self.key_state(k).seats_work() {
-            k.held
-        } else {
-            0
-        };
-        if self.store.used(&k.key.id)? <= available {
+        self.over_limit_at(k, self.now())
+    }
+
+    pub(crate) fn over_limit_at(
+        &self,
+        k: &StoredKey,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Vec<String>> {
+        let state = self.state_at(k, now);
+        if self.store.used(&k.key.id)? <= available_seats(k.held, state) {
             return Ok(Vec::new());
         }
         let holders: Vec<Holder> = self
@@ -259,112 +270,80 @@ impl Engine {
                 granted_at: g.granted_at,
             })
             .collect();
-        Ok(over_limit(k.held, &holders))
+        Ok(over_allocation(k.held, state, &holders)
+            .map(|o| o.over_limit)
+            .unwrap_or_default())
     }
 
     /// Runs on every scheduler tick: e02 warnings (each once), e06 and b04
     /// flags (once per episode), e04 monthly metering of subscriptions.
-    pub async fn lifecycle_sweep(&self) -> EngineResult<()> {
-        let now = self.now();
-        let low = self.config.lifecycle.low_seats();
+    pub(crate) async fn lifecycle_sweep_at(&self, now: DateTime<Utc>) -> EngineResult<()> {
         for k in self.store.keys()? {
             if k.superseded_by.is_some() || k.merged_into.is_some() {
                 continue;
             }
-            let id = k.key.id.clone();
-            let ent = k.entitlement();
-            let state = self.key_state(&k);
-            let used = self.store.used(&id)?;
-            let mut due = Vec::new();
-            for m in milestones_reached(ent.expires, k.key.kind, now, &self.grace) {
-                if self.store.meta(&flag(m.event(), &id))?.is_none() {
-                    due.push(m);
-                }
+            if let Some(sweep) = self.sweep_of(k, now)? {
+                self.commit(|tx, fx| sweep.apply(tx, fx, now)).await?;
             }
-            let over = used > k.held;
-            let over_flagged = self.store.meta(&flag("over-allocated", &id))?.is_some();
-            let is_low = state.writable() && low.is_low(k.held, used);
-            let low_flagged = self.store.meta(&flag("seats-low", &id))?.is_some();
-            let peak: u32 = self
-                .store
-                .meta(&meter_key(&id, now))?
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let meter = k.key.kind == KeyKind::Subscription && used > peak;
-            if due.is_empty() && over == over_flagged && is_low == low_flagged && !meter {
-                continue;
-            }
-            let holders = if over && !over_flagged {
-                self.over_limit(&k)?
-            } else {
-                Vec::new()
-            };
-            self.commit(|tx, fx| {
-                for m in &due {
-                    tx.put_meta(&flag(m.event(), &id), &ts(now))?;
-                    let message = match (m, state) {
-                        (Milestone::ExpiresSoon, _) => format!(
-                            "key {id} expires at the end of {} ({} days left); renew it before then",
-                            ent.expires,
-                            (keyfed_core::key::expiry_instant(ent.expires) - now).num_days()
-                        ),
-                        (Milestone::Expired, KeyState::Grace { until }) => format!(
-                            "key {id} expired at the end of {}: in grace until {}, its seats keep working but it cannot be assigned or distributed",
-                            ent.expires,
-                            ts(until)
-                        ),
-                        (Milestone::Expired, _) => format!("key {id} expired at the end of {}", ent.expires),
-                        (Milestone::Suspended, _) => format!(
-                            "key {id} is suspended: grace is over, its {used} seat(s) are withdrawn; nothing is deleted and a renewal restores them"
-                        ),
-                    };
-                    fx.notify(tx, now, m.event(), &id, message, &[("expires", ent.expires.to_string())])?;
-                }
-                if over && !over_flagged {
-                    tx.put_meta(&flag("over-allocated", &id), &ts(now))?;
-                    fx.notify(
-                        tx,
-                        now,
-                        "over-allocated",
-                        &id,
-                        format!(
-                            "key {id} is over-allocated: {used} seats granted of {} available; over the limit: {}; new grants are refused until fixed",
-                            k.held,
-                            holders.join(", ")
-                        ),
-                        &[("used", used.to_string()), ("held", k.held.to_string()), ("over_limit", holders.join(","))],
-                    )?;
-                } else if !over && over_flagged {
-                    tx.remove_meta(&flag("over-allocated", &id))?;
-                    fx.notify(tx, now, "over-allocation-resolved", &id, format!("key {id} is within its {} seats again", k.held), &[])?;
-                }
-                if is_low && !low_flagged {
-                    tx.put_meta(&flag("seats-low", &id), &ts(now))?;
-                    fx.notify(
-                        tx,
-                        now,
-                        "seats-low",
-                        &id,
-                        format!("key {id} is nearly used up: {} of {} seats free", k.held.saturating_sub(used), k.held),
-                        &[("free", k.held.saturating_sub(used).to_string()), ("held", k.held.to_string())],
-                    )?;
-                } else if !is_low && low_flagged {
-                    tx.remove_meta(&flag("seats-low", &id))?;
-                }
-                if meter {
-                    meter_tx(tx, &k, used, now)?;
-                }
-                Ok(())
-            })
-            .await?;
         }
         Ok(())
+    }
+
+    /// What the sweep has to do for one key, if anything.
+    fn sweep_of(&self, k: StoredKey, now: DateTime<Utc>) -> EngineResult<Option<KeySweep>> {
+        let id = k.key.id.clone();
+        let ent = k.entitlement();
+        let state = self.state_at(&k, now);
+        let used = self.store.used(&id)?;
+        let mut due = Vec::new();
+        for m in milestones_reached(ent.expires, k.key.kind, now, &self.grace) {
+            if self.store.meta(&flag(m.event(), &id))?.is_none() {
+                due.push(m);
+            }
+        }
+        // e06 (defect 5): after suspension no seat is available
+        let available = available_seats(k.held, state);
+        let over = used > available;
+        let over_flagged = self.store.meta(&flag("over-allocated", &id))?.is_some();
+        let low = self.config.lifecycle.low_seats();
+        let is_low = state.writable() && low.is_low(k.held, used);
+        let low_flagged = self.store.meta(&flag("seats-low", &id))?.is_some();
+        let peak: u32 = self
+            .store
+            .meta(&meter_key(&id, now))?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let meter = k.key.kind == KeyKind::Subscription && used > peak;
+        if due.is_empty() && over == over_flagged && is_low == low_flagged && !meter {
+            return Ok(None);
+        }
+        let holders = if over && !over_flagged {
+            self.over_limit_at(&k, now)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(KeySweep {
+            k,
+            state,
+            used,
+            available,
+            due,
+            over: (over, over_flagged),
+            low: (is_low, low_flagged),
+            meter,
+            holders,
+        }))
     }
 
     // ---- commands (o03) ---------------------------------------------------
 
     /// o03: queues a command for a station (by fingerprint) or a child.
-    pub async fn queue_command(&self, object: &str, command: &str) -> EngineResult<Command> {
+    pub(crate) async fn queue_command_at(
+        &self,
+        object: &str,
+        command: &str,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Command> {
         let command = command.trim();
         if command.is_empty() || command.len() > MAX_COMMAND_BYTES {
             return Err(EngineError::InvalidArgument(format!(
@@ -387,18 +366,16 @@ impl Engine {
                 ))
             }
         };
-        let now = self.now();
         let c = self
             .commit(|tx, _| tx.add_command::<EngineError>(object, kind, command, now))
             .await?;
-        self.command_sweep().await?;
+        self.command_sweep_at(now).await?;
         Ok(c)
     }
 
     /// o03: sends pending commands to children that are linked, and drops
     /// what waited longer than the keep period, saying so.
-    pub async fn command_sweep(&self) -> EngineResult<()> {
-        let now = self.now();
+    pub(crate) async fn command_sweep_at(&self, now: DateTime<Utc>) -> EngineResult<()> {
         let keep = Duration::days(self.config.stations.command_keep_days);
         let work: Vec<Command> = self
             .store
@@ -427,7 +404,7 @@ impl Engine {
                     fx.notify(
                         tx,
                         now,
-                        "command-dropped",
+                        EventKind::CommandDropped,
                         "",
                         format!(
                             "command {} ({:?}) for {} was dropped: not delivered within {} days",
@@ -505,5 +482,149 @@ pub fn command_info(c: &Command, keep_days: i64) -> pb::CommandInfo {
             ObjectKind::Server => pb::ObjectKind::Server,
         } as i32,
         expires_at: ts(c.queued_at + Duration::days(keep_days)),
+    }
+}
+
+/// One key's lifecycle sweep, decided before its transaction.
+struct KeySweep {
+    k: StoredKey,
+    state: KeyState,
+    used: u32,
+    available: u32,
+    due: Vec<Milestone>,
+    /// (is, was flagged)
+    over: (bool, bool),
+    low: (bool, bool),
+    meter: bool,
+    holders: Vec<String>,
+}
+
+impl KeySweep {
+    fn apply(&self, tx: &Tx<'_>, fx: &mut Effects, now: DateTime<Utc>) -> Tr<()> {
+        let (k, id, used) = (&self.k, self.k.key.id.as_str(), self.used);
+        let ent = k.entitlement();
+        for m in &self.due {
+            tx.put_meta(&flag(m.event(), id), &ts(now))?;
+            let message = milestone_message(*m, self.state, id, ent.expires, used, now);
+            let event = m.event().parse().unwrap_or(EventKind::KeyExpired);
+            fx.notify(
+                tx,
+                now,
+                event,
+                id,
+                message,
+                &[("expires", ent.expires.to_string())],
+            )?;
+        }
+        match self.over {
+            (true, false) => {
+                tx.put_meta(&flag("over-allocated", id), &ts(now))?;
+                let names = self.holders.join(", ");
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::OverAllocated,
+                    id,
+                    format!(
+                        "key {id} is over-allocated: {used} seats granted of {} available; over the limit: {names}; new grants are refused until fixed",
+                        self.available
+                    ),
+                    &[("used", used.to_string()), ("held", k.held.to_string()), ("over_limit", self.holders.join(","))],
+                )?;
+            }
+            (false, true) => {
+                tx.remove_meta(&flag("over-allocated", id))?;
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::OverAllocationResolved,
+                    id,
+                    format!("key {id} is within its {} seats again", k.held),
+                    &[],
+                )?;
+            }
+            _ => {}
+        }
+        let free = k.held.saturating_sub(used);
+        match self.low {
+            (true, false) => {
+                tx.put_meta(&flag("seats-low", id), &ts(now))?;
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::SeatsLow,
+                    id,
+                    format!(
+                        "key {id} is nearly used up: {free} of {} seats free",
+                        k.held
+                    ),
+                    &[("free", free.to_string()), ("held", k.held.to_string())],
+                )?;
+            }
+            (false, true) => tx.remove_meta(&flag("seats-low", id))?,
+            _ => {}
+        }
+        if self.meter {
+            meter_tx(tx, k, used, now)?;
+        }
+        Ok(())
+    }
+}
+
+/// e02: what the administrator is told at each milestone.
+fn milestone_message(
+    m: Milestone,
+    state: KeyState,
+    id: &str,
+    expires: chrono::NaiveDate,
+    used: u32,
+    now: DateTime<Utc>,
+) -> String {
+    match (m, state) {
+        (Milestone::ExpiresSoon, _) => format!(
+            "key {id} expires at the end of {expires} ({} days left); renew it before then",
+            (keyfed_core::key::expiry_instant(expires) - now).num_days()
+        ),
+        (Milestone::Expired, KeyState::Grace { until }) => format!(
+            "key {id} expired at the end of {expires}: in grace until {}, its seats keep working but it cannot be assigned or distributed",
+            ts(until)
+        ),
+        (Milestone::Expired, _) => format!("key {id} expired at the end of {expires}"),
+        (Milestone::Suspended, _) => format!(
+            "key {id} is suspended: grace is over, its {used} seat(s) are withdrawn; nothing is deleted and a renewal restores them"
+        ),
+    }
+}
+
+/// e04/e05 (defect 3): a changed entitlement (an activation, a trial
+/// extension) reaches every server holding seats of the key, which passes
+/// it on to its own.
+fn pass_on_entitlement(
+    tx: &Tx<'_>,
+    fx: &mut Effects,
+    k: &StoredKey,
+    grants: &[Grant],
+    now: DateTime<Utc>,
+) -> Tr<()> {
+    for g in grants {
+        let Some(g) = tx.grant::<EngineError>(&k.key.id, &g.object)? else {
+            continue;
+        };
+        if g.kind == ObjectKind::Server {
+            let body = seat_grant(k, g.seats, g.lent_until);
+            fx.send(tx, &g.object, now, &k.key.id, body)?;
+        }
+    }
+    Ok(())
+}
+
+/// e07: a tenancy change refused, as the engine reports it.
+fn quota_error(e: QuotaError) -> EngineError {
+    match e {
+        QuotaError::NoTenant => EngineError::InvalidArgument(e.to_string()),
+        QuotaError::License(l) => EngineError::License(l),
+        QuotaError::NotASubscription { .. } | QuotaError::ReadOnly { .. } => {
+            EngineError::FailedPrecondition(e.to_string())
+        }
     }
 }

@@ -4,15 +4,20 @@
 //! is durable before it is answered; it refreshes the offline validity (o02),
 //! brings changed settings (o05) and queued commands (o03), and brings a
 //! retired station back (b03). Suspended keys stop licensing their stations
-//! at their next contact without deleting anything (e03).
+//! at their next contact without deleting anything (e03). A seat of a key
+//! from a peer is counted only once the key's origin agreed (b02, see
+//! [`crate::claims`]).
+use crate::claims::{claim, own_claim, provisional, put_provisional, release_claim, set_own_claim};
 use crate::engine::Engine;
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
 use chrono::{DateTime, Utc};
+use keyfed_core::claims::{station_seat, ClaimPolicy, OwnClaim, SeatAsk, StationSeat};
+use keyfed_core::event::EventKind;
 use keyfed_core::lifecycle::KeyState;
-use keyfed_store::{
-    abort, CommandState, Grant, ObjectKind, StationRecord, StationReport, StoredKey,
-};
+use keyfed_core::names::{validate, NameKind};
+use keyfed_core::tenant_quota::{station_room, Subscription, TenantUse};
+use keyfed_store::{abort, CommandState, ObjectKind, StationRecord, StationReport, StoredKey};
 use keyfed_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +27,7 @@ pub const MAX_REPORTS_PER_BATCH: usize = 1000;
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 
 /// What a station says when it connects or renews.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub fingerprint: String,
     pub station_id: String,
@@ -75,6 +80,9 @@ fn lease_id(key_id: &str, fingerprint: &str) -> String {
 /// How a contact ended, decided inside its transaction.
 pub(crate) enum Outcome {
     Licensed(StoredKey),
+    /// b02: a provisional lease until then, while the key's origin (named)
+    /// has not confirmed the seat; no seat is counted.
+    Provisional(StoredKey, DateTime<Utc>, String),
     /// Holds its seat, but the key no longer licenses it (suspended).
     Withdrawn(StoredKey, String),
     Refused(String),
@@ -103,41 +111,48 @@ impl Engine {
     }
 
     /// o05: new settings for every station; they reach offline stations when
-    /// they come back.
-    pub async fn set_settings(&self, text: &str) -> EngineResult<Settings> {
+    /// they come back. One durable transaction: the settings and their
+    /// notification are kept together or not at all.
+    pub(crate) async fn set_settings_at(
+        &self,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Settings> {
         if text.len() > MAX_REPORT_BYTES {
             return Err(EngineError::InvalidArgument(format!(
                 "settings are {} bytes; at most {MAX_REPORT_BYTES} are allowed",
                 text.len()
             )));
         }
-        let current = self.settings()?;
-        if current.text == text {
-            return Ok(current);
-        }
-        let next = Settings {
-            text: text.to_owned(),
-            version: current.version + 1,
-        };
-        self.store.set_meta(
-            SETTINGS,
-            &serde_json::to_string(&next).expect("settings serialize"),
-        )?;
-        self.durable().await?;
+        let default = self.stored_settings()?;
+        let next = self
+            .commit(|tx, fx| {
+                let current = match tx.meta::<EngineError>(SETTINGS)? {
+                    Some(s) => serde_json::from_str(&s).unwrap_or_else(|_| default.clone()),
+                    None => default.clone(),
+                };
+                if current.text == text {
+                    return Ok(current);
+                }
+                let next = Settings {
+                    text: text.to_owned(),
+                    version: current.version + 1,
+                };
+                let json = serde_json::to_string(&next).expect("settings serialize");
+                tx.put_meta(SETTINGS, &json)?;
+                let v = next.version;
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::SettingsChanged,
+                    "",
+                    format!("station settings changed to version {v}; stations get them at their next contact"),
+                    &[("version", v.to_string())],
+                )?;
+                Ok(next)
+            })
+            .await?;
         *self.settings_cache.lock().expect("settings lock") = Some(next.clone());
-        let now = self.now();
-        let v = next.version;
-        self.commit(|tx, fx| {
-            fx.notify(
-                tx,
-                now,
-                "settings-changed",
-                "",
-                format!("station settings changed to version {v}; stations get them at their next contact"),
-                &[("version", v.to_string())],
-            )
-        })
-        .await?;
         Ok(next)
     }
 
@@ -152,29 +167,83 @@ impl Engine {
     }
 
     /// Station.Attach and Station.Renew: finds the station's seat or takes
-    /// one, records the contact durably, and answers with its lease.
+    /// one, records the contact durably, and answers with its lease. A seat
+    /// the key's origin must confirm (b02) waits for its answer while the
+    /// link to it is up, at most [`crate::claims::CLAIM_WAIT`].
     pub async fn station_contact(&self, hello: Hello) -> EngineResult<pb::Lease> {
-        let fp = hello.fingerprint.trim();
-        if fp.is_empty() || fp.len() > 128 || fp.contains('/') || fp.contains('\0') {
-            return Err(EngineError::InvalidArgument(
-                "a station must present a fingerprint of 1 to 128 characters without '/'".into(),
-            ));
+        let waiter = self.claim_waiter(hello.fingerprint.trim());
+        let answered = waiter.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        let cmd = crate::command::Command::StationContact {
+            hello: hello.clone(),
+            now: self.now(),
+        };
+        let (lease, awaiting) = self.execute(cmd).await?.lease()?;
+        let Some(origin) = awaiting else {
+            return Ok(lease);
+        };
+        if !self.peer_meta(&origin).is_some_and(|m| m.online) {
+            return Ok(lease);
         }
-        let now = self.now();
-        // the common case is a renewal: the station's record names its key,
-        // so one grant and one key are read instead of every key
-        let record = self.store.station(fp)?;
-        let known = match record.as_ref().and_then(|s| s.key_id.clone()) {
+        if tokio::time::timeout(crate::claims::CLAIM_WAIT, answered)
+            .await
+            .is_err()
+        {
+            return Ok(lease); // the origin did not answer in time: provisional
+        }
+        let cmd = crate::command::Command::StationContact {
+            hello,
+            now: self.now(),
+        };
+        Ok(self.execute(cmd).await?.lease()?.0)
+    }
+
+    /// The key the station holds a seat of, and (when it holds none) every
+    /// key. The common case is a renewal: the station's record names its
+    /// key, so one grant and one key are read instead of every key.
+    fn held_seat(
+        &self,
+        record: Option<&StationRecord>,
+        fp: &str,
+    ) -> EngineResult<(Option<StoredKey>, Vec<StoredKey>)> {
+        let known = match record.and_then(|s| s.key_id.clone()) {
             Some(id) if self.store.grant(&id, fp)?.is_some() => self.store.key(&id)?,
             _ => None,
         };
-        let (held, keys) = match known {
+        Ok(match known {
             Some(k) => (Some(k), Vec::new()),
             None => {
                 let keys = self.store.keys()?;
                 (self.seat_of(&keys, fp)?, keys)
             }
-        };
+        })
+    }
+
+    /// The keys `fp` waits for seats of (r11).
+    fn waits_of(&self, fp: &str) -> EngineResult<Vec<String>> {
+        Ok(self
+            .store
+            .waiting()?
+            .into_iter()
+            .filter(|w| w.object == fp)
+            .map(|w| w.key_id)
+            .collect())
+    }
+
+    /// One contact at `now`; with the origin to wait for when the seat is
+    /// provisional.
+    pub(crate) async fn station_contact_at(
+        &self,
+        hello: Hello,
+        now: DateTime<Utc>,
+    ) -> EngineResult<(pb::Lease, Option<String>)> {
+        let fp = hello.fingerprint.trim();
+        validate(NameKind::Fingerprint, fp).map_err(|e| {
+            EngineError::InvalidArgument(format!("a station must present a valid fingerprint: {e}"))
+        })?;
+        let record = self.store.station(fp)?;
+        let (held, keys) = self.held_seat(record.as_ref(), fp)?;
         let settings = self.settings()?;
         let pending: Vec<u64> = self
             .store
@@ -197,14 +266,17 @@ impl Engine {
                 && now >= r.last_contact
                 && now - r.last_contact < CONTACT_RESOLUTION;
             if unchanged {
-                let outcome = self.seat_outcome(k);
-                return Ok(self.lease(
-                    fp,
-                    outcome,
-                    Vec::new(),
-                    settings,
-                    hello.settings_version,
-                    now,
+                let outcome = self.seat_outcome(k, now);
+                return Ok((
+                    self.lease(
+                        fp,
+                        outcome,
+                        Vec::new(),
+                        settings,
+                        hello.settings_version,
+                        now,
+                    ),
+                    None,
                 ));
             }
         }
@@ -219,17 +291,30 @@ impl Engine {
                 })
                 .collect(),
         };
+        // r11 (defect 1): a station that takes a seat itself waits no more
+        let waiting = match &held {
+            Some(_) => Vec::new(),
+            None => self.waits_of(fp)?,
+        };
         let contact = Contact {
             fp: fp.to_owned(),
             hello: hello.clone(),
             held: held.is_some(),
             candidates,
             pending,
+            waiting,
             settings_version: settings.version,
             now,
         };
         let (outcome, commands) = self.commit_contact(contact).await?;
-        Ok(self.lease(fp, outcome, commands, settings, hello.settings_version, now))
+        let awaiting = match &outcome {
+            Outcome::Provisional(_, _, origin) => Some(origin.clone()),
+            _ => None,
+        };
+        Ok((
+            self.lease(fp, outcome, commands, settings, hello.settings_version, now),
+            awaiting,
+        ))
     }
 
     /// Queues a contact for the next batch and waits until it is durable.
@@ -277,7 +362,7 @@ impl Engine {
             fx.notify(
                 tx,
                 now,
-                "station-returned",
+                EventKind::StationReturned,
                 "",
                 format!("station {fp} retired on {} is back", ts(when)),
                 &[("fingerprint", fp.to_owned())],
@@ -307,8 +392,13 @@ impl Engine {
         };
         station.key_id = match &outcome {
             Outcome::Licensed(k) | Outcome::Withdrawn(k, _) => Some(k.key.id.clone()),
-            Outcome::Refused(_) => None,
+            Outcome::Refused(_) | Outcome::Provisional(..) => None,
         };
+        if matches!(outcome, Outcome::Licensed(_)) {
+            for key_id in &c.waiting {
+                tx.remove_waiting::<EngineError>(key_id, fp)?;
+            }
+        }
         tx.put_station(&station)?;
         let mut delivered = Vec::new();
         for id in &c.pending {
@@ -325,7 +415,7 @@ impl Engine {
             fx.notify(
                 tx,
                 now,
-                "connection-refused",
+                EventKind::ConnectionRefused,
                 "",
                 format!("station {fp} refused: {reason}"),
                 &[("fingerprint", fp.to_owned())],
@@ -359,13 +449,26 @@ impl Engine {
                 lease.lease_id = lease_id(&k.key.id, fp);
                 lease.key_id = k.key.id.clone();
                 lease.licensed = true;
-                lease.key_state = self.key_state(&k).label().into();
+                lease.key_state = self.state_at(&k, now).label().into();
                 lease.key_expires = k.entitlement().expires.to_string();
+            }
+            Outcome::Provisional(k, until, origin) => {
+                lease.lease_id = lease_id(&k.key.id, fp);
+                lease.key_id = k.key.id.clone();
+                lease.licensed = true;
+                lease.key_state = self.state_at(&k, now).label().into();
+                lease.key_expires = k.entitlement().expires.to_string();
+                lease.valid_until = ts(until);
+                lease.reason = format!(
+                    "provisional until {}: {origin}, the origin of key {}, has not confirmed the seat yet (b02)",
+                    ts(until),
+                    k.key.id
+                );
             }
             Outcome::Withdrawn(k, reason) => {
                 lease.lease_id = lease_id(&k.key.id, fp);
                 lease.key_id = k.key.id.clone();
-                lease.key_state = self.key_state(&k).label().into();
+                lease.key_state = self.state_at(&k, now).label().into();
                 lease.key_expires = k.entitlement().expires.to_string();
                 lease.reason = reason;
                 lease.valid_until = String::new();
@@ -380,8 +483,8 @@ impl Engine {
     }
 
     /// The outcome for a station that holds a seat of `k`.
-    fn seat_outcome(&self, k: &StoredKey) -> Outcome {
-        match self.key_state(k) {
+    fn seat_outcome(&self, k: &StoredKey, now: DateTime<Utc>) -> Outcome {
+        match self.state_at(k, now) {
             KeyState::Suspended { since } => Outcome::Withdrawn(
                 k.clone(),
                 format!(
@@ -416,7 +519,7 @@ impl Engine {
             if tx.grant::<EngineError>(&k.key.id, fp)?.is_some() {
                 // its seat: the key read just before is current enough to
                 // tell its state (a renewal would have moved the grant)
-                return Ok(self.seat_outcome(k));
+                return Ok(self.seat_outcome(k, now));
             }
             // read once per batch: nothing in a contact writes a key
             let k = match seen.get(&k.key.id) {
@@ -430,70 +533,10 @@ impl Engine {
             let Some(k) = k else {
                 continue;
             };
-            let id = &k.key.id;
-            let state = self.key_state(&k);
-            if let Some(peer) = tx.claim::<EngineError>(&k.key.license, fp)? {
-                why.push(format!(
-                    "{fp} already holds a seat of {id} through {peer} (b02)"
-                ));
-                continue;
+            match self.seat_of_key(tx, fx, &k, hello, now)? {
+                Ok(outcome) => return Ok(outcome),
+                Err(reason) => why.push(reason),
             }
-            if !state.writable() {
-                why.push(format!("{id} is {}", state.label()));
-                continue;
-            }
-            let used = tx.used::<EngineError>(id)?;
-            if used >= k.held {
-                why.push(format!("{id} has all {} seats in use", k.held));
-                continue;
-            }
-            if k.key.kind == keyfed_core::KeyKind::Subscription || k.tenancy != Default::default() {
-                let limit = k.tenancy.limit(&k.key.customer, &hello.tenant, k.held);
-                let tenant_used = if hello.tenant.is_empty() || hello.tenant == k.owner() {
-                    // the owner uses what no other tenant does
-                    let others: u32 = k
-                        .tenancy
-                        .shares
-                        .keys()
-                        .map(|t| tx.used_by::<EngineError>(id, t))
-                        .sum::<Result<u32, _>>()?;
-                    used.saturating_sub(others)
-                } else {
-                    tx.used_by::<EngineError>(id, &hello.tenant)?
-                };
-                if tenant_used >= limit {
-                    let who = if hello.tenant.is_empty() {
-                        k.owner()
-                    } else {
-                        &hello.tenant
-                    };
-                    why.push(format!(
-                        "{id} gives tenant {who} {limit} seat(s), all in use"
-                    ));
-                    continue;
-                }
-            }
-            let tenant = if hello.tenant == k.owner() {
-                String::new()
-            } else {
-                hello.tenant.clone()
-            };
-            tx.put_grant(&Grant {
-                key_id: id.clone(),
-                object: fp.to_owned(),
-                kind: ObjectKind::Station,
-                seats: 1,
-                granted_at: now,
-                lent_until: None,
-                delivered: true,
-                tenant,
-            })?;
-            crate::lifecycle::meter_tx(tx, &k, used + 1, now)?;
-            if let Some(origin) = k.origin.peer() {
-                // b02: the key's origin learns of the seat and answers if it is a second one
-                fx.send(tx, origin, now, id, claim(&k, fp, false))?;
-            }
-            return Ok(Outcome::Licensed(k));
         }
         Ok(Outcome::Refused(if candidates.is_empty() {
             format!("no key on {} covers {wanted}", self.id())
@@ -506,7 +549,104 @@ impl Engine {
         }))
     }
 
-    pub async fn release_station(&self, lease: &str, fingerprint: &str) -> EngineResult<()> {
+    /// A new seat of `k` for the station, or why not: e03 state, free seats
+    /// (less provisional leases), the tenant's share (e07), and b02 by
+    /// `keyfed_core::claims::station_seat`.
+    fn seat_of_key(
+        &self,
+        tx: &keyfed_store::Tx<'_>,
+        fx: &mut crate::engine::Effects,
+        k: &StoredKey,
+        hello: &Hello,
+        now: DateTime<Utc>,
+    ) -> keyfed_store::TxResult<Result<Outcome, String>, EngineError> {
+        let fp = hello.fingerprint.trim();
+        let id = &k.key.id;
+        let state = self.state_at(k, now);
+        if !state.writable() {
+            return Ok(Err(format!("{id} is {}", state.label())));
+        }
+        let used = tx.used::<EngineError>(id)?;
+        let mut leases = provisional(tx, id, now)?;
+        let others = u32::try_from(leases.keys().filter(|f| *f != fp).count()).unwrap_or(u32::MAX);
+        if used.saturating_add(others) >= k.held {
+            return Ok(Err(format!("{id} has all {} seats in use", k.held)));
+        }
+        if k.key.kind == keyfed_core::KeyKind::Subscription || k.tenancy != Default::default() {
+            let sub = Subscription {
+                key_id: id,
+                kind: k.key.kind,
+                customer: &k.key.customer,
+                total: k.held,
+                state,
+                tenancy: &k.tenancy,
+            };
+            let mut uses = TenantUse {
+                total: used,
+                ..TenantUse::default()
+            };
+            for t in k
+                .tenancy
+                .shares
+                .keys()
+                .chain(std::iter::once(&hello.tenant))
+            {
+                uses.by_tenant
+                    .insert(t.clone(), tx.used_by::<EngineError>(id, t)?);
+            }
+            if let Err(why) = station_room(&sub, &hello.tenant, &uses) {
+                return Ok(Err(why));
+            }
+        }
+        let origin = crate::claims::origin_of(k);
+        let claimed = tx.claim::<EngineError>(&k.key.license, fp)?;
+        let own = own_claim(tx, &k.key.license, fp)?;
+        let ask = SeatAsk {
+            fingerprint: fp,
+            key_id: id,
+            origin: &origin,
+            claimed_by_peer: claimed.as_deref(),
+            own_claim: &own,
+            free: k.held.saturating_sub(used.saturating_add(others)),
+        };
+        match station_seat(&ask, ClaimPolicy::default(), now) {
+            StationSeat::Refused(why) => Ok(Err(why)),
+            StationSeat::Counted => {
+                let tenant = if hello.tenant == k.owner() {
+                    String::new()
+                } else {
+                    hello.tenant.clone()
+                };
+                let mut g = crate::engine::new_grant(id, fp, ObjectKind::Station, 1, None, now);
+                g.tenant = tenant;
+                tx.put_grant(&g)?;
+                if leases.remove(fp).is_some() {
+                    put_provisional(tx, id, &leases)?;
+                }
+                crate::lifecycle::meter_tx(tx, k, used + 1, now)?;
+                Ok(Ok(Outcome::Licensed(k.clone())))
+            }
+            StationSeat::Provisional { until, claim_to } => {
+                leases.insert(fp.to_owned(), until);
+                put_provisional(tx, id, &leases)?;
+                let origin = k.origin.peer().unwrap_or_default().to_owned();
+                if let Some(to) = claim_to {
+                    set_own_claim(tx, &k.key.license, fp, &OwnClaim::Pending { since: now })?;
+                    fx.send(tx, &to, now, id, claim(k, fp, false))?;
+                }
+                Ok(Ok(Outcome::Provisional(k.clone(), until, origin)))
+            }
+        }
+    }
+
+    /// Station.Release: the station gives its seat back (or its provisional
+    /// lease, b02).
+    pub(crate) async fn release_station_at(
+        &self,
+        lease: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+    ) -> EngineResult<()> {
         let Some((key_id, fp)) = lease.split_once('/') else {
             return Err(EngineError::InvalidArgument(format!(
                 "{lease:?} is not a lease id"
@@ -517,35 +657,43 @@ impl Engine {
                 "the lease belongs to another fingerprint".into(),
             ));
         }
-        let now = self.now();
-        self.commit(|tx, fx| match tx.grant::<EngineError>(key_id, fp)? {
-            Some(g) if g.kind == ObjectKind::Station => {
-                tx.remove_grant::<EngineError>(key_id, fp)?;
-                release_claim(tx, fx, key_id, fp, now)?;
-                if let Some(mut s) = tx.station::<EngineError>(fp)? {
-                    s.key_id = None;
-                    s.last_contact = now;
-                    tx.put_station(&s)?;
+        self.commit(|tx, fx| {
+            let mut leases = provisional(tx, key_id, now)?;
+            match tx.grant::<EngineError>(key_id, fp)? {
+                Some(g) if g.kind == ObjectKind::Station => {
+                    tx.remove_grant::<EngineError>(key_id, fp)?;
                 }
-                Ok(())
+                _ if leases.remove(fp).is_some() => put_provisional(tx, key_id, &leases)?,
+                _ => return abort(EngineError::not_found("lease", lease)),
             }
-            _ => abort(EngineError::not_found("lease", lease)),
+            release_claim(tx, fx, key_id, fp, now)?;
+            if let Some(mut s) = tx.station::<EngineError>(fp)? {
+                s.key_id = None;
+                s.last_contact = now;
+                tx.put_station(&s)?;
+            }
+            Ok(())
         })
         .await?;
-        self.fill_waiting().await
+        self.fill_waiting_at(now).await
     }
 
     /// Station.Report: keeps each report once by its id (o01, exactly once
     /// across resends), durably before the ack.
-    pub async fn station_reports(&self, batch: pb::ReportBatch) -> EngineResult<pb::ReportAck> {
-        let fp = batch.fingerprint.trim().to_owned();
-        if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+    pub(crate) async fn station_reports_at(
+        &self,
+        fingerprint: &str,
+        reports: &[crate::command::StationReportIn],
+        now: DateTime<Utc>,
+    ) -> EngineResult<pb::ReportAck> {
+        let fp = fingerprint.trim().to_owned();
+        if reports.len() > MAX_REPORTS_PER_BATCH {
             return Err(EngineError::InvalidArgument(format!(
                 "{} reports in one batch; send at most {MAX_REPORTS_PER_BATCH}",
-                batch.reports.len()
+                reports.len()
             )));
         }
-        for r in &batch.reports {
+        for r in reports {
             if r.report_id.is_empty() || r.body.len() > MAX_REPORT_BYTES {
                 return Err(EngineError::InvalidArgument(format!(
                     "report {:?}: a report needs an id and at most {MAX_REPORT_BYTES} bytes of body",
@@ -556,13 +704,12 @@ impl Engine {
         if self.store.station(&fp)?.is_none() {
             return Err(EngineError::not_found("station", &fp));
         }
-        let now = self.now();
         self.commit(|tx, _| {
             let Some(mut s) = tx.station::<EngineError>(&fp)? else {
                 return abort(EngineError::not_found("station", &fp));
             };
             let mut ack = pb::ReportAck::default();
-            for r in &batch.reports {
+            for r in reports {
                 let fresh = tx.put_report::<EngineError>(&StationReport {
                     fingerprint: fp.clone(),
                     report_id: r.report_id.clone(),
@@ -586,9 +733,11 @@ impl Engine {
 
     /// b03: stations silent longer than the retirement period give their
     /// seat back; their record stays, marked retired.
-    pub async fn retire_silent_stations(&self) -> EngineResult<usize> {
+    pub(crate) async fn retire_silent_stations_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> EngineResult<usize> {
         let policy = self.config.stations.policy();
-        let now = self.now();
         let silent: Vec<StationRecord> = self
             .store
             .stations()?
@@ -627,7 +776,7 @@ impl Engine {
                     fx.notify(
                         tx,
                         now,
-                        "stations-retired",
+                        EventKind::StationsRetired,
                         "",
                         format!(
                             "{} station(s) silent for {} days gave their seat back: {}{}",
@@ -646,7 +795,7 @@ impl Engine {
                 Ok(names.len())
             })
             .await?;
-        self.fill_waiting().await?;
+        self.fill_waiting_at(now).await?;
         Ok(count)
     }
 
@@ -689,6 +838,8 @@ pub(crate) struct Contact {
     held: bool,
     candidates: Vec<StoredKey>,
     pending: Vec<u64>,
+    /// Keys it waits for (r11): the records go once it holds a seat.
+    waiting: Vec<String>,
     settings_version: u64,
     now: DateTime<Utc>,
 }
@@ -780,33 +931,4 @@ async fn run_contact_batches(
             }
         }
     }
-}
-
-/// b02: the claim a node sends the origin of a key when one of its stations
-/// takes (or gives back) a seat of it.
-pub fn claim(k: &StoredKey, fingerprint: &str, released: bool) -> pb::delivery::Body {
-    pb::delivery::Body::Claim(pb::StationClaim {
-        key_id: k.key.id.clone(),
-        fingerprint: fingerprint.to_owned(),
-        released,
-        duplicate: false,
-        holder: String::new(),
-        license: k.key.license.clone(),
-    })
-}
-
-/// A station seat of `key_id` was given back: its origin forgets the claim.
-fn release_claim(
-    tx: &keyfed_store::Tx<'_>,
-    fx: &mut crate::engine::Effects,
-    key_id: &str,
-    fingerprint: &str,
-    now: DateTime<Utc>,
-) -> keyfed_store::TxResult<(), EngineError> {
-    if let Some(k) = tx.key::<EngineError>(key_id)? {
-        if let Some(origin) = k.origin.peer() {
-            fx.send(tx, origin, now, key_id, claim(&k, fingerprint, true))?;
-        }
-    }
-    Ok(())
 }

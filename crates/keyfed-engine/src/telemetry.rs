@@ -99,7 +99,7 @@ fn write_state(tx: &Tx<'_>, s: &TelemetryState) -> Tr<()> {
     tx.put_meta(STATE, &serde_json::to_string(s).expect("state serializes"))
 }
 
-fn new_report_id() -> EngineResult<String> {
+pub(crate) fn new_report_id() -> EngineResult<String> {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).map_err(|e| {
         EngineError::FailedPrecondition(format!("no randomness for a report id: {e}"))
@@ -120,8 +120,11 @@ impl Engine {
 
     /// The install record, the identity and the state; creates the first
     /// two on first use and records an upgrade (t02) once.
-    async fn telemetry_ready(&self) -> EngineResult<(Install, NodeIdentity, TelemetryState)> {
-        let now = self.now();
+    async fn telemetry_ready(
+        &self,
+        now: DateTime<Utc>,
+        seed: Option<[u8; 32]>,
+    ) -> EngineResult<(Install, NodeIdentity, TelemetryState)> {
         let stored_install: Option<Install> = self
             .store
             .meta(INSTALL)?
@@ -129,10 +132,10 @@ impl Engine {
         let has_identity = self.store.meta(IDENTITY)?.is_some();
         let install = observe_install(stored_install.as_ref(), VERSION, now);
         if stored_install.as_ref() != Some(&install) || !has_identity {
-            let mut seed = [0u8; 32];
-            getrandom::getrandom(&mut seed).map_err(|e| {
-                EngineError::FailedPrecondition(format!("no randomness for the node identity: {e}"))
-            })?;
+            let seed = match seed {
+                Some(s) => s,
+                None => crate::tick::random_seed()?,
+            };
             let install_json = serde_json::to_string(&install).expect("install serializes");
             self.commit(|tx, fx| {
                 if tx.meta::<EngineError>(IDENTITY)?.is_none() {
@@ -149,7 +152,7 @@ impl Engine {
                         fx.notify(
                             tx,
                             now,
-                            "upgraded",
+                            keyfed_core::event::EventKind::Upgraded,
                             "",
                             format!(
                                 "keyfed upgraded from {from} to {}: the first usage report is due within 30 days (t02)",
@@ -197,32 +200,54 @@ impl Engine {
             .collect()
     }
 
-    /// b05 lines of the subtree, as report lines.
+    /// b05 lines of the subtree, as report lines. A server this node gave
+    /// seats that never rolled up its usage is listed as never seen (t03,
+    /// defect 9), so the upstream counts it as a server that did not report.
     fn subtree_lines(&self) -> EngineResult<Vec<ReportLine>> {
-        let customers: BTreeMap<String, String> = self
-            .store
-            .keys()?
-            .into_iter()
-            .map(|k| (k.key.id, k.key.customer))
+        let keys = self.store.keys()?;
+        let customers: BTreeMap<String, String> = keys
+            .iter()
+            .map(|k| (k.key.id.clone(), k.key.customer.clone()))
             .collect();
-        Ok(self
-            .store
-            .usage_lines()?
-            .into_iter()
+        let customer = |id: &str| {
+            customers
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let usage = self.store.usage_lines()?;
+        let mut lines: Vec<ReportLine> = usage
+            .iter()
             .filter(|l| l.node_id != self.id())
             .map(|l| ReportLine {
-                customer: customers
-                    .get(&l.key_id)
-                    .cloned()
-                    .unwrap_or_else(|| "unknown".into()),
-                node: l.node_id,
-                key: l.key_id,
+                customer: customer(&l.key_id),
+                node: l.node_id.clone(),
+                key: l.key_id.clone(),
                 held: l.seats,
                 used: l.used,
                 peak: l.used,
                 as_of: l.reported_at,
             })
-            .collect())
+            .collect();
+        for (peer, _) in self.config.peers() {
+            if usage.iter().any(|l| l.node_id == peer) {
+                continue;
+            }
+            for k in &keys {
+                if let Some(g) = self.store.grant(&k.key.id, &peer)? {
+                    lines.push(ReportLine {
+                        customer: customer(&k.key.id),
+                        node: peer.clone(),
+                        key: k.key.id.clone(),
+                        held: g.seats,
+                        used: 0,
+                        peak: 0,
+                        as_of: DateTime::<Utc>::UNIX_EPOCH,
+                    });
+                }
+            }
+        }
+        Ok(lines)
     }
 
     fn due_of(install: &Install, state: &TelemetryState) -> DateTime<Utc> {
@@ -234,12 +259,16 @@ impl Engine {
     }
 
     /// Builds and signs the report of `period_start .. now`.
-    async fn pending_report(&self) -> EngineResult<SignedReport> {
-        let (install, identity, state) = self.telemetry_ready().await?;
-        let now = self.now();
+    async fn pending_report(
+        &self,
+        now: DateTime<Utc>,
+        report_id: &str,
+        seed: Option<[u8; 32]>,
+    ) -> EngineResult<SignedReport> {
+        let (install, identity, state) = self.telemetry_ready(now, seed).await?;
         let own = self.own_key_seats()?;
         let report = build_report(
-            &new_report_id()?,
+            report_id,
             self.id(),
             VERSION,
             install.at,
@@ -292,13 +321,13 @@ impl Engine {
         self.upstream.submit_telemetry(text).await
     }
 
-    /// Sends what is pending: first exported files the node has not seen
-    /// accepted, then the report of the whole pending period (t01). A
-    /// failure is recorded and retried; nothing is lost because the period
-    /// start only moves on acceptance.
-    pub async fn send_telemetry(&self) -> EngineResult<pb::TelemetryReceipt> {
-        let (_, _, state) = self.telemetry_ready().await?;
-        let now = self.now();
+    /// Exported files the node has not seen accepted, sent first; a
+    /// transient failure is returned, to be tried again later.
+    async fn resend_exported(
+        &self,
+        state: &TelemetryState,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Result<(), EngineError>> {
         let mut result = Ok(());
         for e in &state.exported {
             match self.submit(&e.text).await {
@@ -333,7 +362,18 @@ impl Engine {
                 }
             }
         }
-        let signed = self.pending_report().await?;
+        Ok(result)
+    }
+
+    /// Sends what is pending: first exported files the node has not seen
+    /// accepted, then the report of the whole pending period (t01). A
+    /// failure is recorded and retried; nothing is lost because the period
+    /// start only moves on acceptance.
+    pub async fn send_telemetry(&self) -> EngineResult<pb::TelemetryReceipt> {
+        let now = self.now();
+        let (_, _, state) = self.telemetry_ready(now, None).await?;
+        let result = self.resend_exported(&state, now).await?;
+        let signed = self.pending_report(now, &new_report_id()?, None).await?;
         let outcome = match result {
             Ok(()) => self.submit(&signed.render()).await,
             Err(s) => Err(s),
@@ -351,7 +391,7 @@ impl Engine {
                     fx.notify(
                         tx,
                         now,
-                        "telemetry-send-failed",
+                        keyfed_core::event::EventKind::TelemetrySendFailed,
                         "",
                         format!(
                             "the usage report could not be sent; retried later: {}",
@@ -393,7 +433,21 @@ impl Engine {
     /// file was accepted (it re-sends the file at its next contact, or an
     /// administrator uploads the file through this node).
     pub async fn export_telemetry(&self) -> EngineResult<String> {
-        let signed = self.pending_report().await?;
+        let cmd = crate::command::Command::ExportTelemetry {
+            now: self.now(),
+            report_id: new_report_id()?,
+            seed: crate::tick::random_seed()?,
+        };
+        self.execute(cmd).await?.text()
+    }
+
+    pub(crate) async fn export_telemetry_at(
+        &self,
+        now: DateTime<Utc>,
+        report_id: &str,
+        seed: [u8; 32],
+    ) -> EngineResult<String> {
+        let signed = self.pending_report(now, report_id, Some(seed)).await?;
         let text = signed.render();
         let e = Exported {
             report_id: signed.report.id.clone(),
@@ -448,7 +502,7 @@ impl Engine {
     }
 
     pub async fn telemetry_status(&self) -> EngineResult<pb::TelemetryStatusReply> {
-        let (install, identity, state) = self.telemetry_ready().await?;
+        let (install, identity, state) = self.telemetry_ready(self.now(), None).await?;
         let due = Self::due_of(&install, &state);
         Ok(pb::TelemetryStatusReply {
             last_accepted: opt_ts(state.last_accepted.as_ref().map(|a| a.period_end)),
@@ -471,17 +525,20 @@ impl Engine {
         })
     }
 
-    /// One scheduler tick: sample peaks, warn about due dates, send when it
-    /// is time. Errors are logged; the next tick tries again.
-    pub async fn telemetry_tick(&self) {
-        if let Err(e) = self.telemetry_tick_inner().await {
-            tracing::debug!(node = %self.id(), error = %e, "telemetry tick");
+    /// One scheduler tick: sample peaks, warn about due dates; true when it
+    /// is time to send. Errors are logged; the next tick tries again.
+    pub(crate) async fn telemetry_tick(&self, now: DateTime<Utc>, seed: [u8; 32]) -> bool {
+        match self.telemetry_tick_inner(now, seed).await {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!(node = %self.id(), error = %e, "telemetry tick");
+                false
+            }
         }
     }
 
-    async fn telemetry_tick_inner(&self) -> EngineResult<()> {
-        let (install, _, state) = self.telemetry_ready().await?;
-        let now = self.now();
+    async fn telemetry_tick_inner(&self, now: DateTime<Utc>, seed: [u8; 32]) -> EngineResult<bool> {
+        let (install, _, state) = self.telemetry_ready(now, Some(seed)).await?;
         let own = self.own_key_seats()?;
         let mut peaks = state.peaks.clone();
         if raise_peaks(&mut peaks, &own) {
@@ -514,7 +571,7 @@ impl Engine {
         if mode != Mode::ThroughParent {
             self.due_warnings(&state, due, now).await?;
         }
-        if mode == Mode::Automatic
+        Ok(mode == Mode::Automatic
             && attempt_now(
                 state.last_attempt,
                 state.last_error.is_some(),
@@ -522,12 +579,7 @@ impl Engine {
                 now,
                 interval,
                 retry,
-            )
-        {
-            // the outcome is recorded in the state and shown by `telemetry status`
-            let _ = self.send_telemetry().await;
-        }
-        Ok(())
+            ))
     }
 
     async fn due_warnings(
@@ -550,11 +602,11 @@ impl Engine {
             let (event, message) = match w {
                 DueWarning::DueSoon => {
                     s.warned_soon = Some(due);
-                    ("telemetry-due-soon", format!("the usage report is due on {} ({days} day(s) left): send it, or export it and upload it (keyfedctl telemetry export)", ts(due)))
+                    (keyfed_core::event::EventKind::TelemetryDueSoon, format!("the usage report is due on {} ({days} day(s) left): send it, or export it and upload it (keyfedctl telemetry export)", ts(due)))
                 }
                 DueWarning::Overdue => {
                     s.warned_overdue = Some(due);
-                    ("telemetry-overdue", format!("the usage report was due on {} and has not been accepted: the customer's compliance is at risk (t02/t03)", ts(due)))
+                    (keyfed_core::event::EventKind::TelemetryOverdue, format!("the usage report was due on {} and has not been accepted: the customer's compliance is at risk (t02/t03)", ts(due)))
                 }
             };
             write_state(tx, &s)?;

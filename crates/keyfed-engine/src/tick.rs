@@ -1,164 +1,218 @@
-//! Periodic work, deciding by the injected clock (the shell calls
-//! [`Engine::tick`] on a real-time interval): the scheduled renewal task
-//! (r01), the free-seat poll (r11), seat donations (b01), expiry and command
-//! sweeps, station retirement (b03), telemetry (t01) and usage rollups (b05).
+//! Periodic work, deciding by the time the tick carries (the shell calls
+//! [`Engine::tick`] on a real-time interval): the free-seat poll (r11), seat
+//! donations (b01, `keyfed_core::donation`), expiry and command sweeps,
+//! station retirement (b03), the r08 old-key notices, telemetry state (t01)
+//! and usage rollups (b05). The deterministic part is
+//! [`crate::command::Command::Tick`]; what it finds due that needs the
+//! upstream (the scheduled renewal task, r01, and sending the usage report)
+//! the wrapper runs after it.
+//!
+//! r11: seats freed by a sweep (a donation whose period ended, a borrowed
+//! key that lapsed) are deliberately not handed to waiting objects in the
+//! sweep's own transaction: the seat poll, every `seat_poll_secs`, serves
+//! them, as the rule says a neighbor without a seat is checked every minute.
 use crate::engine::{seat_grant, withdrawn, Engine};
 use crate::error::{EngineError, EngineResult};
 use crate::time::{parse_ts, ts};
-use chrono::Duration;
-use keyfed_store::{ObjectKind, Origin};
+use chrono::{DateTime, Duration, Utc};
+use keyfed_core::donation::{borrowed_lapsed, review, LendingStep};
+use keyfed_core::event::EventKind;
+use keyfed_store::{Grant, ObjectKind, Origin, StoredKey};
 
 /// How often silent stations are looked for (b03 counts in days).
 const STATION_SWEEP_SECS: i64 = 3600;
 
+/// What a tick found due that needs the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TickDue {
+    /// r01: the scheduled renewal task.
+    pub renewal: bool,
+    /// t01: the usage report is to be sent.
+    pub telemetry: bool,
+}
+
 /// True once `every_secs` passed since the time recorded under `meta`; the
 /// first call only starts the period, so a fresh node does not run at once.
-fn due(node: &Engine, meta: &str, every_secs: i64) -> EngineResult<bool> {
+fn due(node: &Engine, meta: &str, every_secs: i64, now: DateTime<Utc>) -> EngineResult<bool> {
     let last = node
         .store
         .meta(meta)?
         .and_then(|s| parse_ts(meta, &s).ok().flatten());
     let Some(last) = last else {
-        node.store.set_meta(meta, &ts(node.now()))?;
+        node.store.set_meta(meta, &ts(now))?;
         return Ok(false);
     };
-    Ok(node.now() >= last + Duration::seconds(every_secs))
+    Ok(now >= last + Duration::seconds(every_secs))
+}
+
+/// Entropy for the node's telemetry identity, made once (t01).
+pub(crate) fn random_seed() -> EngineResult<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| {
+        EngineError::FailedPrecondition(format!("no randomness for the node identity: {e}"))
+    })?;
+    Ok(seed)
 }
 
 impl Engine {
     /// One scheduler tick: everything that is due by the clock runs.
     pub async fn tick(&self) -> EngineResult<()> {
-        once(self).await
+        let cmd = crate::command::Command::Tick {
+            now: self.now(),
+            seed: random_seed()?,
+        };
+        let due = self.execute(cmd).await?.ticked()?;
+        if due.renewal {
+            let outcomes = self.check_for_updates(None).await?;
+            tracing::info!(node = %self.id(), keys = outcomes.len(), "scheduled renewal task ran");
+        }
+        if due.telemetry {
+            // the outcome is recorded in the state and shown by `telemetry status`
+            let _ = self.send_telemetry().await;
+        }
+        Ok(())
     }
-}
 
-async fn once(node: &Engine) -> EngineResult<()> {
-    if node.config.update_license_keys
-        && node.config.has_upstream
-        && due(
-            node,
-            "last_renewal_check",
-            node.config.renewal_interval_secs,
-        )?
-    {
-        let outcomes = node.check_for_updates(None).await?;
-        tracing::info!(node = %node.id(), keys = outcomes.len(), "scheduled renewal task ran");
+    /// The deterministic part of a tick at `now`.
+    pub(crate) async fn tick_at(
+        &self,
+        now: DateTime<Utc>,
+        seed: [u8; 32],
+    ) -> EngineResult<TickDue> {
+        let renewal = self.config.update_license_keys
+            && self.config.has_upstream
+            && due(
+                self,
+                "last_renewal_check",
+                self.config.renewal_interval_secs,
+                now,
+            )?;
+        if due(self, "last_seat_poll", self.config.seat_poll_secs, now)? {
+            self.fill_waiting_at(now).await?;
+            self.store.set_meta("last_seat_poll", &ts(now))?;
+        }
+        self.donations(now).await?;
+        self.lifecycle_sweep_at(now).await?;
+        self.old_key_notices(now).await?;
+        self.command_sweep_at(now).await?;
+        // b03: a station sweep reads every station record, so not every tick
+        if due(self, "last_station_sweep", STATION_SWEEP_SECS, now)? {
+            self.retire_silent_stations_at(now).await?;
+            self.store.set_meta("last_station_sweep", &ts(now))?;
+        }
+        let telemetry = self.telemetry_tick(now, seed).await;
+        // b05: rollups go up when usage changes, and again every
+        // usage_report_secs so the parent's `reported_at` says the node is alive
+        if due(
+            self,
+            "last_usage_refresh",
+            self.config.usage_report_secs,
+            now,
+        )? {
+            self.refresh_rollups()?;
+            self.store.set_meta("last_usage_refresh", &ts(now))?;
+        }
+        self.roll_up_usage_at(now).await?;
+        Ok(TickDue { renewal, telemetry })
     }
-    if due(node, "last_seat_poll", node.config.seat_poll_secs)? {
-        node.fill_waiting().await?;
-        node.store.set_meta("last_seat_poll", &ts(node.now()))?;
-    }
-    donations(node).await?;
-    node.lifecycle_sweep().await?;
-    node.command_sweep().await?;
-    // b03: a station sweep reads every station record, so not every tick
-    if due(node, "last_station_sweep", STATION_SWEEP_SECS)? {
-        node.retire_silent_stations().await?;
-        node.store.set_meta("last_station_sweep", &ts(node.now()))?;
-    }
-    node.telemetry_tick().await;
-    // b05: rollups go up when usage changes, and again every
-    // usage_report_secs so the parent's `reported_at` says the node is alive
-    if due(node, "last_usage_refresh", node.config.usage_report_secs)? {
-        node.refresh_rollups()?;
-        node.store.set_meta("last_usage_refresh", &ts(node.now()))?;
-    }
-    node.roll_up_usage().await
-}
 
-/// b01: donated seats are renewed while the neighbor stays linked and come
-/// back when the period ends without renewal; borrowed seats lapse likewise.
-async fn donations(node: &Engine) -> EngineResult<()> {
-    let now = node.now();
-    let period = Duration::days(node.config.donation_days);
-    // only neighbors hold lent seats: point reads per (key, neighbor), never
-    // a scan of every grant (stations hold most of them)
-    let keys = node.store.keys()?;
-    let mut lent = Vec::new();
-    for n in &node.config.neighbors {
-        for k in &keys {
-            if let Some(g) = node.store.grant(&k.key.id, &n.node_id)? {
-                lent.push(g);
+    /// b01: donated seats are renewed for their own period while the
+    /// neighbor stays linked and come back when the period ends without
+    /// renewal; borrowed seats lapse likewise.
+    async fn donations(&self, now: DateTime<Utc>) -> EngineResult<()> {
+        // only neighbors hold lent seats: point reads per (key, neighbor),
+        // never a scan of every grant (stations hold most of them)
+        let keys = self.store.keys()?;
+        for n in &self.config.neighbors {
+            for k in &keys {
+                if let Some(g) = self.store.grant(&k.key.id, &n.node_id)? {
+                    self.review_lending(g, now).await?;
+                }
+            }
+        }
+        for k in keys {
+            if let (Origin::Peer(_), Some(until)) = (&k.origin, k.lent_until) {
+                if borrowed_lapsed(until, now) {
+                    self.borrowed_lapsed(&k, until, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn review_lending(&self, g: Grant, now: DateTime<Utc>) -> EngineResult<()> {
+        let Some(lending) = self.lending_of(g.lent_until, g.lent_days) else {
+            return Ok(());
+        };
+        if g.kind != ObjectKind::Server {
+            return Ok(());
+        }
+        let online = self.peer_meta(&g.object).is_some_and(|m| m.online);
+        match review(lending, online, now) {
+            LendingStep::Keep => Ok(()),
+            LendingStep::Return => {
+                self.commit(|tx, fx| {
+                    if tx.remove_grant::<EngineError>(&g.key_id, &g.object)?.is_none() {
+                        return Ok(());
+                    }
+                    let why = "the lending period ended".to_owned();
+                    fx.send(tx, &g.object, now, &g.key_id, withdrawn(&g.key_id, why))?;
+                    fx.notify(tx, now, EventKind::DonationReturned, &g.key_id, format!("{} seat(s) of key {} lent to {} came back: the period ended without renewal", g.seats, g.key_id, g.object), &[("object", g.object.clone())])
+                })
+                .await
+            }
+            LendingStep::Renew(next) => {
+                self.commit(|tx, fx| {
+                    let Some(mut mine) = tx.grant::<EngineError>(&g.key_id, &g.object)? else {
+                        return Ok(());
+                    };
+                    let Some(k) = tx.key::<EngineError>(&g.key_id)? else {
+                        return Ok(());
+                    };
+                    mine.lent_until = Some(next.until);
+                    mine.lent_days = Some(next.period_days);
+                    tx.put_grant(&mine)?;
+                    let body = seat_grant(&k, mine.seats, mine.lent_until);
+                    fx.send(tx, &g.object, now, &g.key_id, body)?;
+                    Ok(())
+                })
+                .await
             }
         }
     }
-    for g in lent {
-        let (ObjectKind::Server, Some(until)) = (g.kind, g.lent_until) else {
-            continue;
-        };
-        let online = node.peer_meta(&g.object).is_some_and(|m| m.online);
-        if now >= until {
-            node.commit(|tx, fx| {
-                if tx.remove_grant::<EngineError>(&g.key_id, &g.object)?.is_none() {
-                    return Ok(());
-                }
-                fx.send(tx, &g.object, now, &g.key_id, withdrawn(&g.key_id, "the lending period ended".into()))?;
-                fx.notify(tx, now, "donation-returned", &g.key_id, format!("{} seat(s) of key {} lent to {} came back: the period ended without renewal", g.seats, g.key_id, g.object), &[("object", g.object.clone())])
-            })
-            .await?;
-        } else if online && until - now <= period / 2 {
-            let renewed_until = now + period;
-            node.commit(|tx, fx| {
-                let Some(mut mine) = tx.grant::<EngineError>(&g.key_id, &g.object)? else {
-                    return Ok(());
-                };
-                let Some(k) = tx.key::<EngineError>(&g.key_id)? else {
-                    return Ok(());
-                };
-                mine.lent_until = Some(renewed_until);
-                tx.put_grant(&mine)?;
-                fx.send(
-                    tx,
-                    &g.object,
-                    now,
-                    &g.key_id,
-                    seat_grant(&k, mine.seats, mine.lent_until),
-                )?;
-                Ok(())
-            })
-            .await?;
-        }
-    }
-    for k in keys {
-        let (Origin::Peer(peer), Some(until)) = (&k.origin, k.lent_until) else {
-            continue;
-        };
-        if now < until {
-            continue;
-        }
-        let grants = node.store.grants_of_key(&k.key.id)?;
-        let peer = peer.clone();
-        node.commit(|tx, fx| {
+
+    /// b01, the borrower's side: the lender did not renew in time.
+    async fn borrowed_lapsed(
+        &self,
+        k: &StoredKey,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> EngineResult<()> {
+        let grants = self.store.grants_of_key(&k.key.id)?;
+        let peer = k.origin.peer().unwrap_or_default().to_owned();
+        let id = &k.key.id;
+        self.commit(|tx, fx| {
             for g in &grants {
-                if tx
-                    .remove_grant::<EngineError>(&k.key.id, &g.object)?
-                    .is_some()
+                if tx.remove_grant::<EngineError>(id, &g.object)?.is_some()
                     && g.kind == ObjectKind::Server
                 {
-                    fx.send(
-                        tx,
-                        &g.object,
-                        now,
-                        &k.key.id,
-                        withdrawn(&k.key.id, "the lender's period ended".into()),
-                    )?;
+                    let why = "the lender's period ended".to_owned();
+                    fx.send(tx, &g.object, now, id, withdrawn(id, why))?;
                 }
             }
-            tx.remove_key::<EngineError>(&k.key.id)?;
+            tx.remove_key::<EngineError>(id)?;
             fx.notify(
                 tx,
                 now,
-                "donation-lapsed",
-                &k.key.id,
+                EventKind::DonationLapsed,
+                id,
                 format!(
-                    "seats of key {} lent by {peer} lapsed: not renewed before {}",
-                    k.key.id,
+                    "seats of key {id} lent by {peer} lapsed: not renewed before {}",
                     ts(until)
                 ),
                 &[("from", peer.clone())],
             )
         })
-        .await?;
+        .await
     }
-    Ok(())
 }

@@ -1,8 +1,11 @@
 //! b05: usage up the tree. Each node rolls up its own and its subtree's usage
-//! of the keys it got from a peer and sends it to that peer.
+//! of the keys it got from a peer and sends it to that peer. A relayed line
+//! keeps the time its own node measured it (t03, defect 9): a node that
+//! vanished is not kept current by its parent.
 use crate::engine::Engine;
 use crate::error::EngineResult;
 use crate::time::ts;
+use chrono::{DateTime, Utc};
 use keyfed_wire::v1 as pb;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,7 +13,11 @@ use std::sync::atomic::Ordering;
 impl Engine {
     /// This node's rows, and with `tree` every row its subtree reported.
     pub fn usage_rows(&self, tree: bool) -> EngineResult<Vec<pb::KeyUsage>> {
-        let now = ts(self.now());
+        self.usage_rows_at(tree, self.now())
+    }
+
+    fn usage_rows_at(&self, tree: bool, now: DateTime<Utc>) -> EngineResult<Vec<pb::KeyUsage>> {
+        let now = ts(now);
         let mut rows = Vec::new();
         for k in self.store.keys()? {
             let used = self.store.used(&k.key.id)?;
@@ -52,11 +59,11 @@ impl Engine {
     }
 
     /// Queues a rollup to each peer we hold keys from, when it changed.
-    pub async fn roll_up_usage(&self) -> EngineResult<()> {
+    pub(crate) async fn roll_up_usage_at(&self, now: DateTime<Utc>) -> EngineResult<()> {
         if !self.usage_dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let rows = self.usage_rows(true)?;
+        let rows = self.usage_rows_at(true, now)?;
         let keys = self.store.keys()?;
         let mut by_peer: BTreeMap<String, Vec<pb::UsageLine>> = BTreeMap::new();
         for k in &keys {
@@ -65,16 +72,22 @@ impl Engine {
             };
             let lines = by_peer.entry(peer.to_owned()).or_default();
             for r in rows.iter().filter(|r| r.key_id == k.key.id) {
+                // this node's own lines are stamped when sent; a subtree
+                // line keeps the time its node measured it
+                let own = r.node_id == self.id();
                 lines.push(pb::UsageLine {
                     node_id: r.node_id.clone(),
                     key_id: r.key_id.clone(),
                     seats: r.seats,
                     used: r.used,
-                    reported_at: String::new(),
+                    reported_at: if own {
+                        String::new()
+                    } else {
+                        r.reported_at.clone()
+                    },
                 });
             }
         }
-        let now = self.now();
         for (peer, lines) in by_peer {
             let fingerprint = format!("{lines:?}");
             let meta = format!("rollup:{peer}");
@@ -84,7 +97,9 @@ impl Engine {
             let stamped: Vec<pb::UsageLine> = lines
                 .into_iter()
                 .map(|mut l| {
-                    l.reported_at = ts(now);
+                    if l.reported_at.is_empty() {
+                        l.reported_at = ts(now);
+                    }
                     l
                 })
                 .collect();

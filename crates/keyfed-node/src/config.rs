@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub seat_poll_secs: i64,
     /// b01: default lending period of seats donated to a neighbor.
     pub donation_days: i64,
+    /// r08: days after a renewal before the administrator is told which
+    /// child still holds the old key.
+    pub old_key_notice_days: i64,
     /// b05: how often usage is rolled up to the node a key came from.
     pub usage_report_secs: i64,
     /// t01: how often the node sends its usage report to the upstream (it
@@ -126,6 +129,7 @@ impl Default for NodeConfig {
             renewal_interval_secs: 3600,
             seat_poll_secs: 60,
             donation_days: 30,
+            old_key_notice_days: 30,
             usage_report_secs: 60,
             telemetry_interval_secs: 86_400,
             telemetry_retry_secs: 3_600,
@@ -267,6 +271,7 @@ impl NodeConfig {
             seat_poll_secs: self.seat_poll_secs,
             usage_report_secs: self.usage_report_secs,
             donation_days: self.donation_days,
+            old_key_notice_days: self.old_key_notice_days,
             telemetry_interval_secs: self.telemetry_interval_secs,
             telemetry_retry_secs: self.telemetry_retry_secs,
             lifecycle: self.lifecycle.clone(),

@@ -69,6 +69,9 @@ impl From<UnabortableTransactionError> for StoreError {
 
 pub type TxResult<T, E> = Result<T, ConflictableTransactionError<E>>;
 
+/// Every entry of every tree, by tree name, as raw key and value bytes.
+pub type StoreDump = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
+
 /// Ends a transaction with a domain error; nothing it wrote is kept.
 pub fn abort<T, E>(e: E) -> TxResult<T, E> {
     Err(ConflictableTransactionError::Abort(e))
@@ -470,6 +473,24 @@ impl Store {
             .and_then(|s| s.parse().ok()))
     }
 
+    /// Every committed entry of every tree, by tree name, in key order: for
+    /// simulations and tests that compare two stores (same commands in,
+    /// same store out).
+    pub fn dump(&self) -> Result<StoreDump, StoreError> {
+        let mut out = BTreeMap::new();
+        for (i, name) in TREES.iter().enumerate() {
+            let entries = match &self.backend {
+                Backend::Sled(s) => s.trees[i]
+                    .iter()
+                    .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<Vec<_>, _>>()?,
+                Backend::Memory(m) => m.entries(i),
+            };
+            out.insert(*name, entries);
+        }
+        Ok(out)
+    }
+
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         let v = records::encode(&value);
         match &self.backend {
@@ -826,6 +847,15 @@ impl Tx<'_> {
 
     pub fn put_waiting<E>(&self, w: &Waiting) -> TxResult<(), E> {
         self.write(WAITING, &pair(&w.key_id, &w.object), w)
+    }
+
+    /// The waiting record of one object for one key: a point lookup.
+    pub fn waiting<E: From<StoreError>>(
+        &self,
+        key_id: &str,
+        object: &str,
+    ) -> TxResult<Option<Waiting>, E> {
+        self.read(WAITING, &pair(key_id, object))
     }
 
     pub fn remove_waiting<E>(&self, key_id: &str, object: &str) -> TxResult<(), E> {

@@ -79,6 +79,14 @@ impl Memory {
             .collect()
     }
 
+    /// Every committed entry of `tree`, in key order.
+    pub(crate) fn entries(&self, tree: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        lock(&self.state).committed[tree]
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect()
+    }
+
     pub(crate) fn len(&self, tree: usize) -> usize {
         lock(&self.state).committed[tree].len()
     }

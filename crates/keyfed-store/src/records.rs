@@ -38,6 +38,11 @@ pub struct StoredKey {
     /// Set when a renewal of this key has been distributed; the key is retired
     /// once no object still holds it (r07).
     pub superseded_by: Option<String>,
+    /// r08: when `superseded_by` was set, so the administrator can be told of
+    /// a child that still holds this key long after; none in stores written
+    /// before it was kept.
+    #[serde(default)]
+    pub superseded_at: Option<DateTime<Utc>>,
     /// Donated seats come back when this passes without renewal (b01).
     pub lent_until: Option<DateTime<Utc>>,
     /// False for a key received from a peer as a plain offer (r08): stored,
@@ -70,6 +75,7 @@ impl StoredKey {
             added_at,
             held,
             superseded_by: None,
+            superseded_at: None,
             lent_until: None,
             distributable: true,
             entitlement: None,
@@ -109,6 +115,10 @@ pub struct Grant {
     pub granted_at: DateTime<Utc>,
     /// Neighbor donations only (b01).
     pub lent_until: Option<DateTime<Utc>>,
+    /// b01: the lending period given at assign, in days, which every renewal
+    /// of the donation uses; none in stores written before it was kept.
+    #[serde(default)]
+    pub lent_days: Option<u32>,
     /// Servers: the peer acked the delivery that carries this grant.
     pub delivered: bool,
     /// Stations: the tenant whose share the seat counts against (e07); empty
@@ -189,6 +199,9 @@ pub struct Waiting {
     pub seats: u32,
     pub since: DateTime<Utc>,
     pub lent_until: Option<DateTime<Utc>>,
+    /// b01: the lending period of the grant it replaces (see [`Grant::lent_days`]).
+    #[serde(default)]
+    pub lent_days: Option<u32>,
     /// The key the object held before the renewal that left it waiting.
     pub replaces: Option<String>,
 }

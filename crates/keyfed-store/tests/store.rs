@@ -195,6 +195,7 @@ fn assign_in(tx: &Tx<'_>, key_id: &str, object: &str) -> keyfed_store::TxResult<
         seats: 1,
         granted_at: now(),
         lent_until: None,
+        lent_days: None,
         delivered: true,
         tenant: "t-1".into(),
     })

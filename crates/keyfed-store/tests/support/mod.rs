@@ -71,6 +71,7 @@ pub fn assign_for(
             seats,
             granted_at: now(),
             lent_until: None,
+            lent_days: None,
             delivered: true,
             tenant: tenant.into(),
         })
