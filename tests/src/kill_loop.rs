@@ -36,7 +36,7 @@ const COMPONENTS: [&str; 2] = ["antivirus", "firewall"];
 const FIRST_SEATS: u32 = 400;
 const FIRST_EXPIRY: &str = "2030-12-31";
 const ADMIN_STATIONS: u64 = 6;
-const MAIN_STATIONS: u64 = 8;
+const MAIN_STATIONS: u64 = 10;
 /// At most this many stations ever sit on the child (its own and roaming),
 /// fewer than the least the child is ever granted.
 const CHILD_STATIONS: u64 = 6;
@@ -62,6 +62,8 @@ pub struct KillReport {
     pub kills: BTreeMap<String, usize>,
     /// Kills that came right after the victim acknowledged a call.
     pub kills_after_ack: usize,
+    /// Kills of main within 40 ms of a CheckForUpdates call.
+    pub kills_in_renewal: usize,
     pub cuts: usize,
     pub acknowledged: usize,
     pub refused: usize,
@@ -76,6 +78,8 @@ pub struct KillReport {
     pub unlicensed_reasons: Vec<String>,
     pub restarts: Vec<Duration>,
     pub problems: Vec<String>,
+    /// The end of main's and the child's logs, kept when there are problems.
+    pub logs: Vec<(String, String)>,
     pub elapsed: Duration,
     /// How long the cluster took to settle after the last restart.
     pub settle: Duration,
@@ -106,6 +110,7 @@ impl KillReport {
             ("kill cycles", self.cycles.to_string()),
             ("SIGKILLs", kills),
             ("  right after an ack", self.kills_after_ack.to_string()),
+            ("  during a renewal", self.kills_in_renewal.to_string()),
             ("link cuts (main-child)", self.cuts.to_string()),
             ("acknowledged operations", self.acknowledged.to_string()),
             ("  of which renewals", self.renewals.to_string()),
@@ -166,6 +171,11 @@ impl Rng {
     /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+
+    /// An independent generator for one task, drawn from this one.
+    pub fn fork(&mut self) -> Self {
+        Self::new(self.next_u64())
     }
 
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -230,6 +240,8 @@ struct Shared {
     ledger: Mutex<Ledger>,
     /// Woken whenever a node acknowledged a call (the killer may strike then).
     acks: BTreeMap<String, Notify>,
+    /// Woken just before main is asked to check for updates.
+    renewing: Notify,
     cycle: std::sync::atomic::AtomicUsize,
     stop: CancellationToken,
 }
@@ -422,6 +434,7 @@ impl Shared {
         let req = pb::CheckForUpdatesRequest {
             key_id: cur.clone(),
         };
+        self.renewing.notify_waiters();
         match self.book.admin("main").check_for_updates(req).await {
             Ok(r) => {
                 self.record("main", None, 0, Outcome::Acked);
@@ -456,39 +469,43 @@ impl Shared {
     }
 }
 
-async fn admin_grants(sh: Arc<Shared>, mut rng: Rng) {
+/// Administrator grants on main: stations `adm-{first}..adm-{first+n}`, and
+/// `peer` (the child: 12-20 seats; the neighbor: a donation of 1-4, or none).
+async fn admin_grants(sh: Arc<Shared>, first: u64, n: u64, peer: &'static str, mut rng: Rng) {
     while !sh.stop.is_cancelled() {
-        match rng.below(10) {
-            0..=5 => {
-                let obj = format!("adm-{}", rng.below(ADMIN_STATIONS));
-                if rng.chance(70) {
-                    let seats = u32::try_from(rng.range(1, 3)).expect("small");
-                    sh.assign("main", &obj, seats).await;
-                } else {
-                    sh.unassign("main", &obj).await;
-                }
+        if rng.chance(70) {
+            let obj = format!("adm-{}", first + rng.below(n));
+            if rng.chance(70) {
+                let seats = u32::try_from(rng.range(1, 3)).expect("small");
+                sh.assign("main", &obj, seats).await;
+            } else {
+                sh.unassign("main", &obj).await;
             }
-            6..=7 => {
-                let seats = rng.range(CHILD_SEATS.0, CHILD_SEATS.1);
-                sh.assign("main", "child", u32::try_from(seats).expect("small"))
-                    .await;
-            }
-            _ => {
-                if rng.chance(60) {
-                    let seats = u32::try_from(rng.range(1, 4)).expect("small");
-                    sh.assign("main", "neighbor", seats).await;
-                } else {
-                    sh.unassign("main", "neighbor").await;
-                }
-            }
+        } else if peer == "child" {
+            let seats = rng.range(CHILD_SEATS.0, CHILD_SEATS.1);
+            sh.assign("main", "child", u32::try_from(seats).expect("small"))
+                .await;
+        } else if rng.chance(60) {
+            let seats = u32::try_from(rng.range(1, 4)).expect("small");
+            sh.assign("main", peer, seats).await;
+        } else {
+            sh.unassign("main", peer).await;
         }
         sh.pace(&mut rng, 2, 20).await;
     }
 }
 
-async fn stations(sh: Arc<Shared>, node: &'static str, prefix: &'static str, n: u64, mut rng: Rng) {
+/// Stations `{prefix}-{first}..{prefix}-{first+n}` attaching to and
+/// releasing seats on `node`.
+async fn stations(
+    sh: Arc<Shared>,
+    node: &'static str,
+    prefix: &'static str,
+    (first, n): (u64, u64),
+    mut rng: Rng,
+) {
     while !sh.stop.is_cancelled() {
-        let fp = format!("{prefix}-{}", rng.below(n));
+        let fp = format!("{prefix}-{}", first + rng.below(n));
         if rng.chance(60) {
             sh.attach(node, &fp, true).await;
         } else {
@@ -581,6 +598,7 @@ pub async fn run(plan: KillPlan) -> KillReport {
             .into_iter()
             .map(|n| (n.to_owned(), Notify::new()))
             .collect(),
+        renewing: Notify::new(),
         cycle: 0.into(),
         stop: CancellationToken::new(),
     });
@@ -596,23 +614,24 @@ pub async fn run(plan: KillPlan) -> KillReport {
 
     let mut rng = Rng::new(plan.seed);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(admin_grants(sh.clone(), Rng::new(rng.next_u64())));
-    tasks.spawn(stations(
-        sh.clone(),
-        "main",
-        "m-fp",
-        MAIN_STATIONS,
-        Rng::new(rng.next_u64()),
-    ));
-    tasks.spawn(stations(
-        sh.clone(),
-        "child",
-        "c-fp",
-        CHILD_STATIONS - ROAMING_STATIONS,
-        Rng::new(rng.next_u64()),
-    ));
-    tasks.spawn(roaming(sh.clone(), Rng::new(rng.next_u64())));
-    tasks.spawn(renewals(sh.clone(), Rng::new(rng.next_u64())));
+    // two of each on main, so concurrent calls share group-committed flushes
+    let half = ADMIN_STATIONS / 2;
+    tasks.spawn(admin_grants(sh.clone(), 0, half, "child", rng.fork()));
+    tasks.spawn(admin_grants(sh.clone(), half, half, "neighbor", rng.fork()));
+    let half = MAIN_STATIONS / 2;
+    for first in [0, half] {
+        tasks.spawn(stations(
+            sh.clone(),
+            "main",
+            "m-fp",
+            (first, half),
+            rng.fork(),
+        ));
+    }
+    let own = (0, CHILD_STATIONS - ROAMING_STATIONS);
+    tasks.spawn(stations(sh.clone(), "child", "c-fp", own, rng.fork()));
+    tasks.spawn(roaming(sh.clone(), rng.fork()));
+    tasks.spawn(renewals(sh.clone(), rng.fork()));
 
     for cycle in 0..plan.cycles {
         sh.cycle.store(cycle, std::sync::atomic::Ordering::Relaxed);
@@ -623,14 +642,16 @@ pub async fn run(plan: KillPlan) -> KillReport {
             tokio::time::sleep(rng.millis(50, 400)).await;
             cluster.heal("main", "child");
         }
-        let victims: &[&str] = match rng.below(5) {
-            0 | 1 => &["main"],
-            2 | 3 => &["child"],
-            _ => &["main", "child"],
+        let victims: &[&str] = match rng.below(10) {
+            0..=3 => &["main"],
+            4..=6 => &["child"],
+            7 | 8 => &["main", "child"],
+            _ => &["main", "neighbor"],
         };
         // the kill moment: right after the victim acknowledged a call (is
-        // it durable?), or at a random point of whatever is going on
-        let after_ack = rng.chance(35);
+        // it durable?), while main renews, or at a random point
+        let moment = rng.below(100);
+        let after_ack = moment < 35;
         if after_ack {
             let acked = sh.acks[victims[0]].notified();
             if tokio::time::timeout(Duration::from_secs(2), acked)
@@ -638,6 +659,15 @@ pub async fn run(plan: KillPlan) -> KillReport {
                 .is_ok()
             {
                 report.kills_after_ack += 1;
+            }
+        } else if moment < 45 && victims[0] == "main" {
+            let renewing = sh.renewing.notified();
+            if tokio::time::timeout(Duration::from_secs(2), renewing)
+                .await
+                .is_ok()
+            {
+                report.kills_in_renewal += 1;
+                tokio::time::sleep(rng.millis(0, 40)).await;
             }
         } else {
             tokio::time::sleep(rng.millis(20, 400)).await;

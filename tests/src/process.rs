@@ -324,7 +324,7 @@ impl ProcessCluster {
                 cmd.env_remove(k);
             }
         }
-        cmd.env(
+        cmd.env("NO_COLOR", "1").env(
             "RUST_LOG",
             std::env::var("KEYFED_NODE_LOG").unwrap_or_else(|_| "warn".into()),
         );

@@ -22,6 +22,9 @@ async fn r13_seats_conserved_across_sigkill_of_main_and_child() {
     })
     .await;
     eprintln!("{}", report.table());
+    for (node, log) in &report.logs {
+        eprintln!("--- end of {node}'s log\n{log}");
+    }
     assert!(
         report.kills.values().sum::<usize>() >= 30,
         "at least one SIGKILL per cycle"

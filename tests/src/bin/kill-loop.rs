@@ -43,11 +43,21 @@ fn main() {
     eprintln!("kill-loop: {} cycles, seed {}", plan.cycles, plan.seed);
     let report = runtime.block_on(kill_loop::run(plan));
     println!("{}", report.table());
+    for r in &report.unlicensed_reasons {
+        println!("unlicensed: {r}");
+    }
     if report.problems.is_empty() {
         return;
     }
     for p in &report.problems {
         println!("problem: {p}");
     }
+    for (node, log) in &report.logs {
+        println!("--- end of {node}'s log\n{log}");
+    }
+    println!(
+        "run again: kill-loop --cycles {} --seed {}",
+        report.cycles, report.seed
+    );
     std::process::exit(1);
 }
