@@ -17,7 +17,8 @@
 //! - every acknowledged grant is there, with the seats of the last
 //!   acknowledged change to it (or of a later unknown one);
 //! - every acknowledged renewal is main's key (or an older one than main's);
-//! - the child holds the key main holds;
+//! - the child holds the key main holds, and neither still holds a
+//!   superseded one (r07);
 //! - r13 over all stores ([`crate::check_seat_conservation`]), which includes
 //!   "no fingerprint holds two counted seats".
 use crate::process::{AddressBook, ProcessCluster};
@@ -804,6 +805,20 @@ fn check_grants(report: &mut KillReport, cluster: &ProcessCluster, sh: &Shared) 
                 .push(format!("{id} holds no live key of the license"));
             return;
         };
+        // r07: once every child has the new key, the old one is retired
+        for k in keys.iter().filter(|k| k.superseded_by.is_some()) {
+            let grants = store.grants_of_key(&k.key.id).expect("grants");
+            let list = grants
+                .iter()
+                .map(|g| format!("{}={}", g.object, g.seats))
+                .collect::<Vec<_>>()
+                .join(", ");
+            report.problems.push(format!(
+                "r07: {id} still holds {} (superseded by {}) after settling, granted to: [{list}]",
+                k.key.id,
+                k.superseded_by.as_deref().unwrap_or_default()
+            ));
+        }
         live.insert(id, newest);
         stores.insert(id, store);
     }
