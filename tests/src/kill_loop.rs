@@ -761,9 +761,7 @@ async fn finish(
     }
     if !report.problems.is_empty() {
         for id in ["main", "child"] {
-            report
-                .problems
-                .push(format!("(end of {id}'s log)\n{}", cluster.log_tail(id)));
+            report.logs.push((id.to_owned(), cluster.log_tail(id)));
         }
     }
     report.elapsed = t0.elapsed();
