@@ -14,9 +14,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub struct LinkProxy {
     /// Where the dialer connects.
     pub listen: SocketAddr,
-    /// The node's real address.
+    /// The node's real address when the proxy started (see [`Self::retarget`]).
     pub target: SocketAddr,
     cut: watch::Sender<bool>,
+    to: watch::Sender<SocketAddr>,
     _stop: DropGuard,
 }
 
@@ -28,12 +29,14 @@ impl LinkProxy {
             .expect("bind a link proxy");
         let listen = listener.local_addr().expect("proxy addr");
         let (cut, cut_rx) = watch::channel(false);
+        let (to, to_rx) = watch::channel(target);
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, target, cut_rx, stop.clone()));
+        tokio::spawn(accept_loop(listener, to_rx, cut_rx, stop.clone()));
         Self {
             listen,
             target,
             cut,
+            to,
             _stop: stop.drop_guard(),
         }
     }
@@ -50,11 +53,23 @@ impl LinkProxy {
     pub fn is_cut(&self) -> bool {
         *self.cut.borrow()
     }
+
+    /// Forwards new connections to `to` from now on: a node process that
+    /// came back on another port (its old one was taken) is reached through
+    /// the same proxy address, so the dialer's config stays as it is.
+    pub fn retarget(&self, to: SocketAddr) {
+        self.to.send_replace(to);
+    }
+
+    /// Where new connections go now.
+    pub fn current_target(&self) -> SocketAddr {
+        *self.to.borrow()
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    target: watch::Receiver<SocketAddr>,
     cut: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -69,7 +84,8 @@ async fn accept_loop(
             drop(inbound);
             continue;
         }
-        tokio::spawn(forward(inbound, target, cut.clone(), stop.clone()));
+        let to = *target.borrow();
+        tokio::spawn(forward(inbound, to, cut.clone(), stop.clone()));
     }
 }
 

@@ -7,8 +7,14 @@
 //! [`TestCluster::cut`] and [`TestCluster::heal`] partition two running
 //! nodes; [`TestCluster::shutdown`] (and dropping a cluster) stops every node
 //! and checks seat conservation over all stores ([`conservation`]).
+//!
+//! [`process::ProcessCluster`] runs the same topologies as real `keyfed`
+//! processes that can be SIGKILLed; [`kill_loop`] is the crash workload run
+//! on it by `tests/tests/killing.rs` and the `kill-loop` command.
 pub mod conservation;
 pub mod faults;
+pub mod kill_loop;
+pub mod process;
 
 use chrono::{DateTime, Duration, Utc};
 pub use conservation::{check_seat_conservation, SeatViolation};
