@@ -68,7 +68,7 @@ async fn r13_seats_conserved_across_sigkill_of_main_and_child() {
 /// became free (keyfed-engine station.rs `release_station`, no
 /// `retire_if_free`). Timing decides, so another run may differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: superseded keys left on main after settling (seed 200, 200 cycles; see the comment)"]
+#[ignore = "long (200 kill cycles, ~70 s): run with --ignored; after the r07 fixes 2 of 3 runs found 0 problems, 1 found one superseded key left (timing-dependent, under investigation)"]
 async fn r07_old_keys_retire_under_the_kill_loop() {
     let report = kill_loop::run(KillPlan {
         cycles: 200,
@@ -177,7 +177,6 @@ async fn r13_a_grant_acknowledged_just_before_sigkill_survives_it() {
 /// grant "stranded" on a superseded key), and much likelier here, where
 /// fresh stations attach in bursts while main renews again and again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: stations attaching during a renewal are refused with free seats, or keep a seat of the superseded key, which then never retires (see the test's comment)"]
 async fn r07_stations_attaching_during_a_renewal_end_on_the_new_key() {
     // Seen: e.g. `fp-10-803 holds its seat on k-6ce34d7d1708, superseded by
     // …`; the old key never retires (its grants are never moved) and its

@@ -318,6 +318,7 @@ impl Engine {
         leases.remove(fp);
         put_provisional(tx, id, &leases)?;
         tx.remove_grant::<EngineError>(id, fp)?;
+        crate::engine::retire_if_free(tx, fx, id, now)?;
         mark_elsewhere(tx, fp, holder, id, now)?;
         fx.notify(tx, now, EventKind::DuplicateStation, id, format!("station {fp} already holds a seat of {id} through {holder}: the seat it took here was given back (b02)"), &[("fingerprint", fp.to_owned()), ("holder", holder.to_owned())])
     }

@@ -630,6 +630,7 @@ fn grant_returned_tx(
         return Ok(());
     }
     tx.remove_grant::<EngineError>(key_id, peer)?;
+    retire_if_free(tx, fx, key_id, now)?;
     fx.notify(
         tx,
         now,

@@ -230,6 +230,19 @@ impl Engine {
                     self.distribute_tx(tx, fx, id, &grants, &new, now)
                 })
                 .await?;
+                // r07: objects that took a seat of the old key between the
+                // read above and the commit are handed the new key too; the
+                // key is superseded now, so no later seat lands on it
+                let late: Vec<_> = self
+                    .store
+                    .grants_of_key(id)?
+                    .into_iter()
+                    .filter(|g| !grants.iter().any(|x| x.object == g.object))
+                    .collect();
+                if !late.is_empty() {
+                    self.commit(|tx, fx| self.distribute_tx(tx, fx, id, &late, &new, now))
+                        .await?;
+                }
                 self.fill_waiting_at(now).await?;
             }
         }

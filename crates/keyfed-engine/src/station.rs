@@ -282,14 +282,7 @@ impl Engine {
         }
         let candidates: Vec<StoredKey> = match &held {
             Some(k) => vec![k.clone()],
-            None => keys
-                .into_iter()
-                .filter(|k| {
-                    k.superseded_by.is_none()
-                        && k.merged_into.is_none()
-                        && k.key.components.covers(&hello.components)
-                })
-                .collect(),
+            None => covering(keys, &hello),
         };
         // r11 (defect 1): a station that takes a seat itself waits no more
         let waiting = match &held {
@@ -306,7 +299,18 @@ impl Engine {
             settings_version: settings.version,
             now,
         };
-        let (outcome, commands) = self.commit_contact(contact).await?;
+        let candidates = contact.candidates.clone();
+        let (mut outcome, mut commands) = self.commit_contact(contact.clone()).await?;
+        // r07: a renewal retired a candidate key between the read above and
+        // the batch's transaction: read the keys again and try once more
+        if matches!(outcome, Outcome::Refused(_)) && self.any_retired(&candidates)? {
+            let keys = self.store.keys()?;
+            let retry = Contact {
+                candidates: covering(keys, &hello),
+                ..contact
+            };
+            (outcome, commands) = self.commit_contact(retry).await?;
+        }
         let awaiting = match &outcome {
             Outcome::Provisional(_, _, origin) => Some(origin.clone()),
             _ => None,
@@ -315,6 +319,16 @@ impl Engine {
             self.lease(fp, outcome, commands, settings, hello.settings_version, now),
             awaiting,
         ))
+    }
+
+    /// Whether a key read before a contact's transaction is gone since.
+    fn any_retired(&self, candidates: &[StoredKey]) -> EngineResult<bool> {
+        for k in candidates {
+            if self.store.key(&k.key.id)?.is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Queues a contact for the next batch and waits until it is durable.
@@ -533,6 +547,11 @@ impl Engine {
             let Some(k) = k else {
                 continue;
             };
+            // r07: a renewal moved this key's objects since the contact read
+            // it: a new seat goes on the key that replaced it
+            let Some(k) = current_key(tx, k, seen)? else {
+                continue;
+            };
             match self.seat_of_key(tx, fx, &k, hello, now)? {
                 Ok(outcome) => return Ok(outcome),
                 Err(reason) => why.push(reason),
@@ -662,6 +681,8 @@ impl Engine {
             match tx.grant::<EngineError>(key_id, fp)? {
                 Some(g) if g.kind == ObjectKind::Station => {
                     tx.remove_grant::<EngineError>(key_id, fp)?;
+                    // r07: a superseded key goes with its last seat
+                    crate::engine::retire_if_free(tx, fx, key_id, now)?;
                 }
                 _ if leases.remove(fp).is_some() => put_provisional(tx, key_id, &leases)?,
                 _ => return abort(EngineError::not_found("lease", lease)),
@@ -765,6 +786,7 @@ impl Engine {
                     if let Some(key_id) = key_id {
                         tx.remove_grant::<EngineError>(key_id, &s.fingerprint)?;
                         release_claim(tx, fx, key_id, &s.fingerprint, now)?;
+                        crate::engine::retire_if_free(tx, fx, key_id, now)?;
                     }
                     cur.retired_at = Some(now);
                     cur.key_id = None;
@@ -832,6 +854,7 @@ impl Engine {
 }
 
 /// A station contact waiting for its batch (the reads were done before).
+#[derive(Clone)]
 pub(crate) struct Contact {
     fp: String,
     hello: Hello,
@@ -931,4 +954,42 @@ async fn run_contact_batches(
             }
         }
     }
+}
+
+/// The keys a station asking for `hello`'s components may take a seat of.
+fn covering(keys: Vec<StoredKey>, hello: &Hello) -> Vec<StoredKey> {
+    keys.into_iter()
+        .filter(|k| {
+            k.superseded_by.is_none()
+                && k.merged_into.is_none()
+                && k.key.components.covers(&hello.components)
+        })
+        .collect()
+}
+
+/// `k`, or the key that superseded it (followed a few hops), as the
+/// transaction sees it; `None` if that one is gone too.
+fn current_key(
+    tx: &keyfed_store::Tx<'_>,
+    mut k: StoredKey,
+    seen: &mut KeyCache,
+) -> keyfed_store::TxResult<Option<StoredKey>, EngineError> {
+    for _ in 0..4 {
+        let Some(next) = k.superseded_by.clone().or_else(|| k.merged_into.clone()) else {
+            return Ok(Some(k));
+        };
+        let read = match seen.get(&next) {
+            Some(cached) => cached.clone(),
+            None => {
+                let read = tx.key::<EngineError>(&next)?;
+                seen.insert(next.clone(), read.clone());
+                read
+            }
+        };
+        match read {
+            Some(n) => k = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
 }

@@ -155,6 +155,7 @@ impl Engine {
                     if tx.remove_grant::<EngineError>(&g.key_id, &g.object)?.is_none() {
                         return Ok(());
                     }
+                    crate::engine::retire_if_free(tx, fx, &g.key_id, now)?;
                     let why = "the lending period ended".to_owned();
                     fx.send(tx, &g.object, now, &g.key_id, withdrawn(&g.key_id, why))?;
                     fx.notify(tx, now, EventKind::DonationReturned, &g.key_id, format!("{} seat(s) of key {} lent to {} came back: the period ended without renewal", g.seats, g.key_id, g.object), &[("object", g.object.clone())])
