@@ -1,5 +1,6 @@
 //! Generates the prost messages from `proto/keyfed/v1` with protox, so the
-//! build needs no system `protoc`. Services are generated in keyfed-proto.
+//! build needs no system `protoc`, and their serde impls in the canonical
+//! protobuf JSON mapping with pbjson-build. Services are generated in keyfed-proto.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,13 +12,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("keyfed_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    // Serialize lets keyfedctl print any reply as --json without a mirror type.
-    prost_build::Config::new()
-        .type_attribute(".", "#[derive(serde::Serialize)]")
-        .compile_fds(fds)?;
+    let descriptors = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("keyfed_descriptor.bin"), &descriptors)?;
+    prost_build::Config::new().compile_fds(fds)?;
+    // Serialize/Deserialize as protojson with UseProtoNames and
+    // EmitUnpopulated (what grpcurl prints): proto field names, every field
+    // with its default, enums by name, oneofs without a wrapper, 64-bit
+    // integers as strings. keyfedctl --json and the HTTP API both use it.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(&[".keyfed.v1"])?;
     Ok(())
 }

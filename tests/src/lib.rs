@@ -39,6 +39,8 @@ pub struct RunningNode {
     pub config: NodeConfig,
     /// Where `/metrics` is served, when the config asks for it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the JSON API (`/api/v1`) is served, when the config sets `api_listen`.
+    pub api_addr: Option<SocketAddr>,
     stop: Option<CancellationToken>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -279,6 +281,7 @@ impl TestCluster {
                 RunningNode {
                     config: cfg,
                     metrics_addr: None,
+                    api_addr: None,
                     stop: None,
                     task: None,
                 },
@@ -301,10 +304,19 @@ impl TestCluster {
             n.metrics_addr = Some(l.local_addr().expect("addr"));
             TcpListener::from_std(l).expect("tokio listener")
         });
-        n.task = Some(tokio::spawn(keyfed_node::run_with_metrics(
+        // the API likewise, when the config sets api_listen
+        let api = n.config.api_listen.map(|asked| {
+            let l = std::net::TcpListener::bind(n.api_addr.unwrap_or(asked))
+                .expect("bind the API address");
+            l.set_nonblocking(true).expect("non-blocking");
+            n.api_addr = Some(l.local_addr().expect("addr"));
+            TcpListener::from_std(l).expect("tokio listener")
+        });
+        n.task = Some(tokio::spawn(keyfed_node::run_with_listeners(
             n.config.clone(),
             listener,
             metrics,
+            api,
             clock,
             stop.clone(),
         )));

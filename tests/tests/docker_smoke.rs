@@ -578,7 +578,8 @@ fn docker_smoke() {
     let depth = peers["peers"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["node_id"] == "child"))
-        .and_then(|p| p["outbox_depth"].as_u64())
+        // a uint64: a JSON string in the protobuf JSON mapping
+        .and_then(|p| p["outbox_depth"].as_str()?.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(
         depth >= 1,

@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub insecure_open_admin: bool,
     /// b06: serve Prometheus metrics at `http://<this>/metrics`; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the JSON/HTTP API at `http(s)://<this>/api/v1` (docs/api.md),
+    /// with the Admin service's tokens, roles and audit; off when unset.
+    pub api_listen: Option<SocketAddr>,
     /// Log lines as `text` (default) or `json` (one object per line).
     pub log_format: LogFormat,
 }
@@ -144,6 +147,7 @@ impl Default for NodeConfig {
             admin_tokens: Vec::new(),
             insecure_open_admin: false,
             metrics_listen: None,
+            api_listen: None,
             log_format: LogFormat::Text,
         }
     }
@@ -201,6 +205,12 @@ impl NodeConfig {
             self.metrics_listen = Some(
                 v.parse()
                     .map_err(|e| format!("KEYFED_METRICS_LISTEN={v:?}: {e}"))?,
+            );
+        }
+        if let Some(v) = get("KEYFED_API_LISTEN") {
+            self.api_listen = Some(
+                v.parse()
+                    .map_err(|e| format!("KEYFED_API_LISTEN={v:?}: {e}"))?,
             );
         }
         if let Some(v) = get("KEYFED_LOG_FORMAT") {

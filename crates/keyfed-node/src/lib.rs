@@ -2,7 +2,10 @@
 //! serves the Admin, Federation and Station services (plus health and
 //! reflection) on one port, keeps links to its parent and neighbors, and runs
 //! the scheduler, until `shutdown` is cancelled; then it flushes the store.
+//! With `metrics_listen` and `api_listen` it also serves `/metrics` and the
+//! JSON/HTTP API (`/api/v1`), each on a listener of its own.
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -48,21 +51,43 @@ pub async fn run(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("binding the metrics address {addr} (metrics_listen): {e}")
-        })?),
-        None => None,
-    };
+    let metrics = bind(config.metrics_listen, "metrics", "metrics_listen").await?;
     run_with_metrics(config, listener, metrics, clock, shutdown).await
+}
+
+async fn bind(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+    setting: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("binding the {what} address {addr} ({setting}): {e}"))
 }
 
 /// [`run`] with the `/metrics` listener already bound (tests bind
 /// `127.0.0.1:0` and read the address back); `None` serves no metrics.
+/// The API, if `api_listen` is set, is bound here at that address.
 pub async fn run_with_metrics(
     config: NodeConfig,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = bind(config.api_listen, "API", "api_listen").await?;
+    run_with_listeners(config, listener, metrics_listener, api, clock, shutdown).await
+}
+
+/// [`run`] with the `/metrics` and `/api/v1` listeners already bound (or
+/// `None`: not served), whatever `metrics_listen` and `api_listen` say.
+pub async fn run_with_listeners(
+    config: NodeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -72,6 +97,7 @@ pub async fn run_with_metrics(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| in_data_dir("creating the data directory", &e))?;
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
+    let api_tls = api::tls_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = keyfed_store::Store::open_with_cache(
         &config.data_dir.join("store"),
@@ -123,6 +149,29 @@ pub async fn run_with_metrics(
         ));
     }
 
+    // one guarded Admin service: the gRPC port and the JSON API share its
+    // tokens, roles, audit trail and errors
+    let admin = auth::AdminGuard::new(
+        pb::admin_server::AdminServer::new(admin::AdminService {
+            node: node.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        admin_auth,
+        node.clone(),
+    );
+    if let Some(l) = api_listener {
+        tracing::info!(node = %node.id(), addr = %l.local_addr()?, tls = api_tls.is_some(), "serving the JSON API at /api/v1");
+        tasks.spawn(api::serve(
+            admin.clone(),
+            l,
+            api_tls,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
@@ -156,16 +205,7 @@ pub async fn run_with_metrics(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(auth::AdminGuard::new(
-            pb::admin_server::AdminServer::new(admin::AdminService {
-                node: node.clone(),
-                shutdown: shutdown.clone(),
-                tasks: tasks.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            admin_auth,
-            node.clone(),
-        ))
+        .add_service(admin)
         .add_service(
             pb::federation_server::FederationServer::new(fed)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -32,7 +32,8 @@ struct Cli {
     /// a context from $XDG_CONFIG_HOME/keyfed/config.toml (`keyfedctl context list`)
     #[arg(long, env = "KEYFED_CONTEXT", global = true)]
     context: Option<String>,
-    /// print replies as JSON, and errors as JSON on stderr
+    /// print replies as JSON (the protobuf JSON mapping with proto field
+    /// names and every field, as grpcurl prints them), and errors as JSON on stderr
     #[arg(long, global = true)]
     json: bool,
     /// admin token, sent as `authorization: Bearer <token>`

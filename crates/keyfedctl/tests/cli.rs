@@ -89,6 +89,15 @@ async fn keyfedctl_drives_a_node_and_the_upstream() {
     let v: serde_json::Value = serde_json::from_str(&out(&listed)).expect("valid JSON");
     assert_eq!(v["keys"][0]["key"]["id"], id.as_str());
     assert_eq!(v["keys"][0]["seats_assigned"], 3);
+    // the protobuf JSON mapping: enums by name, oneofs without a wrapper,
+    // 64-bit integers as strings, defaults printed
+    assert_eq!(v["keys"][0]["key"]["kind"], "KEY_KIND_TERM", "{v}");
+    assert_eq!(
+        v["keys"][0]["origin"],
+        serde_json::json!({ "upstream": true })
+    );
+    assert!(v["keys"][0]["key"]["serial"].is_string(), "{v}");
+    assert_eq!(v["keys"][0]["merged_into"], "", "{v}");
 
     // export writes the same bytes
     let copy = dir.path().join("copy.key");
