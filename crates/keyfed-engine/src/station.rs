@@ -299,15 +299,19 @@ impl Engine {
             settings_version: settings.version,
             now,
         };
-        let candidates = contact.candidates.clone();
-        let (mut outcome, mut commands) = self.commit_contact(contact.clone()).await?;
+        // kept for a retry without copying the candidate keys (the hot path)
+        let mut contact = contact;
+        let candidates = std::mem::take(&mut contact.candidates);
+        let candidate_ids: Vec<String> = candidates.iter().map(|k| k.key.id.clone()).collect();
+        let retry = contact.clone();
+        contact.candidates = candidates;
+        let (mut outcome, mut commands) = self.commit_contact(contact).await?;
         // r07: a renewal retired a candidate key between the read above and
         // the batch's transaction: read the keys again and try once more
-        if matches!(outcome, Outcome::Refused(_)) && self.any_retired(&candidates)? {
-            let keys = self.store.keys()?;
+        if matches!(outcome, Outcome::Refused(_)) && self.any_retired(&candidate_ids)? {
             let retry = Contact {
-                candidates: covering(keys, &hello),
-                ..contact
+                candidates: covering(self.store.keys()?, &hello),
+                ..retry
             };
             (outcome, commands) = self.commit_contact(retry).await?;
         }
@@ -322,9 +326,9 @@ impl Engine {
     }
 
     /// Whether a key read before a contact's transaction is gone since.
-    fn any_retired(&self, candidates: &[StoredKey]) -> EngineResult<bool> {
-        for k in candidates {
-            if self.store.key(&k.key.id)?.is_none() {
+    fn any_retired(&self, candidate_ids: &[String]) -> EngineResult<bool> {
+        for id in candidate_ids {
+            if self.store.key(id)?.is_none() {
                 return Ok(true);
             }
         }
