@@ -97,7 +97,8 @@ impl Node {
     pub fn sled() -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self {
-            store: Store::open(dir.path()).unwrap(),
+            // in a directory of its own: the high-water mark goes beside it
+            store: Store::open(&dir.path().join("store")).unwrap(),
             dir: Some(dir),
         }
     }
@@ -118,7 +119,7 @@ impl Node {
             Some(dir) => {
                 drop(self.store);
                 Self {
-                    store: reopen(dir.path()),
+                    store: reopen(&dir.path().join("store")),
                     dir: Some(dir),
                 }
             }
