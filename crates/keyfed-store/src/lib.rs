@@ -413,7 +413,7 @@ impl Store {
                 })
                 .map_err(|e| match e {
                     TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => E::from(StoreError::Sled(e)),
+                    TransactionError::Storage(e) => E::from(self.sled_failed(&s.path, e)),
                 }),
             Backend::Memory(m) => {
                 let _serial = m.begin();
@@ -477,6 +477,16 @@ impl Store {
                 m.flush();
                 Ok(self.durability.record(commit))
             }
+        }
+    }
+
+    /// A write sled could not do: an I/O failure (sled's background writer
+    /// may have met it first, e.g. a full disk) poisons the store as a
+    /// failed sync does.
+    fn sled_failed(&self, path: &str, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(io) => self.durability.poison(durability::poisoned(path, &io)),
+            e => StoreError::Sled(e),
         }
     }
 
@@ -709,7 +719,9 @@ impl Store {
         let v = records::encode(&value);
         match &self.backend {
             Backend::Sled(s) => {
-                s.trees[META].insert(name.as_bytes(), v)?;
+                s.trees[META]
+                    .insert(name.as_bytes(), v)
+                    .map_err(|e| self.sled_failed(&s.path, e))?;
             }
             Backend::Memory(m) => m.insert(META, name.as_bytes(), IVec::from(v)),
         }
