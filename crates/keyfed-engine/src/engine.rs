@@ -12,7 +12,7 @@ use keyfed_core::donation::{DonationPolicy, Lending};
 use keyfed_core::event::EventKind;
 use keyfed_core::lifecycle::{state_on, GracePolicy, KeyState};
 use keyfed_core::{KeyFile, SharedClock};
-use keyfed_store::{Grant, Notification, OutboxEntry, Store, StoredKey, Tx, TxResult};
+use keyfed_store::{Grant, Notification, OutboxEntry, Store, StoredKey, Synced, Tx, TxResult};
 use keyfed_wire::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -109,9 +109,7 @@ pub struct Inner {
     claim_waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// Set by any change that may alter the usage rolled up the tree (b05).
     pub(crate) usage_dirty: AtomicBool,
-    /// Group commit: tickets asked for and made durable so far.
-    flush_asked: std::sync::atomic::AtomicU64,
-    flushed: std::sync::atomic::AtomicU64,
+    /// Group commit: the one sync running at a time (the store numbers commits).
     flush_lock: tokio::sync::Mutex<()>,
     /// Station settings as last read or written (o05): read on every contact.
     pub(crate) settings_cache: Mutex<Option<crate::station::Settings>>,
@@ -221,8 +219,6 @@ impl Engine {
             config,
             store,
             clock,
-            flushed: std::sync::atomic::AtomicU64::new(0),
-            flush_asked: std::sync::atomic::AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             settings_cache: Mutex::new(None),
             contacts: std::sync::OnceLock::new(),
@@ -296,7 +292,8 @@ impl Engine {
         let at = self.now();
         self.store
             .transact(|tx| tx.audit::<EngineError>(at, actor, action, detail, outcome))?;
-        self.durable().await
+        self.durable().await?;
+        Ok(())
     }
 
     pub(crate) fn renewal_checked(&self, outcome: &str) {
@@ -324,13 +321,14 @@ impl Engine {
             let v = f(tx, &mut fx)?;
             Ok((v, fx))
         })?;
-        self.durable().await?;
-        self.publish(fx);
+        let synced = self.durable().await?;
+        self.publish(fx, synced);
         Ok(value)
     }
 
-    /// After a commit is durable: notifications out, peers' outboxes woken.
-    pub fn publish(&self, fx: Effects) {
+    /// After a commit is durable (`_synced` proves it): notifications out,
+    /// peers' outboxes woken.
+    pub fn publish(&self, fx: Effects, _synced: Synced) {
         self.usage_dirty.store(true, Ordering::Relaxed);
         for n in fx.notifications {
             tracing::info!(node = %self.id(), event = %n.event, key_id = %n.key_id, "{}", n.message);
@@ -357,28 +355,24 @@ impl Engine {
             .clone()
     }
 
-    /// Waits until every transaction committed before the call is on disk.
-    /// Group commit: one flush covers every commit that came before it, so
-    /// concurrent callers share flushes instead of queueing one each. (sled's
-    /// flush_async was seen to stall under many concurrent flushers; a
-    /// blocking flush on the blocking pool does not.)
-    pub async fn durable(&self) -> EngineResult<()> {
-        let ticket = self.flush_asked.fetch_add(1, Ordering::SeqCst) + 1;
-        loop {
-            if self.flushed.load(Ordering::SeqCst) >= ticket {
-                return Ok(());
-            }
-            let _leader = self.flush_lock.lock().await;
-            if self.flushed.load(Ordering::SeqCst) >= ticket {
-                return Ok(());
-            }
-            let target = self.flush_asked.load(Ordering::SeqCst);
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.flush())
-                .await
-                .map_err(|e| EngineError::Internal(format!("flush task failed: {e}")))??;
-            self.flushed.fetch_max(target, Ordering::SeqCst);
+    /// Waits until every transaction committed before the call is on disk
+    /// and returns the store's proof of it. Group commit: one sync covers
+    /// every commit before it, so concurrent callers share syncs instead of
+    /// queueing one each. (sled's flush_async was seen to stall under many
+    /// concurrent flushers; a blocking sync on the blocking pool does not.)
+    pub async fn durable(&self) -> EngineResult<Synced> {
+        let want = self.store.committed();
+        if let Some(done) = self.store.synced_through(want) {
+            return Ok(done);
         }
+        let _leader = self.flush_lock.lock().await;
+        if let Some(done) = self.store.synced_through(want) {
+            return Ok(done);
+        }
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| EngineError::Internal(format!("flush task failed: {e}")))??)
     }
 
     pub fn waker(&self, peer: &str) -> Arc<Notify> {

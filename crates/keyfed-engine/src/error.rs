@@ -99,6 +99,9 @@ impl EngineError {
             Self::Remote { code, .. } => *code,
             Self::Peer(_) => ErrorCode::PermissionDenied,
             Self::Unimplemented(_) => ErrorCode::Unimplemented,
+            // a full disk or a store that stopped serving after a failed sync
+            Self::Store(e) if e.is_out_of_space() => ErrorCode::ResourceExhausted,
+            Self::Store(e) if e.is_poisoned() => ErrorCode::Unavailable,
             Self::Store(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }

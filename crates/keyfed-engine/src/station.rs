@@ -931,8 +931,8 @@ async fn run_contact_batches(
                 tasks.spawn(async move {
                     let flushed = node.durable().await;
                     match flushed {
-                        Ok(()) => {
-                            node.publish(fx);
+                        Ok(synced) => {
+                            node.publish(fx, synced);
                             for ((_, reply), out) in batch.into_iter().zip(outs) {
                                 let _ = reply.send(Ok(out));
                             }
@@ -940,8 +940,11 @@ async fn run_contact_batches(
                         Err(e) => {
                             let why = e.to_string();
                             for (_, reply) in batch {
-                                let _ =
-                                    reply.send(Err(EngineError::FailedPrecondition(why.clone())));
+                                // a store error keeps its code (a full disk)
+                                let _ = reply.send(Err(match &e {
+                                    EngineError::Store(s) => EngineError::Store(s.clone()),
+                                    _ => EngineError::FailedPrecondition(why.clone()),
+                                }));
                             }
                         }
                     }
@@ -951,9 +954,12 @@ async fn run_contact_batches(
                 let e: EngineError = e;
                 let why = e.to_string();
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(EngineError::FailedPrecondition(format!(
-                        "station contact not recorded: {why}"
-                    ))));
+                    let _ = reply.send(Err(match &e {
+                        EngineError::Store(s) if s.is_poisoned() => EngineError::Store(s.clone()),
+                        _ => EngineError::FailedPrecondition(format!(
+                            "station contact not recorded: {why}"
+                        )),
+                    }));
                 }
             }
         }

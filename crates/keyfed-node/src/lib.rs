@@ -99,11 +99,15 @@ pub async fn run_with_listeners(
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let api_tls = api::tls_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
-    let store = keyfed_store::Store::open_with_cache(
-        &config.data_dir.join("store"),
-        config.store_cache_mb.max(1) * 1024 * 1024,
-    )
-    .map_err(|e| in_data_dir("opening the store in the data directory", &e))?;
+    // the store's own error stays inside (a test or operator tool can
+    // downcast it); the message names the data dir and its setting
+    let store = open_store(&config).map_err(|e| {
+        let why = format!("{e}");
+        e.context(format!(
+            "opening the store in the data directory {} (data_dir, KEYFED_DATA_DIR or --data-dir): {why}",
+            config.data_dir.display()
+        ))
+    })?;
     let tasks = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let mut sinks: Vec<Arc<dyn keyfed_engine::EventSink>> = vec![metrics.clone()];
@@ -182,6 +186,11 @@ pub async fn run_with_listeners(
     health_reporter
         .set_serving::<pb::station_server::StationServer<station::StationService>>()
         .await;
+    tasks.spawn(not_serving_once_poisoned(
+        store.clone(),
+        health_reporter.clone(),
+        shutdown.clone(),
+    ));
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let fed = federation::FederationService {
         node: node.clone(),
@@ -238,6 +247,64 @@ pub async fn run_with_listeners(
     store.flush()?;
     tracing::info!(node = %node.id(), "keyfed node stopped, store flushed");
     Ok(())
+}
+
+/// Opens the node's store; a damaged one is refused with the store's own
+/// error (it names the file and says to restore from a backup), so the node
+/// never serves a half-read ledger.
+fn open_store(config: &NodeConfig) -> anyhow::Result<keyfed_store::Store> {
+    refuse_oversized_writes();
+    let dir = config.data_dir.join("store");
+    let store =
+        keyfed_store::Store::open_with_cache(&dir, config.store_cache_mb.max(1) * 1024 * 1024)
+            .inspect_err(|e| tracing::error!(error = %e, "the store cannot be opened"))?;
+    store.on_poison({
+        let dir = dir.display().to_string();
+        move || tracing::error!(store = %dir, "a write could not be made durable: the store serves nothing until restart")
+    });
+    Ok(store)
+}
+
+/// A write past the file size limit (`RLIMIT_FSIZE`) must fail with EFBIG
+/// and be refused like a full disk, not kill the node with SIGXFSZ. Tokio
+/// keeps a handler, once installed, for the life of the process.
+fn refuse_oversized_writes() {
+    #[cfg(unix)]
+    if let Err(e) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+    {
+        tracing::warn!(error = %e, "cannot catch SIGXFSZ: a file size limit would end the node");
+    }
+}
+
+/// b06: once the store is poisoned (a failed sync), health says NOT_SERVING
+/// for every service, so a balancer or orchestrator stops sending work.
+async fn not_serving_once_poisoned(
+    store: keyfed_store::Store,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let poisoned = Arc::new(tokio::sync::Notify::new());
+    store.on_poison({
+        let poisoned = poisoned.clone();
+        move || poisoned.notify_one()
+    });
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = poisoned.notified() => {}
+    }
+    health
+        .set_not_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
+        .await;
+    health
+        .set_not_serving::<pb::federation_server::FederationServer<federation::FederationService>>()
+        .await;
+    health
+        .set_not_serving::<pb::station_server::StationServer<station::StationService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }
 
 /// The services a node's port serves, as reflection lists them.

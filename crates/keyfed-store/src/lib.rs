@@ -1,6 +1,6 @@
 //! keyfed's durable store: typed sled trees behind a narrow API. Every state
-//! change is one transaction ([`Store::transact`]); the node flushes before it
-//! acknowledges anything (durable before acknowledged).
+//! change is one transaction ([`Store::transact`]); the node syncs before it
+//! acknowledges anything (durable before acknowledged, see the contract below).
 //!
 //! ## Two backends behind one seam
 //! Every [`Tx`] method goes through three primitives on named trees (`get`,
@@ -20,10 +20,55 @@
 //!   flushed is gone, always in whole transactions.
 //!
 //! Values are encoded the same way for both: a format-version byte, then JSON.
+//!
+//! ## Durability contract
+//! Every commit (a [`Store::transact`] that returned `Ok`, or a plain write)
+//! gets the next *commit number*. [`Store::flush`] returns a [`Synced`]
+//! covering every commit numbered before the call; `Synced` can only be made
+//! by the sync path, and the engine needs one before it acknowledges
+//! anything (r13: durable before acknowledged). Syncs are serial and one
+//! covers a whole batch (group commit).
+//!
+//! A sync on the sled store is: the commit number written into sled; sled's
+//! flush (sled 0.34 ends it with `sync_file_range`, which neither writes file
+//! metadata nor flushes the drive's write cache); then, by path, `fdatasync`
+//! of sled's log (`db`) and of any file it changed, `fsync` of every new file
+//! (`conf`, `snap.*`, `blobs/*`) and of the directories whose entries changed;
+//! last, the commit number into the high-water mark `<store>.acked` beside
+//! the sled directory (two slots written in turn, `fdatasync`ed; the first
+//! write `fsync`s the file and its directory).
+//!
+//! - **Process kill** (`kill -9`, a panic, OOM): everything acknowledged
+//!   survives, in whole transactions. Commits not yet acknowledged may
+//!   survive too (sled writes in the background); a client that got no
+//!   answer must retry, and every federation message is idempotent.
+//! - **Power loss or kernel crash**: the same, provided the drive honours
+//!   cache flushes (`fdatasync` issues one) and the file system keeps
+//!   `fsync`ed data (ext4, xfs, btrfs in their default modes).
+//! - **Damage** (a torn or garbled `db`, a missing store directory, a garbled
+//!   mark): [`Store::open`] refuses with [`StoreError::Damaged`] or
+//!   [`StoreError::LostCommits`], naming the file and saying to restore from
+//!   a backup. sled alone would treat a bad record as a torn tail and start
+//!   without everything after it; comparing its commit number with the mark
+//!   catches that, and every value is read once at open. Damage the mark
+//!   cannot see (a garbled record followed by no acknowledged commit) is lost
+//!   silently, as it was never acknowledged.
+//! - **Full disk or failed write**: the sync that fails answers
+//!   [`StoreError::Poisoned`] (out of space: `is_out_of_space`), and so does
+//!   every later read, transaction and sync of this store, so what sled still
+//!   holds in memory is never served; nothing acknowledged is lost. Restart
+//!   (after freeing space) to serve again: the store then holds exactly
+//!   what was synced, perhaps with some refused commits that reached the
+//!   disk anyway.
+//! - **Memory store**: [`Store::crash`] keeps exactly what was synced;
+//!   [`Store::fail_next_sync`] simulates a full disk.
+mod durability;
 mod memory;
 mod records;
 
 use chrono::{DateTime, Utc};
+use durability::{Durability, SledFiles};
+pub use durability::{Synced, MARK_SUFFIX};
 pub use records::{
     AuditRecord, Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry,
     PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,
@@ -36,7 +81,7 @@ use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     #[error("store i/o failed: {0}")]
     Sled(#[from] sled::Error),
@@ -53,6 +98,52 @@ pub enum StoreError {
         what: &'static str,
         backend: &'static str,
     },
+    /// The files on disk cannot be read whole; nothing is served from them.
+    #[error("store at {path} is damaged: {file} {why}; the node will not serve from it: restore the store directory from a backup")]
+    Damaged {
+        path: String,
+        file: String,
+        why: String,
+    },
+    /// sled opened, but without commits that were acknowledged: its log lost
+    /// a tail (a torn or garbled write) and it started without it.
+    #[error("store at {path} is damaged: its log {path}/db holds commits up to number {ledger}, but number {acked} was acknowledged (recorded in {mark}): acknowledged commits are gone; the node will not serve from it: restore the store directory from a backup")]
+    LostCommits {
+        path: String,
+        mark: String,
+        ledger: u64,
+        acked: u64,
+    },
+    /// A write could not be made durable. What sled kept in memory since is
+    /// never served: every later read and transaction answers this.
+    #[error("store at {path} could not make a write durable ({why}); nothing written since the last durable commit is kept, and the store answers nothing until the node restarts: {advice}")]
+    Poisoned {
+        path: String,
+        why: String,
+        advice: &'static str,
+        out_of_space: bool,
+    },
+}
+
+impl StoreError {
+    /// The disk (or the file size limit) is full: worth retrying once an
+    /// operator freed space and restarted the node.
+    #[must_use]
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            Self::Poisoned {
+                out_of_space: true,
+                ..
+            }
+        )
+    }
+
+    /// The store refuses everything until restart (see [`StoreError::Poisoned`]).
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, Self::Poisoned { .. })
+    }
 }
 
 impl From<UnabortableTransactionError> for StoreError {
@@ -117,6 +208,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Commit numbers, the last sync and the poison flag, for both backends.
+    durability: Arc<Durability>,
 }
 
 /// The seam: every read and transaction matches on this once per call.
@@ -131,6 +224,8 @@ struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     path: String,
+    /// What a sync makes durable beside sled's own flush (see `durability`).
+    files: Arc<std::sync::Mutex<SledFiles>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -181,16 +276,53 @@ impl Store {
 
     /// Opens with a page cache of `cache_bytes` (sled's default of 1 GiB is
     /// far more than a license server needs).
+    ///
+    /// # Errors
+    /// [`StoreError::Damaged`] when sled cannot read its files or a value in
+    /// them, [`StoreError::LostCommits`] when sled opened without commits the
+    /// mark beside it says were acknowledged: the store is never served
+    /// half-read.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()?;
+        let path = dir.display().to_string();
+        let files = SledFiles::new(dir);
+        let mark = files.mark_path().display().to_string();
+        let damaged = |file: String, why: String| StoreError::Damaged {
+            path: path.clone(),
+            file,
+            why,
+        };
+        let acked =
+            durability::read_mark(files.mark_path()).map_err(|why| damaged(mark.clone(), why))?;
+        // sled panics on some damage instead of answering an error
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
+                return Err(damaged(
+                    format!("{path}/db"),
+                    format!("cannot be read by sled: {e}"),
+                ))
+            }
+            Ok(Err(e)) => return Err(StoreError::Sled(e)),
+            Err(panic) => {
+                return Err(damaged(
+                    format!("{path}/db"),
+                    format!(
+                        "made sled fail while reading it: {}",
+                        panic_message(&*panic)
+                    ),
+                ))
+            }
+        };
         let trees = TREES
             .iter()
             .map(|t| db.open_tree(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let path = dir.display().to_string();
         match trees[META].get("schema")? {
             None => {
                 trees[META].insert("schema", &[SCHEMA_VERSION])?;
@@ -204,8 +336,28 @@ impl Store {
                 })
             }
         }
+        let ledger = match trees[META].get(durability::LEDGER_META)? {
+            Some(v) => records::decode::<u64>(TREES[META], &v)
+                .map_err(|e| damaged(format!("{path}/db"), e.to_string()))?,
+            None => 0,
+        };
+        if let Some(acked) = acked.filter(|&a| a > ledger) {
+            return Err(StoreError::LostCommits {
+                path,
+                mark,
+                ledger,
+                acked,
+            });
+        }
+        verify(&trees).map_err(|why| damaged(format!("{path}/db"), why))?;
         Ok(Self {
-            backend: Backend::Sled(SledStore { db, trees, path }),
+            backend: Backend::Sled(SledStore {
+                db,
+                trees,
+                path,
+                files: Arc::new(std::sync::Mutex::new(files)),
+            }),
+            durability: Arc::new(Durability::new(ledger)),
         })
     }
 
@@ -218,6 +370,7 @@ impl Store {
         mem.flush();
         Self {
             backend: Backend::Memory(Arc::new(mem)),
+            durability: Arc::new(Durability::new(0)),
         }
     }
 
@@ -237,6 +390,9 @@ impl Store {
             }),
             Backend::Memory(m) => Ok(Self {
                 backend: Backend::Memory(Arc::new(m.crash())),
+                durability: Arc::new(Durability::new(
+                    self.durability.synced_through(0).map_or(0, Synced::commit),
+                )),
             }),
         }
     }
@@ -248,7 +404,8 @@ impl Store {
         E: From<StoreError>,
         F: Fn(&Tx<'_>) -> TxResult<T, E>,
     {
-        match &self.backend {
+        self.durability.check()?;
+        let done = match &self.backend {
             Backend::Sled(s) => s
                 .trees
                 .as_slice()
@@ -259,7 +416,7 @@ impl Store {
                 })
                 .map_err(|e| match e {
                     TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => E::from(StoreError::Sled(e)),
+                    TransactionError::Storage(e) => E::from(self.sled_failed(&s.path, e)),
                 }),
             Backend::Memory(m) => {
                 let _serial = m.begin();
@@ -270,29 +427,113 @@ impl Store {
                     }) {
                         Ok(v) => {
                             mtx.commit();
-                            return Ok(v);
+                            break Ok(v);
                         }
-                        Err(ConflictableTransactionError::Abort(e)) => return Err(e),
+                        Err(ConflictableTransactionError::Abort(e)) => break Err(e),
                         // never raised by this backend; retried as sled does
                         Err(ConflictableTransactionError::Conflict) => {}
                         Err(ConflictableTransactionError::Storage(e)) => {
-                            return Err(E::from(StoreError::Sled(e)))
+                            break Err(E::from(StoreError::Sled(e)))
                         }
                     }
                 }
             }
+        }?;
+        self.durability.counted();
+        Ok(done)
+    }
+
+    /// Makes everything committed so far durable and returns the proof: on
+    /// sled, its flush, then an fdatasync of each file it changed (fsync of
+    /// new files and of directories whose entries changed), then the
+    /// high-water mark. Syncs are serial; one covers every commit before it,
+    /// and a call with nothing new to sync returns at once.
+    ///
+    /// # Errors
+    /// A failed sync poisons the store ([`StoreError::Poisoned`]): sled keeps
+    /// the failed writes in memory, so from then on every read, transaction
+    /// and sync answers that error until the store is opened again.
+    pub fn flush(&self) -> Result<Synced, StoreError> {
+        self.durability.check()?;
+        match &self.backend {
+            Backend::Sled(s) => {
+                let mut files = s
+                    .files
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.durability.check()?;
+                let commit = self.durability.committed();
+                if let Some(done) = self.durability.synced_through(commit) {
+                    return Ok(done);
+                }
+                match files.sync(&s.db, &s.trees[META], commit) {
+                    Ok(()) => Ok(self.durability.record(commit)),
+                    Err(e) => Err(self.durability.poison(durability::poisoned(&s.path, &e))),
+                }
+            }
+            Backend::Memory(m) => {
+                // counted only after applied, so the flush below takes it
+                let commit = self.durability.committed();
+                if let Some(e) = self.durability.take_failure() {
+                    return Err(self.durability.poison(durability::poisoned("memory", &e)));
+                }
+                m.flush();
+                Ok(self.durability.record(commit))
+            }
         }
     }
 
-    /// Makes everything written so far durable.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sled(s) => {
-                s.db.flush()?;
-            }
-            Backend::Memory(m) => m.flush(),
+    /// A write sled could not do: an I/O failure (sled's background writer
+    /// may have met it first, e.g. a full disk) poisons the store as a
+    /// failed sync does.
+    fn sled_failed(&self, path: &str, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(io) => self.durability.poison(durability::poisoned(path, &io)),
+            e => StoreError::Sled(e),
         }
-        Ok(())
+    }
+
+    /// The number of the last commit (transaction or plain write) made on
+    /// this store; [`Store::flush`] after it returns a [`Synced`] covering it.
+    #[must_use]
+    pub fn committed(&self) -> u64 {
+        self.durability.committed()
+    }
+
+    /// The proof of the last sync, if it covers commit number `commit`.
+    #[must_use]
+    pub fn synced_through(&self, commit: u64) -> Option<Synced> {
+        self.durability.synced_through(commit)
+    }
+
+    /// The error every call answers since a sync failed, if one did.
+    #[must_use]
+    pub fn poisoned(&self) -> Option<StoreError> {
+        self.durability.poisoned().cloned()
+    }
+
+    /// Calls `hook` once when a sync fails (at once if one already did), on
+    /// the thread that saw the failure: it must not block.
+    pub fn on_poison(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.durability.on_poison(Box::new(hook));
+    }
+
+    /// Makes the next sync of a memory store fail with `kind`, as a full disk
+    /// would (for simulations and tests).
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] for a sled store: fill its disk instead.
+    pub fn fail_next_sync(&self, kind: std::io::ErrorKind) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(_) => Err(StoreError::Unsupported {
+                what: "a simulated sync failure",
+                backend: "sled",
+            }),
+            Backend::Memory(_) => {
+                self.durability.fail_next(kind);
+                Ok(())
+            }
+        }
     }
 
     fn scan<T: serde::de::DeserializeOwned>(
@@ -300,6 +541,7 @@ impl Store {
         tree: usize,
         prefix: &[u8],
     ) -> Result<Vec<T>, StoreError> {
+        self.durability.check()?;
         match &self.backend {
             Backend::Sled(s) => decode_all(tree, s.trees[tree].scan_prefix(prefix)),
             Backend::Memory(m) => decode_values(tree, m.scan_prefix(tree, prefix)),
@@ -314,6 +556,7 @@ impl Store {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<T>, StoreError> {
+        self.durability.check()?;
         match &self.backend {
             Backend::Sled(s) => match to {
                 Some(to) => decode_all(tree, s.trees[tree].range(from..to).take(limit)),
@@ -335,6 +578,7 @@ impl Store {
         tree: usize,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
+        self.durability.check()?;
         let v = match &self.backend {
             Backend::Sled(s) => s.trees[tree].get(key)?,
             Backend::Memory(m) => m.get(tree, key),
@@ -492,15 +736,52 @@ impl Store {
     }
 
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.durability.check()?;
         let v = records::encode(&value);
         match &self.backend {
             Backend::Sled(s) => {
-                s.trees[META].insert(name.as_bytes(), v)?;
+                s.trees[META]
+                    .insert(name.as_bytes(), v)
+                    .map_err(|e| self.sled_failed(&s.path, e))?;
             }
             Backend::Memory(m) => m.insert(META, name.as_bytes(), IVec::from(v)),
         }
+        self.durability.counted();
         Ok(())
     }
+}
+
+/// Reads every value of every tree once, so a store whose files sled reads
+/// only in part (a garbled page it would meet later) is refused at open.
+fn verify(trees: &[sled::Tree]) -> Result<(), String> {
+    let scan = || -> Result<(), String> {
+        for (i, tree) in trees.iter().enumerate() {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(|e| format!("cannot be read by sled: {e}"))?;
+                if i == META && k.as_ref() == b"schema" {
+                    continue; // the one bare version byte
+                }
+                records::decode::<serde::de::IgnoredAny>(TREES[i], &v)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    };
+    // on a panic the store is dropped unused, so nothing half-updated is seen
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(scan)).unwrap_or_else(|panic| {
+        Err(format!(
+            "made sled fail while reading it: {}",
+            panic_message(&*panic)
+        ))
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn license_serial_meta(license: &str) -> String {

@@ -120,7 +120,9 @@ fn r13_seat_counters_match_the_grants_through_seeded_crashes() {
                     .transact(|tx| tx.remove_grant::<StoreError>("k-1", &object).map(|_| ()))
                     .unwrap();
             }
-            7 | 8 => store.flush().unwrap(),
+            7 | 8 => {
+                store.flush().unwrap();
+            }
             _ => store = store.crash().unwrap(),
         }
         let grants = store.grants_of_key("k-1").unwrap();

@@ -98,7 +98,8 @@ impl Node {
     pub fn sled() -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self {
-            store: Store::open(dir.path()).unwrap(),
+            // in a directory of its own: the high-water mark goes beside it
+            store: Store::open(&dir.path().join("store")).unwrap(),
             dir: Some(dir),
         }
     }
@@ -119,7 +120,7 @@ impl Node {
             Some(dir) => {
                 drop(self.store);
                 Self {
-                    store: reopen(dir.path()),
+                    store: reopen(&dir.path().join("store")),
                     dir: Some(dir),
                 }
             }
