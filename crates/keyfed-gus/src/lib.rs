@@ -125,7 +125,7 @@ impl Upstream {
     /// Opens or creates the store; the signing seed is made on first start and kept.
     pub fn open(data_dir: &Path, clock: SharedClock) -> Result<Self, GusError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = sled::open(data_dir.join("store"))?;
+        let db = open_sled(&data_dir.join("store"))?;
         let meta = db.open_tree("meta")?;
         let seed: [u8; 32] = match meta.get("signing_seed")? {
             Some(v) => decode::<String>(&v)
@@ -525,4 +525,23 @@ pub async fn serve_with_tls(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     upstream.flush()
+}
+
+/// sled's flusher thread can hold the store's file lock for a moment after
+/// the last handle is dropped (spacejam/sled#1234), so reopening in the same
+/// process (a restart in the sandbox or a test) retries for a few seconds
+/// instead of failing with "could not acquire lock".
+fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if tries < 50 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
