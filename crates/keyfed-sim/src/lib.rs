@@ -30,7 +30,10 @@ pub use world::{run_seed, run_seeds, Plant, Report, SimConfig, Violation, FAULTS
 
 /// Seeds that fail on the current engine, with why; the test asserts the
 /// failures are exactly these (see `docs/faults.md`).
-pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
+pub const KNOWN_FAILURES: &[(u64, &str)] = &[(
+    644,
+    "b01/r13 grant-vs-held: a 1-day donation delivered after its period lapses at the borrower at once while the lender still counts the grant until its own tick takes it back (under-use, never over-count)",
+)];
 
 /// Sums reports into one line per fault kind and invariant.
 #[derive(Debug, Default, Clone)]

@@ -63,19 +63,24 @@ pub enum Plant {
     CorruptGrant,
     /// The upstream sells renewals with an older serial.
     OlderSerial,
-    /// The network acks key renewals without delivering them.
-    AckWithoutApply,
+    /// A link silently stalls every key renewal: never delivered, never
+    /// dropped (so the stream never breaks and nothing is resent).
+    StallRenewal,
+    /// A restart that loses the store's memory of the highest serial of
+    /// each license (say, a migration that dropped it).
+    ForgetSerials,
     /// A node counts a station's seat without asking the key's origin.
     UnclaimedSeat,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Self::AckBeforeSync,
         Self::StaleReplay,
         Self::CorruptGrant,
         Self::OlderSerial,
-        Self::AckWithoutApply,
+        Self::StallRenewal,
+        Self::ForgetSerials,
         Self::UnclaimedSeat,
     ];
 }
@@ -165,6 +170,8 @@ struct Dir {
     held: u64,
     max_delivered: u64,
     history: Vec<Vec<u8>>,
+    /// Planted: the front message never moves.
+    stalled: bool,
 }
 
 struct Node {
@@ -611,7 +618,7 @@ impl World {
         let busy: Vec<(usize, usize)> = self
             .dirs
             .iter()
-            .filter(|(_, d)| !d.flight.is_empty() && d.held == 0)
+            .filter(|(_, d)| !d.flight.is_empty() && d.held == 0 && !d.stalled)
             .map(|(k, _)| *k)
             .collect();
         if busy.is_empty() {
@@ -649,6 +656,16 @@ impl World {
                 );
             }
         }
+        if self.cfg.plant == Plant::StallRenewal {
+            if let Some(Msg::Delivery { bytes, .. }) = self.dir(f, t).flight.get(idx) {
+                let d = pb::Delivery::decode(bytes.as_slice()).unwrap_or_default();
+                if matches!(d.body, Some(pb::delivery::Body::Renewed(_))) {
+                    self.log(format!("PLANT {}->{} stalls a renewal", NODES[f], NODES[t]));
+                    self.dir(f, t).stalled = true;
+                    return Ok(());
+                }
+            }
+        }
         let Some(msg) = self.dir(f, t).flight.remove(idx) else {
             return Ok(());
         };
@@ -656,7 +673,11 @@ impl World {
         match msg {
             Msg::Ack { seq } => {
                 if faults && self.rng.chance(5) {
+                    // an ack lost on a stream breaks the stream; the next
+                    // Hello carries what was applied
                     self.fault("ack-drop", format!("{}->{} ack {seq}", NODES[f], NODES[t]));
+                    let l = Self::link_of(f, t).expect("a link");
+                    self.cut(l).await;
                     return Ok(());
                 }
                 let _ = self.exec(t, |now| Command::Acked { peer, seq, now }).await;
@@ -756,28 +777,6 @@ impl World {
                 });
                 Ok(true)
             }
-            Plant::AckWithoutApply => {
-                let d = pb::Delivery::decode(bytes).unwrap_or_default();
-                if matches!(d.body, Some(pb::delivery::Body::Renewed(_))) && self.rng.chance(50) {
-                    self.log(format!(
-                        "PLANT ack of renewal seq {seq} without applying it"
-                    ));
-                    let cursor_bump = NODES[f].to_owned();
-                    // the receiver's cursor moves as if it applied it
-                    let store = self.store(t);
-                    store
-                        .transact(|tx| {
-                            let mut c = tx.cursor::<keyfed_store::StoreError>(&cursor_bump)?;
-                            c.applied = c.applied.max(seq);
-                            tx.put_cursor(&cursor_bump, &c)
-                        })
-                        .expect("memory store");
-                    store.flush().expect("memory store");
-                    self.dir(t, f).flight.push_back(Msg::Ack { seq });
-                    return Ok(true);
-                }
-                Ok(false)
-            }
             _ => Ok(false),
         }
     }
@@ -788,6 +787,7 @@ impl World {
             let d = self.dir(f, t);
             d.flight.clear();
             d.held = 0;
+            d.stalled = false;
         }
         if !self.up[l] {
             return;
@@ -855,6 +855,13 @@ impl World {
             return Err(self.fail(
                 "durability",
                 format!("{} restarted without acknowledged writes: {why}", NODES[n]),
+            ));
+        }
+        if self.cfg.plant == Plant::ForgetSerials {
+            forget_serials(&restarted);
+            self.log(format!(
+                "PLANT {} restarts without its serial memory",
+                NODES[n]
             ));
         }
         self.nodes[n].shutdown.cancel();
@@ -1203,7 +1210,7 @@ impl World {
             .collect();
         if self.cfg.plant == Plant::CorruptGrant && self.rng.chance(5) {
             // planted: the checker reads one grant inflated past the key
-            for n in 0..NODES.len() {
+            for (n, name) in NODES.iter().enumerate() {
                 let s = self.store(n);
                 let Some(g) = s.all_grants().expect("grants").into_iter().next() else {
                     continue;
@@ -1218,9 +1225,9 @@ impl World {
                     .expect("memory store");
                 self.log(format!(
                     "PLANT the checker reads {}'s grant inflated",
-                    NODES[n]
+                    *name
                 ));
-                out.insert(NODES[n].to_owned(), copy);
+                out.insert((*name).to_owned(), copy);
                 break;
             }
         }
@@ -1245,11 +1252,11 @@ impl World {
     fn check_step(&mut self) -> Step {
         let stores = self.stores();
         self.conservation(&stores)?;
-        for n in 0..NODES.len() {
+        for (n, name) in NODES.iter().enumerate() {
             self.count("rollback");
             let store = self.store(n);
             let mut mem = std::mem::take(&mut self.nodes[n].serials);
-            let found = check::rollback(NODES[n], &store, &mut mem).expect("store readable");
+            let found = check::rollback(name, &store, &mut mem).expect("store readable");
             self.nodes[n].serials = mem;
             if let Some(why) = found {
                 return Err(self.fail("rollback", why));
@@ -1278,7 +1285,10 @@ impl World {
                 self.dir(f, t).held = 0;
                 self.send(f, t);
             }
-            while let Some(&(f, t)) = dirs.iter().find(|k| !self.dirs[k].flight.is_empty()) {
+            while let Some(&(f, t)) = dirs
+                .iter()
+                .find(|k| !self.dirs[k].flight.is_empty() && !self.dirs[k].stalled)
+            {
                 self.deliver(f, t, false).await?;
             }
             for l in 0..LINKS.len() {
@@ -1323,6 +1333,28 @@ impl World {
         ));
         Ok(())
     }
+}
+
+/// Planted: drops every `license-serial:` memory from a store.
+fn forget_serials(store: &Store) {
+    let names: Vec<String> = store
+        .dump()
+        .expect("memory store")
+        .get("meta")
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| k.starts_with("license-serial:"))
+        .collect();
+    store
+        .transact(|tx| {
+            for n in &names {
+                tx.remove_meta::<keyfed_store::StoreError>(n)?;
+            }
+            Ok(())
+        })
+        .expect("memory store");
+    store.flush().expect("memory store");
 }
 
 fn component_name(c: &str) -> &'static str {
