@@ -139,6 +139,9 @@ impl Engine {
     ) -> EngineResult<pb::RenewalOutcome> {
         let k = self.get_key(key_id)?;
         let file = KeyFile::parse_trusted(text, &self.config.trusted_vendor_keys)?;
+        // the same rollback rule as a key added by hand: a renewal older than
+        // a serial this node holds or held (an activation key since) is refused
+        self.check_not_rollback(&file.key)?;
         if file.key.renews.as_deref() != Some(key_id) {
             return Err(EngineError::Upstream(format!(
                 "the upstream's renewal {} does not name {key_id} as the key it renews",
