@@ -120,6 +120,12 @@ pub fn seat_conservation(
             let Some(sender) = stores.get(from) else {
                 continue;
             };
+            // r07: a node keeps a renewed key while its own objects take the
+            // renewal (its sender already took the grant back); convergence
+            // requires it gone at quiescence (deviation, see docs/faults.md)
+            if k.superseded_by.is_some() {
+                continue;
+            }
             if k.held == 0 || !sender.outbox(node)?.is_empty() || !s.outbox(from)?.is_empty() {
                 continue;
             }
