@@ -1,167 +1,25 @@
-//! The invariants, as functions over the nodes' stores. `seat_conservation`
-//! is the definition of `tests/src/conservation.rs` (r13, b02) taken over
-//! live in-memory stores instead of stopped sled directories; the others
-//! are the simulation's own: durability across a crash, rollback and
-//! convergence (r06, r07) at quiescence.
-use keyfed_store::{ObjectKind, Origin, Store, StoreDump, StoreError};
+//! The invariants, as functions over the nodes' stores. Seat conservation
+//! (r13, b02) is the store's own definition ([`seat_conservation`]), which
+//! the cluster harness checks too; here it also counts give-backs and a
+//! holder's own r07 transition as in flight (see docs/faults.md), since the
+//! simulation checks live stores after every step. The others are the
+//! simulation's own: durability across a crash, rollback and convergence
+//! (r06, r07) at quiescence.
+pub use keyfed_store::conservation::{InFlight, SeatViolation};
+use keyfed_store::{Origin, Store, StoreDump, StoreError};
 use std::collections::BTreeMap;
 
-/// One broken rule, with the numbers that break it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeatViolation {
-    pub rule: &'static str,
-    pub node: String,
-    pub key_id: String,
-    pub detail: String,
-}
+/// The simulation's checks run mid-flight, after every step.
+pub const SIM_IN_FLIGHT: InFlight = InFlight {
+    give_backs: true,
+    holder_superseded: true,
+};
 
-impl std::fmt::Display for SeatViolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "[{}] node {} key {}: {}",
-            self.rule, self.node, self.key_id, self.detail
-        )
-    }
-}
-
-fn v(rule: &'static str, node: &str, key_id: &str, detail: String) -> SeatViolation {
-    SeatViolation {
-        rule,
-        node: node.to_owned(),
-        key_id: key_id.to_owned(),
-        detail,
-    }
-}
-
-/// r13 and b02 over `stores` (node id -> store), as `tests/src/conservation.rs`
-/// defines them: per node `ledger` and `over-held` always; across nodes
-/// `grant-vs-held` only where the sender's outbox to that peer is empty and
-/// `fingerprint` only where no holder has anything queued.
+/// r13 and b02 over live stores, with the simulation's in-flight rules.
 pub fn seat_conservation(
     stores: &BTreeMap<String, Store>,
 ) -> Result<Vec<SeatViolation>, StoreError> {
-    let mut out = Vec::new();
-    let mut stations: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
-    let mut busy: BTreeMap<String, bool> = BTreeMap::new();
-    for (node, s) in stores {
-        let mut queued = false;
-        for peer in stores.keys().filter(|p| *p != node) {
-            queued |= !s.outbox(peer)?.is_empty();
-        }
-        busy.insert(node.clone(), queued);
-    }
-    for (node, s) in stores {
-        for k in s.keys()? {
-            let id = &k.key.id;
-            let grants = s.grants_of_key(id)?;
-            let sum: u32 = grants.iter().map(|g| g.seats).sum();
-            let used = s.used(id)?;
-            if used != sum {
-                let list = grants
-                    .iter()
-                    .map(|g| format!("{}={}", g.object, g.seats))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                out.push(v(
-                    "ledger",
-                    node,
-                    id,
-                    format!("used counter says {used}, its grants sum to {sum} ({list})"),
-                ));
-            }
-            if sum > k.held {
-                let whom = match &k.origin {
-                    Origin::Upstream => format!("the key's {} seat(s)", k.held),
-                    Origin::Peer(p) => format!("the {} seat(s) {p} granted", k.held),
-                };
-                out.push(v(
-                    "over-held",
-                    node,
-                    id,
-                    format!("{sum} seat(s) granted, more than {whom}"),
-                ));
-            }
-            for g in &grants {
-                match g.kind {
-                    ObjectKind::Station => stations
-                        .entry((k.key.license.clone(), g.object.clone()))
-                        .or_default()
-                        .push((node.clone(), id.clone())),
-                    ObjectKind::Server => {
-                        let Some(peer) = stores.get(&g.object) else {
-                            continue;
-                        };
-                        // in flight either way: a grant on its way, or the
-                        // peer's refusal giving the seats back (deviation
-                        // from tests/src/conservation.rs, see docs/faults.md)
-                        if !s.outbox(&g.object)?.is_empty() || !peer.outbox(node)?.is_empty() {
-                            continue;
-                        }
-                        match peer.key(id)? {
-                            Some(t) if t.origin == Origin::Peer(node.clone()) => {
-                                if t.held != g.seats {
-                                    out.push(v("grant-vs-held", node, id, format!("{node} granted {} {} seat(s) (acked), {} holds {}", g.object, g.seats, g.object, t.held)));
-                                }
-                            }
-                            Some(t) => out.push(v("grant-vs-held", node, id, format!("{node} granted {} {} seat(s) (acked), but {} holds the key from {:?}", g.object, g.seats, g.object, t.origin))),
-                            None => out.push(v("grant-vs-held", node, id, format!("{node} granted {} {} seat(s) (acked), but {} does not hold the key", g.object, g.seats, g.object))),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (node, s) in stores {
-        for k in s.keys()? {
-            let Origin::Peer(from) = &k.origin else {
-                continue;
-            };
-            let Some(sender) = stores.get(from) else {
-                continue;
-            };
-            // r07: a node keeps a renewed key while its own objects take the
-            // renewal (its sender already took the grant back); convergence
-            // requires it gone at quiescence (deviation, see docs/faults.md)
-            if k.superseded_by.is_some() {
-                continue;
-            }
-            if k.held == 0 || !sender.outbox(node)?.is_empty() || !s.outbox(from)?.is_empty() {
-                continue;
-            }
-            if sender.grant(&k.key.id, node)?.is_none() {
-                out.push(v(
-                    "grant-vs-held",
-                    node,
-                    &k.key.id,
-                    format!(
-                        "{node} holds {} seat(s) from {from}, which has no grant of the key to {node} (all acked)",
-                        k.held
-                    ),
-                ));
-            }
-        }
-    }
-    for ((license, fp), holders) in &stations {
-        if holders.len() < 2 || holders.iter().any(|(n, _)| busy[n]) {
-            continue;
-        }
-        let list = holders
-            .iter()
-            .map(|(n, k)| format!("{n}:{k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push(v(
-            "fingerprint",
-            &holders[0].0,
-            &holders[0].1,
-            format!(
-                "station {fp} holds {} counted seats of license {license}: {list}",
-                holders.len()
-            ),
-        ));
-    }
-    Ok(out)
+    keyfed_store::conservation::seat_conservation(stores, SIM_IN_FLIGHT)
 }
 
 /// Meta entries written outside a transaction and never acknowledged (link

@@ -62,6 +62,7 @@
 //!   disk anyway.
 //! - **Memory store**: [`Store::crash`] keeps exactly what was synced;
 //!   [`Store::fail_next_sync`] simulates a full disk.
+pub mod conservation;
 mod durability;
 mod memory;
 mod records;
