@@ -297,21 +297,15 @@ impl TestCluster {
         let stop = CancellationToken::new();
         // metrics: bound here (port 0 the first time, the same port on a
         // restart) so the test can read the address back
-        let metrics = n.config.metrics_listen.map(|asked| {
-            let l = std::net::TcpListener::bind(n.metrics_addr.unwrap_or(asked))
-                .expect("bind the metrics address");
-            l.set_nonblocking(true).expect("non-blocking");
-            n.metrics_addr = Some(l.local_addr().expect("addr"));
-            TcpListener::from_std(l).expect("tokio listener")
-        });
+        let metrics = n
+            .config
+            .metrics_listen
+            .map(|asked| http_listener(&mut n.metrics_addr, asked));
         // the API likewise, when the config sets api_listen
-        let api = n.config.api_listen.map(|asked| {
-            let l = std::net::TcpListener::bind(n.api_addr.unwrap_or(asked))
-                .expect("bind the API address");
-            l.set_nonblocking(true).expect("non-blocking");
-            n.api_addr = Some(l.local_addr().expect("addr"));
-            TcpListener::from_std(l).expect("tokio listener")
-        });
+        let api = n
+            .config
+            .api_listen
+            .map(|asked| http_listener(&mut n.api_addr, asked));
         n.task = Some(tokio::spawn(keyfed_node::run_with_listeners(
             n.config.clone(),
             listener,
@@ -334,12 +328,33 @@ impl TestCluster {
         }
     }
 
-    /// Starts a stopped node again on the same data dir and port.
+    /// Starts a stopped node again on the same data dir, on the same port
+    /// when it is still free. While a node is down its port is an ordinary
+    /// free ephemeral port, and any outgoing connection in the test process
+    /// may take it as its source port; then the node comes back on a fresh
+    /// port and the link proxies that reach it follow (a real operator
+    /// would move it the same way), so the dialers' configs stay as they are.
     pub async fn restart(&mut self, id: &str) {
         let addr = self.nodes[id].config.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("rebind the node's port");
+        let listener = match rebind(addr).await {
+            Some(l) => l,
+            None => {
+                let l = TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                    .await
+                    .expect("bind a fresh port for the node");
+                let moved = l.local_addr().expect("addr");
+                eprintln!(
+                    "{id}: port {addr} was taken while the node was down; moving it to {moved}"
+                );
+                self.nodes.get_mut(id).expect("node exists").config.listen = moved;
+                for ((_, to), proxy) in &self.links {
+                    if to == id {
+                        proxy.retarget(moved);
+                    }
+                }
+                l
+            }
+        };
         self.launch(id, listener);
         self.wait_healthy(id).await;
     }
@@ -851,4 +866,40 @@ where
 
 pub fn has_event(ns: &[pb::Notification], event: &str, key_id: &str) -> bool {
     ns.iter().any(|n| n.event == event && n.key_id == key_id)
+}
+
+/// Binds `addr` again, retrying for a moment while the stopped node's
+/// sockets close; `None` when the port stays taken (by someone else).
+async fn rebind(addr: SocketAddr) -> Option<TcpListener> {
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if tokio::time::Instant::now() >= end {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    }
+}
+
+/// A listener for a node's metrics or API: on `asked` the first time (port
+/// 0 picks one), on the same address on a restart unless that was taken
+/// meanwhile, then on a fresh port; `bound` records where it listens.
+fn http_listener(bound: &mut Option<SocketAddr>, asked: SocketAddr) -> TcpListener {
+    let l = bound
+        .and_then(|was| std::net::TcpListener::bind(was).ok())
+        .unwrap_or_else(|| {
+            std::net::TcpListener::bind(SocketAddr::new(
+                asked.ip(),
+                if bound.is_some() { 0 } else { asked.port() },
+            ))
+            .expect("bind the HTTP address")
+        });
+    l.set_nonblocking(true).expect("non-blocking");
+    *bound = Some(l.local_addr().expect("addr"));
+    TcpListener::from_std(l).expect("tokio listener")
 }

@@ -178,3 +178,29 @@ async fn health_and_reflection_answer_on_the_node_port() {
     );
     c.shutdown().await;
 }
+
+/// The harness itself: while a node is down its port is free, and another
+/// socket may take it. The node then comes back on another port, and the
+/// parent that dials it still reaches it through its link proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_port_was_taken_while_down_comes_back_elsewhere_and_stays_linked() {
+    let mut c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
+    c.wait_linked().await;
+    let k = c.issue(&["antivirus"], 10, "2027-12-31");
+    c.add("main", &k).await;
+    c.stop("child").await;
+    let old = c.nodes["child"].config.listen;
+    let squatter = std::net::TcpListener::bind(old).expect("take the stopped node's port");
+    c.restart("child").await;
+    let moved = c.nodes["child"].config.listen;
+    assert_ne!(moved, old, "the node moved off the taken port");
+    c.assign("main", &k.key.id, "child", 3)
+        .await
+        .expect("main reaches the moved child");
+    keyfed_tests::eventually("the child holds the key main sent", || {
+        c.has_key("child", &k.key.id)
+    })
+    .await;
+    drop(squatter);
+    c.shutdown().await;
+}
