@@ -873,13 +873,48 @@ fn check_grants(report: &mut KillReport, cluster: &ProcessCluster, sh: &Shared) 
             None => "never acknowledged a grant".into(),
         };
         report.problems.push(format!(
-            "r13: {node}'s grant of {key} to {object}: {what}; unknown after it: {:?}; found {found}{}",
+            "r13: {node}'s grant of {key} to {object}: {what}; unknown after it: {:?}; found {found}{}; {}",
             &changes[from..].iter().map(|c| c.seats).collect::<Vec<_>>(),
             if stranded.is_empty() {
                 String::new()
             } else {
                 format!(" (and {})", stranded.join(", "))
-            }
+            },
+            seat_context(&stores, node, &chain, object)
         ));
     }
+}
+
+/// What the stores say about `object` besides its grant: the provisional
+/// leases (b02) and claim states naming it, and its station record, so a
+/// lost seat's report shows where it went.
+fn seat_context(
+    stores: &BTreeMap<&str, keyfed_store::Store>,
+    node: &str,
+    chain: &[String],
+    object: &str,
+) -> String {
+    let mut out = Vec::new();
+    for (id, store) in stores {
+        for k in chain {
+            if let Ok(Some(m)) = store.meta(&format!("provisional:{k}")) {
+                if m.contains(object) {
+                    out.push(format!("{id} provisional:{k}={m}"));
+                }
+            }
+        }
+        let license = chain.first().and_then(|k| store.key(k).ok().flatten());
+        if let Some(k) = license {
+            let name = format!("own-claim:{}:{object}", k.key.license);
+            if let Ok(Some(m)) = store.meta(&name) {
+                out.push(format!("{id} {name}={m}"));
+            }
+        }
+        if *id == node {
+            if let Ok(st) = store.station(object) {
+                out.push(format!("{id} station={st:?}"));
+            }
+        }
+    }
+    out.join("; ")
 }

@@ -14,6 +14,7 @@
 pub mod conservation;
 pub mod faults;
 pub mod kill_loop;
+pub mod ports;
 pub mod process;
 
 use chrono::{DateTime, Duration, Utc};
@@ -191,7 +192,11 @@ impl TestCluster {
         // bind every node first so each config can name its peers' addresses
         let mut listeners = BTreeMap::new();
         for (id, _) in &topology.nodes {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+            // a port the kernel never hands out, so it is still free when
+            // the node restarts (see `ports`)
+            let l = ports::bind_restartable([127, 0, 0, 1].into());
+            l.set_nonblocking(true).expect("non-blocking");
+            let l = TcpListener::from_std(l).expect("tokio listener");
             listeners.insert(id.clone(), l);
         }
         // every dialed link goes through a proxy of its own (the fault switch)
