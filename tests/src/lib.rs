@@ -334,19 +334,19 @@ impl TestCluster {
     }
 
     /// Starts a stopped node again on the same data dir, on the same port
-    /// when it is still free. While a node is down its port is an ordinary
-    /// free ephemeral port, and any outgoing connection in the test process
-    /// may take it as its source port; then the node comes back on a fresh
+    /// when it is still free. Node ports lie outside the kernel's ephemeral
+    /// range (see `ports`), but another harness may still pick the same one
+    /// while the node is down; then the node comes back on a fresh
     /// port and the link proxies that reach it follow (a real operator
     /// would move it the same way), so the dialers' configs stay as they are.
     pub async fn restart(&mut self, id: &str) {
         let addr = self.nodes[id].config.listen;
-        let listener = match rebind(addr).await {
+        let listener = match rebind(addr, std::time::Duration::from_secs(2)).await {
             Some(l) => l,
             None => {
-                let l = TcpListener::bind(SocketAddr::new(addr.ip(), 0))
-                    .await
-                    .expect("bind a fresh port for the node");
+                let l = ports::bind_restartable(addr.ip());
+                l.set_nonblocking(true).expect("non-blocking");
+                let l = TcpListener::from_std(l).expect("tokio listener");
                 let moved = l.local_addr().expect("addr");
                 eprintln!(
                     "{id}: port {addr} was taken while the node was down; moving it to {moved}"
@@ -679,19 +679,9 @@ impl TestCluster {
     /// Serves the upstream again on the same port.
     pub async fn restart_upstream(&mut self) {
         let addr = self.upstream_addr;
-        let end = tokio::time::Instant::now() + DEADLINE;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(
-                        tokio::time::Instant::now() < end,
-                        "rebinding the upstream port: {e}"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            }
-        };
+        let listener = rebind(addr, DEADLINE)
+            .await
+            .expect("rebinding the upstream port: still in use");
         self.upstream_stop = CancellationToken::new();
         tokio::spawn(keyfed_gus::serve_with_tls(
             self.upstream.clone(),
@@ -873,10 +863,10 @@ pub fn has_event(ns: &[pb::Notification], event: &str, key_id: &str) -> bool {
     ns.iter().any(|n| n.event == event && n.key_id == key_id)
 }
 
-/// Binds `addr` again, retrying for a moment while the stopped node's
-/// sockets close; `None` when the port stays taken (by someone else).
-async fn rebind(addr: SocketAddr) -> Option<TcpListener> {
-    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+/// Binds `addr` again, retrying `within` while a stopped server's sockets
+/// close; `None` when the port stays taken (by someone else).
+async fn rebind(addr: SocketAddr, within: std::time::Duration) -> Option<TcpListener> {
+    let end = tokio::time::Instant::now() + within;
     loop {
         match TcpListener::bind(addr).await {
             Ok(l) => return Some(l),
