@@ -74,15 +74,21 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`),
+/// addressed (`Host`) as curl would address it; a `Host` in `headers`
+/// replaces that.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
+    host: &str,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: keyfed\r\nConnection: close\r\n");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {host}\r\n"));
+    }
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -131,7 +137,7 @@ async fn http(
     let s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the API");
-    exchange(s, method, target, headers, body).await
+    exchange(s, &addr.to_string(), method, target, headers, body).await
 }
 
 /// `method target` with a bearer token and, for a body, JSON.
@@ -325,12 +331,10 @@ fn examples(doc: &str, vars: &[(&str, String)]) -> Vec<Example> {
 }
 
 /// The path of a target with its ids put back as the docs' names.
-fn template(target: &str, key: &str) -> String {
-    target
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .replace(key, "{id}")
+fn template(target: &str, ids: &[&str]) -> String {
+    let path = target.split('?').next().unwrap_or_default();
+    ids.iter()
+        .fold(path.to_owned(), |p, id| p.replace(id, "{id}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +358,22 @@ async fn every_documented_example_answers_as_documented() {
     add_key(addr, &sub).await;
     let mut agent = c.agent("main", "ws-7", &["firewall"]);
     assert!(agent.sync().await.expect("the station syncs").licensed);
+    let trial = c.issue_kind(
+        keyfed_core::KeyKind::Trial,
+        "acme",
+        &["antispam"],
+        2,
+        "2027-11-01",
+    );
+    add_key(addr, &trial).await;
+    let subscription = c.issue_kind(
+        keyfed_core::KeyKind::Subscription,
+        "acme",
+        &["antivirus"],
+        5,
+        "2027-05-31",
+    );
+    add_key(addr, &subscription).await;
 
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md"))
         .expect("docs/api.md");
@@ -362,7 +382,10 @@ async fn every_documented_example_answers_as_documented() {
         ("TOKEN", OPS.to_owned()),
         ("READ_ONLY_TOKEN", VIEWER.to_owned()),
         ("KEY", key.clone()),
+        ("TRIAL", trial.key.id.clone()),
+        ("SUB", subscription.key.id.clone()),
     ];
+    let ids = [key.as_str(), &trial.key.id, &subscription.key.id];
     let examples = examples(&doc, &vars);
     let key_file = json!({ "key_file": k.render() }).to_string();
     let mut seen = std::collections::BTreeMap::new();
@@ -395,7 +418,7 @@ async fn every_documented_example_answers_as_documented() {
             }
         }
         // the first example of an endpoint is its success
-        seen.entry(format!("{} {}", ex.method, template(&ex.target, &key)))
+        seen.entry(format!("{} {}", ex.method, template(&ex.target, &ids)))
             .or_insert(v);
     }
 
@@ -407,7 +430,7 @@ async fn every_documented_example_answers_as_documented() {
         .filter(|e| e.contains(" /api/v1/"))
         .map(|e| e.split('?').next().unwrap_or_default().to_owned())
         .collect();
-    assert!(table.len() >= 21, "{table:?}");
+    assert!(table.len() >= 26, "{table:?}");
     for e in &table {
         let (m, p) = e.split_once(' ').expect("METHOD path");
         let p = p.replace("{object}", "pc-1");
@@ -466,6 +489,44 @@ async fn every_documented_example_answers_as_documented() {
         "{stations}"
     );
     assert!(seen["GET /api/v1/telemetry"]["days_left"].is_string());
+    let extended = &seen["POST /api/v1/keys/{id}/extend-trial"];
+    assert_eq!(extended["trial_extended"], true, "{extended}");
+    assert_eq!(extended["key"]["id"], trial.key.id.as_str(), "{extended}");
+    let keys = get(addr, "/api/v1/keys").await.to_string();
+    assert!(
+        !keys.contains(&trial.key.id),
+        "the trial was deleted: {keys}"
+    );
+    let shared = &seen["POST /api/v1/keys/{id}/shares"];
+    assert_eq!(
+        (
+            shared["customer"].as_str(),
+            shared["seats"].as_u64(),
+            shared["role"].as_str()
+        ),
+        (Some("beta"), Some(2), Some("shared")),
+        "{shared}"
+    );
+    // the exported report uploads (here by the node that wrote it)
+    let file = &seen["GET /api/v1/telemetry/file"];
+    assert!(
+        file["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("# keyfed telemetry report")),
+        "{file}"
+    );
+    let receipt = call(
+        addr,
+        OPS,
+        "POST",
+        "/api/v1/telemetry/upload",
+        Some(json!({ "text": file["text"] })),
+    )
+    .await;
+    assert_eq!(receipt.status, 200, "{}", receipt.body);
+    let receipt = receipt.json();
+    assert_eq!(receipt["node_id"], "main", "{receipt}");
+    assert_eq!(receipt["via"], "main > upstream", "{receipt}");
     assert_eq!(seen["GET /api/v1/status"]["node_id"], "main");
     assert_eq!(
         seen["GET /api/v1/keys/k-does-not-exist"]["code"],
@@ -505,6 +566,9 @@ async fn every_documented_example_answers_as_documented() {
     let entries = audit["entries"].as_array().cloned().unwrap_or_default();
     for action in [
         "AddKey",
+        "DeleteKey",
+        "ExtendTrial",
+        "ShareSubscription",
         "AssignSeats",
         "UnassignSeats",
         "CheckForUpdates",
@@ -842,6 +906,39 @@ async fn without_tokens_the_api_answers_loopback_callers_as_local() {
     let audit = http(addr, "GET", "/api/v1/audit", &[], b"").await.json();
     assert_eq!(audit["entries"][0]["actor"], "local", "{audit}");
     assert_eq!(audit["entries"][0]["action"], "AddKey", "{audit}");
+
+    // DNS rebinding: the same loopback caller under a name is refused, and
+    // its write changes nothing
+    let other = c.issue(&["firewall"], 2, "2027-12-31");
+    for host in [
+        "rebound.example",
+        &format!("rebound.example:{}", addr.port()),
+    ] {
+        let r = http(
+            addr,
+            "POST",
+            "/api/v1/keys",
+            &[("Host", host), ("Content-Type", "application/json")],
+            json!({ "key_file": other.render() }).to_string().as_bytes(),
+        )
+        .await;
+        let (status, code, message) = r.error();
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "PERMISSION_DENIED"),
+            "{message}"
+        );
+        assert!(
+            message.contains("DNS rebinding") && message.contains(host),
+            "{message}"
+        );
+    }
+    assert!(
+        !c.has_key("main", &other.key.id).await,
+        "a refused write changes nothing"
+    );
+    let named = http(addr, "GET", "/api/v1/status", &[("Host", "localhost")], b"").await;
+    assert_eq!(named.status, 200, "localhost is taken: {}", named.body);
     c.shutdown().await;
 }
 
@@ -885,7 +982,7 @@ async fn https(c: &TestCluster, cert: Option<&str>, path: &str, headers: &[(&str
         .connect(name, tcp)
         .await
         .expect("the API speaks TLS with the node's certificate");
-    exchange(tls, "GET", path, headers, b"").await
+    exchange(tls, "main", "GET", path, headers, b"").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use crate::admin::AdminService;
 use crate::auth::{code_name, AdminGuard};
 use crate::config::NodeConfig;
 use bytes::Bytes;
+pub use host::HostCheck;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -26,6 +27,8 @@ use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
+
+mod host;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
 pub type GuardedAdmin = AdminGuard<pb::admin_server::AdminServer<AdminService>>;
@@ -129,6 +132,7 @@ fn json_reply(status: http::StatusCode, value: &impl Serialize) -> Reply {
 /// One API request on its way to the Admin service.
 struct Call {
     admin: GuardedAdmin,
+    host_check: HostCheck,
     conn: Conn,
     authorization: Option<http::HeaderValue>,
 }
@@ -348,11 +352,14 @@ fn from_path(field: &mut String, name: &str, path: &str) -> Result<(), ApiError>
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
         ["keys"] | ["commands"] => "GET, POST",
-        ["keys", _]
-        | ["keys", _, "file"]
+        ["keys", _] => "GET, DELETE",
+        ["keys", _, "file"]
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
-        | "subscriptions" | "audit" | "telemetry"] => "GET",
-        ["keys", _, "grants" | "renew"] | ["renew"] => "POST",
+        | "subscriptions" | "audit" | "telemetry"]
+        | ["telemetry", "file"] => "GET",
+        ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
+        | ["renew"]
+        | ["telemetry", "upload"] => "POST",
         ["keys", _, "grants", _] => "DELETE",
         ["settings"] => "GET, PUT",
         _ => return None,
@@ -362,6 +369,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
 async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiError> {
     use http::Method as M;
     let (parts, body) = req.into_parts();
+    call.host_check.check(&parts.headers)?;
     let path = parts.uri.path();
     let not_found = || {
         ApiError::new(
@@ -391,6 +399,16 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             q.only(&[])?;
             let r = pb::KeyId { id: (*id).into() };
             call.unary::<_, pb::KeyInfo>("GetKey", &r).await
+        }
+        (&M::DELETE, ["keys", id]) => {
+            q.only(&[])?;
+            let r = pb::KeyId { id: (*id).into() };
+            call.unary::<_, pb::Empty>("DeleteKey", &r).await
+        }
+        (&M::POST, ["keys", id, "extend-trial"]) => {
+            let mut r: pb::KeyId = json_body(h, body, "KeyId").await?;
+            from_path(&mut r.id, "id", id)?;
+            call.unary::<_, pb::KeyInfo>("ExtendTrial", &r).await
         }
         (&M::GET, ["keys", id, "file"]) => {
             q.only(&[])?;
@@ -481,6 +499,23 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             call.unary::<_, pb::SubscriptionList>("SubscriptionReport", &pb::Empty {})
                 .await
         }
+        (&M::POST, ["keys", id, "shares"]) => {
+            let mut r: pb::ShareSubscriptionRequest =
+                json_body(h, body, "ShareSubscriptionRequest").await?;
+            from_path(&mut r.key_id, "key_id", id)?;
+            call.unary::<_, pb::SubscriptionInfo>("ShareSubscription", &r)
+                .await
+        }
+        (&M::GET, ["telemetry", "file"]) => {
+            q.only(&[])?;
+            call.unary::<_, pb::TelemetryFile>("ExportTelemetry", &pb::Empty {})
+                .await
+        }
+        (&M::POST, ["telemetry", "upload"]) => {
+            let r: pb::TelemetryFile = json_body(h, body, "TelemetryFile").await?;
+            call.unary::<_, pb::TelemetryReceipt>("UploadTelemetry", &r)
+                .await
+        }
         (&M::GET, ["audit"]) => {
             let q = q.only(&["after_seq", "limit"])?;
             let r = pb::ListAuditRequest {
@@ -556,6 +591,7 @@ pub fn tls_config(cfg: &NodeConfig) -> Result<Option<Arc<rustls::ServerConfig>>,
 /// Serves `/api/v1` on `listener` (TLS with `tls`) until `shutdown`.
 pub async fn serve(
     admin: GuardedAdmin,
+    host_check: HostCheck,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     tasks: TaskTracker,
@@ -586,13 +622,13 @@ pub async fn serve(
             let _slot = slot;
             let Some(acceptor) = acceptor else {
                 let conn = Conn::Tcp(stream.connect_info());
-                serve_connection(TokioIo::new(stream), admin, conn, stop).await;
+                serve_connection(TokioIo::new(stream), admin, host_check, conn, stop).await;
                 return;
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let conn = Conn::Tls(tls.connect_info());
-                    serve_connection(TokioIo::new(tls), admin, conn, stop).await;
+                    serve_connection(TokioIo::new(tls), admin, host_check, conn, stop).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "api TLS handshake failed"),
                 Err(_) => tracing::debug!("api TLS handshake timed out"),
@@ -601,13 +637,19 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<I>(io: I, admin: GuardedAdmin, conn: Conn, stop: CancellationToken)
-where
+async fn serve_connection<I>(
+    io: I,
+    admin: GuardedAdmin,
+    host_check: HostCheck,
+    conn: Conn,
+    stop: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let call = Call {
             admin: admin.clone(),
+            host_check,
             conn: conn.clone(),
             authorization: req.headers().get(http::header::AUTHORIZATION).cloned(),
         };

@@ -169,6 +169,7 @@ pub async fn run_with_listeners(
         tracing::info!(node = %node.id(), addr = %l.local_addr()?, tls = api_tls.is_some(), "serving the JSON API at /api/v1");
         tasks.spawn(api::serve(
             admin.clone(),
+            api::HostCheck::for_config(&node.config),
             l,
             api_tls,
             tasks.clone(),
