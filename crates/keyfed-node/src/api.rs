@@ -28,6 +28,7 @@ use tonic::codegen::{http, Service};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
+mod events;
 mod host;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
@@ -42,6 +43,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const JSON: &str = "application/json";
 
 type Reply = http::Response<Full<Bytes>>;
+/// Any reply: a whole one or the event stream.
+type ApiBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// What the guard learns about the connection: the caller's address and,
 /// on TLS, its verified certificate chain (the same extensions tonic sets).
@@ -138,13 +141,14 @@ struct Call {
 }
 
 impl Call {
-    /// The unary Admin RPC `rpc` with `req`, through the guard; its reply
-    /// in the JSON mapping, or its status as an [`ApiError`].
-    async fn unary<Req, Resp>(&self, rpc: &str, req: &Req) -> Result<Reply, ApiError>
-    where
-        Req: Message,
-        Resp: Message + Default + Serialize,
-    {
+    /// Sends the Admin RPC `rpc` with `req` through the guard. Returns the
+    /// reply's head and body once the head says the call was taken; a
+    /// refusal (a trailers-only reply) is its status as an [`ApiError`].
+    async fn send<Req: Message>(
+        &self,
+        rpc: &str,
+        req: &Req,
+    ) -> Result<(http::response::Parts, Body), ApiError> {
         // a gRPC frame: uncompressed flag, 4-byte length, the message
         let len = req.encoded_len();
         let mut frame = Vec::with_capacity(5 + len);
@@ -175,8 +179,22 @@ impl Call {
         let Ok(()) = std::future::poll_fn(|cx| admin.poll_ready(cx)).await;
         let Ok(resp) = admin.call(grpc).await;
         let (parts, body) = resp.into_parts();
+        // a refusal is trailers-only: grpc-status is then a header
+        match Status::from_header_map(&parts.headers) {
+            Some(s) if s.code() != Code::Ok => Err(s.into()),
+            _ => Ok((parts, body)),
+        }
+    }
+
+    /// The unary Admin RPC `rpc` with `req`; its reply in the JSON
+    /// mapping, or its status as an [`ApiError`].
+    async fn unary<Req, Resp>(&self, rpc: &str, req: &Req) -> Result<Reply, ApiError>
+    where
+        Req: Message,
+        Resp: Message + Default + Serialize,
+    {
+        let (parts, body) = self.send(rpc, req).await?;
         let collected = body.collect().await?;
-        // a unary error is trailers-only: grpc-status is then a header
         let status = Status::from_header_map(&parts.headers)
             .or_else(|| collected.trailers().and_then(Status::from_header_map));
         match status {
@@ -356,6 +374,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["keys", _, "file"]
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
         | "subscriptions" | "audit" | "telemetry"]
+        | ["notifications", "stream"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
         | ["renew"]
@@ -369,7 +388,6 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
 async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiError> {
     use http::Method as M;
     let (parts, body) = req.into_parts();
-    call.host_check.check(&parts.headers)?;
     let path = parts.uri.path();
     let not_found = || {
         ApiError::new(
@@ -646,6 +664,7 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let streams_stop = stop.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let call = Call {
             admin: admin.clone(),
@@ -653,7 +672,17 @@ async fn serve_connection<I>(
             conn: conn.clone(),
             authorization: req.headers().get(http::header::AUTHORIZATION).cloned(),
         };
-        async move { Ok::<_, Infallible>(route(call, req).await.unwrap_or_else(ApiError::reply)) }
+        let stop = streams_stop.clone();
+        async move {
+            let reply = if let Err(e) = call.host_check.check(req.headers()) {
+                Err(e)
+            } else if events::is_stream(&req) {
+                events::stream(call, req, stop).await
+            } else {
+                route(call, req).await.map(|r| r.map(BodyExt::boxed))
+            };
+            Ok::<_, Infallible>(reply.unwrap_or_else(|e| e.reply().map(BodyExt::boxed)))
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
