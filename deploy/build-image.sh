@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the keyfed image FROM scratch: the three binaries are built on the
+# Builds the keyfed image FROM scratch: the four binaries are built on the
 # host as static gnu executables (no registry, no base image needed), then
 # copied into a small build context with the few files a scratch root needs.
 #
@@ -17,7 +17,7 @@ tag=${1:-keyfed:dev}
 target_dir=${KEYFED_STATIC_TARGET_DIR:-$root/target/static}
 profile=${KEYFED_IMAGE_PROFILE:-release}
 triple=x86_64-unknown-linux-gnu
-bins=(keyfed keyfed-gus keyfedctl)
+bins=(keyfed keyfed-gus keyfedctl keyfed-agent)
 
 t0=$(date +%s)
 echo "build-image: cargo build --profile $profile --target $triple (static) into $target_dir" >&2
@@ -25,7 +25,7 @@ echo "build-image: cargo build --profile $profile --target $triple (static) into
 RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$target_dir" \
     cargo build --locked --profile "$profile" --target "$triple" \
     --manifest-path "$root/Cargo.toml" \
-    -p keyfed-node -p keyfed-gus -p keyfedctl
+    -p keyfed-node -p keyfed-gus -p keyfedctl -p keyfed-agent
 t1=$(date +%s)
 
 out_dir=$target_dir/$triple/$([ "$profile" = dev ] && echo debug || echo "$profile")

@@ -16,13 +16,17 @@
 //!
 //! Steps (SPEC rules in brackets): build the image; start the federation;
 //! issue a key at gus, add it at main, assign seats to child, east, west and a
-//! station; renew it (r06); cut the child off the network and renew again:
-//! main keeps the old key for the child (r07); reconnect: the child takes the
-//! new key and the old one is retired everywhere; kill the child right after
-//! an assignment and main right after a renewal (SIGKILL), start both, and
+//! station; renew it (r06); cut the child and the neighbor east off the
+//! network (`docker network disconnect`) and renew again: main keeps the old
+//! key for both (r07) while west moves on; reconnect: both take the new key
+//! and the old one is retired everywhere; kill the child right after an
+//! assignment and main right after a renewal (SIGKILL), start both, and
 //! check that every grant arrived exactly once and no node hands out more
-//! than it holds (r13); finally `docker stop` every service: each exits 0
-//! promptly with its store flushed.
+//! than it holds (r13); `docker kill` main in the middle of a station storm
+//! (a fleet of `keyfed-agent` stations in the child's container attaching
+//! to main): afterwards every station is licensed exactly once and main's
+//! grants add up to what it hands out (r13, b02); finally `docker stop`
+//! every service: each exits 0 promptly with its store flushed.
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -550,30 +554,34 @@ fn docker_smoke() {
     );
     s.lap("renewal K1 -> K2 distributed, K1 retired");
 
-    // ---- the child is cut off; the next renewal waits for it (r07)
+    // ---- the child and the neighbor east are cut off during the next
+    // renewal; it waits for both (r07) while west moves on
     let net = s.network();
     let child = s.container("child");
-    must(Command::new("docker").args(["network", "disconnect", &net, &child]));
-    let k3 = s.renew(&k2, 61, "2029-12-31");
-    for node in ["east", "west"] {
-        s.wait(&format!("{node} holds K3 and not K2"), |me| {
-            Ok(me.has_key(node, &k3)? && !me.has_key(node, &k2)?)
-        });
+    let east = s.container("east");
+    for cut in [&child, &east] {
+        must(Command::new("docker").args(["network", "disconnect", &net, cut]));
     }
+    let k3 = s.renew(&k2, 61, "2029-12-31");
+    s.wait("west holds K3 and not K2", |me| {
+        Ok(me.has_key("west", &k3)? && !me.has_key("west", &k2)?)
+    });
     let main_keys = s.keys("main").unwrap();
     let old = main_keys.get(&k2).unwrap_or_else(|| {
-        panic!("r07: main deleted K2 while the child still uses it: {main_keys:?}")
+        panic!("r07: main deleted K2 while the child and east still use it: {main_keys:?}")
     });
     assert_eq!(
         (old.1, old.2.as_str()),
-        (10, "superseded"),
-        "r07: main keeps K2 with the child's 10 seats as its claim"
+        (10 + 5, "superseded"),
+        "r07: main keeps K2 with the child's 10 and east's 5 seats as its claim"
     );
-    let child_keys = s.keys("child").unwrap();
-    assert!(
-        child_keys.contains_key(&k2) && !child_keys.contains_key(&k3),
-        "the cut-off child still has only K2: {child_keys:?}"
-    );
+    for node in ["child", "east"] {
+        let keys = s.keys(node).unwrap();
+        assert!(
+            keys.contains_key(&k2) && !keys.contains_key(&k3),
+            "the cut-off {node} still has only K2: {keys:?}"
+        );
+    }
     let peers = s.ctl_ok("main", &["peers"]);
     let depth = peers["peers"]
         .as_array()
@@ -587,18 +595,23 @@ fn docker_smoke() {
     );
     s.lap("child disconnected: K3 reached the neighbors, main keeps K2 for the child");
 
-    // ---- the child comes back: it takes K3, K2 is retired everywhere
-    must(Command::new("docker").args(["network", "connect", "--alias", "child", &net, &child]));
-    s.wait("the child holds K3 and not K2", |me| {
-        Ok(me.has_key("child", &k3)? && !me.has_key("child", &k2)?)
-    });
+    // ---- both come back: they take K3, K2 is retired everywhere
+    for (alias, id) in [("child", &child), ("east", &east)] {
+        must(Command::new("docker").args(["network", "connect", "--alias", alias, &net, id]));
+    }
+    for node in ["child", "east"] {
+        s.wait(&format!("{node} holds K3 and not K2"), |me| {
+            Ok(me.has_key(node, &k3)? && !me.has_key(node, &k2)?)
+        });
+    }
     for node in NODES {
         s.wait(&format!("K2 is retired on {node}"), |me| {
             Ok(!me.has_key(node, &k2)?)
         });
     }
     assert_eq!(s.keys("child").unwrap()[&k3].0, 10);
-    s.lap("child reconnected: took K3, K2 retired everywhere");
+    assert_eq!(s.keys("east").unwrap()[&k3].0, 5);
+    s.lap("child and east reconnected: took K3, K2 retired everywhere");
 
     // ---- kill in the middle of a distribution (r13)
     // the child dies right after main grants it more seats ...
@@ -671,6 +684,8 @@ fn docker_smoke() {
     });
     s.lap("kill -9 of child and main mid-distribution: K4 everywhere, seats conserved");
 
+    station_storm(&mut s, &k4, 12 + 5 + 4 + 2);
+
     // ---- docker stop: SIGTERM, prompt exit 0, store flushed
     let ids: Vec<(String, String)> = ["gus", "main", "child", "east", "west"]
         .iter()
@@ -705,4 +720,126 @@ fn docker_smoke() {
     let left = s.leftovers();
     assert!(left.is_empty(), "teardown left: {left}");
     s.lap("smoke passed");
+}
+
+/// `docker kill` of main in the middle of a station storm: a fleet of
+/// stations (`keyfed-agent run --stations N`) in the child's container
+/// attaches to main over mutual TLS, main is killed once some of them hold
+/// seats and started again, and the fleet keeps contacting it. Afterwards
+/// every station is licensed exactly once on main (b02), each has one seat
+/// of K4, and main's grants add up to what it hands out, within K4's seats
+/// (r13): nothing acknowledged before the kill is lost, nothing is counted
+/// twice.
+fn station_storm(s: &mut Smoke, k4: &str, granted_before: u64) {
+    const FLEET: u64 = 30;
+    const ROUNDS: &str = "20";
+    let child = s.container("child");
+    let main = s.container("main");
+    let fleet = Command::new("docker")
+        .args([
+            "exec",
+            &child,
+            "keyfed-agent",
+            "run",
+            "--node",
+            "https://main:7601",
+        ])
+        .args(["--state-dir", "/tmp/storm", "--fingerprint-prefix", "storm"])
+        .args([
+            "--stations",
+            &FLEET.to_string(),
+            "--rounds",
+            ROUNDS,
+            "--interval-secs",
+            "1",
+        ])
+        .args(["--components", "antivirus"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker exec keyfed-agent");
+    let storm_on_main = |me: &mut Smoke| -> Result<Vec<(String, String, String)>, String> {
+        let v = me.ctl("main", &["stations"])?;
+        Ok(v["stations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|st| {
+                st["fingerprint"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("storm-"))
+            })
+            .map(|st| {
+                let field = |n: &str| st[n].as_str().unwrap_or_default().to_owned();
+                (field("fingerprint"), field("key_id"), field("state"))
+            })
+            .collect())
+    };
+    s.wait("the first stations of the storm hold seats on main", |me| {
+        Ok(storm_on_main(me)?.len() >= 5)
+    });
+    let before_kill = storm_on_main(s).unwrap_or_default();
+    must(Command::new("docker").args(["kill", &main]));
+    must(Command::new("docker").args(["start", &main]));
+    s.wait_healthy(&["main"]);
+    let after_restart = storm_on_main(s).expect("main lists its stations after the restart");
+    for (fp, _, _) in &before_kill {
+        assert!(
+            after_restart.iter().any(|(f, _, st)| f == fp && st == "licensed"),
+            "r13: station {fp} was licensed before main was killed and is not after: {after_restart:?}"
+        );
+    }
+    let out = fleet
+        .wait_with_output()
+        .expect("the fleet ends after its rounds");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains(&format!("{FLEET} of {FLEET} station(s) licensed")),
+        "every station of the storm ends licensed: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let storm = storm_on_main(s).unwrap();
+    let mut fps: Vec<&str> = storm.iter().map(|(f, _, _)| f.as_str()).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    assert_eq!(
+        fps.len() as u64,
+        FLEET,
+        "b02: one station record per fingerprint: {storm:?}"
+    );
+    assert!(
+        storm.iter().all(|(_, k, st)| k == k4 && st == "licensed"),
+        "every storm station holds K4: {storm:?}"
+    );
+    // r13 on main: grants (servers, station-1 and one seat per storm station)
+    // add up to what main hands out, and that fits in K4
+    let grants: Vec<_> = s.grants("main").into_iter().filter(|g| g.1 == k4).collect();
+    let storm_seats: u64 = grants
+        .iter()
+        .filter(|g| g.0.starts_with("storm-"))
+        .map(|g| g.2)
+        .sum();
+    assert_eq!(storm_seats, FLEET, "one seat per storm station: {grants:?}");
+    let (held, assigned, _) = s.keys("main").unwrap()[k4].clone();
+    assert_eq!(
+        assigned,
+        grants.iter().map(|g| g.2).sum::<u64>(),
+        "main hands out exactly its grants"
+    );
+    assert_eq!(assigned, granted_before + FLEET);
+    assert!(
+        assigned <= held,
+        "r13: {assigned} seats handed out of {held}"
+    );
+    s.lap(&format!(
+        "docker kill of main during a storm of {FLEET} stations: {} licensed before the kill kept, all licensed once after",
+        before_kill.len()
+    ));
 }
