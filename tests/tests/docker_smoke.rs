@@ -593,7 +593,7 @@ fn docker_smoke() {
         depth >= 1,
         "the renewal waits in main's outbox for the child: {peers}"
     );
-    s.lap("child disconnected: K3 reached the neighbors, main keeps K2 for the child");
+    s.lap("child and east disconnected: K3 reached west, main keeps K2 for both");
 
     // ---- both come back: they take K3, K2 is retired everywhere
     for (alias, id) in [("child", &child), ("east", &east)] {
@@ -618,7 +618,7 @@ fn docker_smoke() {
     s.ctl_ok("main", &["key", "assign", &k3, "child", "12"]);
     must(Command::new("docker").args(["kill", &child]));
     // ... and main dies right after it accepted a renewal
-    let k4 = s.renew(&k3, 62, "2030-12-31");
+    let k4 = s.renew(&k3, 200, "2030-12-31");
     let main = s.container("main");
     must(Command::new("docker").args(["kill", &main]));
     must(Command::new("docker").args(["start", &main]));
@@ -644,7 +644,7 @@ fn docker_smoke() {
     let grants = s.grants("main");
     assert_eq!(grants.len(), want.len(), "main's grants: {grants:?}");
     let main_k4 = s.keys("main").unwrap()[&k4].clone();
-    assert_eq!(main_k4.0, 62, "main holds K4's 62 seats");
+    assert_eq!(main_k4.0, 200, "main holds K4's 200 seats");
     assert_eq!(
         main_k4.1,
         12 + 5 + 4 + 2,
@@ -731,7 +731,8 @@ fn docker_smoke() {
 /// (r13): nothing acknowledged before the kill is lost, nothing is counted
 /// twice.
 fn station_storm(s: &mut Smoke, k4: &str, granted_before: u64) {
-    const FLEET: u64 = 30;
+    // big enough that main is killed while stations still attach
+    const FLEET: u64 = 150;
     const ROUNDS: &str = "20";
     let child = s.container("child");
     let main = s.container("main");
@@ -778,7 +779,7 @@ fn station_storm(s: &mut Smoke, k4: &str, granted_before: u64) {
             .collect())
     };
     s.wait("the first stations of the storm hold seats on main", |me| {
-        Ok(storm_on_main(me)?.len() >= 5)
+        Ok(!storm_on_main(me)?.is_empty())
     });
     let before_kill = storm_on_main(s).unwrap_or_default();
     must(Command::new("docker").args(["kill", &main]));
