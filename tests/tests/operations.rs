@@ -234,6 +234,62 @@ async fn b01_donated_seats_renew_while_linked_and_return_when_the_neighbor_vanis
     c.shutdown().await;
 }
 
+/// b01/r13: a loan that reaches the neighbor after its period ended (it was
+/// down) is not held there; the neighbor gives it back and the lender's free
+/// seats go back up at once. The lender's own tick is turned off after the
+/// first, so only the give-back can free them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_b01_a_loan_that_arrives_lapsed_is_given_back_and_the_lender_frees_it() {
+    let topo = Topology::new()
+        .root("main")
+        .neighbor("neighbor", "main")
+        .tweak("main", |c| c.tick_millis = 3_600_000);
+    let mut c = TestCluster::start(topo).await;
+    c.wait_linked().await;
+    let k = c.issue(&["antivirus"], 10, "2027-12-31");
+    let id = k.key.id.clone();
+    c.add("main", &k).await;
+    c.stop("neighbor").await;
+    // lent for one day while the neighbor is down: it waits in main's outbox
+    c.admin("main")
+        .await
+        .assign_seats(pb::AssignSeatsRequest {
+            key_id: id.clone(),
+            object: "neighbor".into(),
+            seats: 3,
+            donation_days: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.key("main", &id).await.unwrap().seats_free, 7);
+    c.advance(Duration::days(2));
+    c.restart("neighbor").await;
+    eventually("main's seats came back", || async {
+        c.key("main", &id).await.is_some_and(|k| k.seats_free == 10)
+    })
+    .await;
+    assert!(
+        !c.has_key("neighbor", &id).await,
+        "the lapsed loan is not held"
+    );
+    assert!(has_event(
+        &c.notifications("neighbor").await,
+        "donation-lapsed",
+        &id
+    ));
+    assert!(has_event(
+        &c.notifications("main").await,
+        "grant-returned",
+        &id
+    ));
+    assert!(
+        !has_event(&c.notifications("main").await, "donation-returned", &id),
+        "freed by the give-back, not by main's own tick"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b01_a_neighbor_that_refuses_donations_is_never_sent_seats() {
     let topo = Topology::new()

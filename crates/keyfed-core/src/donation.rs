@@ -4,7 +4,7 @@
 //! A grant carries its own period (defect 7): a custom period given at
 //! assign is the one every later renewal uses, and an automatic key renewal
 //! carries the grant's [`Lending`] to the new key's grant unchanged.
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -90,6 +90,67 @@ pub fn review(lending: Lending, neighbor_online: bool, now: DateTime<Utc>) -> Le
 #[must_use]
 pub fn borrowed_lapsed(until: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     now >= until
+}
+
+/// What the lender does with a lending it is about to put on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeSend {
+    /// The period still runs by the lender's clock: send it.
+    Send,
+    /// The period already ended by the lender's clock: send nothing and
+    /// take the seats back here at once (the borrower would only lapse it).
+    TakeBack,
+}
+
+/// b01/r13, the lender's side: a lending that already lapsed by the
+/// lender's clock is never sent. Lapsed means `now >= until`, the same
+/// instant [`review`] returns it.
+#[must_use]
+pub fn before_send(lending: Lending, now: DateTime<Utc>) -> BeforeSend {
+    if now >= lending.until {
+        BeforeSend::TakeBack
+    } else {
+        BeforeSend::Send
+    }
+}
+
+/// What a borrower does with lent seats that arrive (a grant or renewal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnArrival {
+    /// The period still runs by the borrower's clock: hold the seats.
+    Take,
+    /// The period already ended by the borrower's clock (the delivery was
+    /// held up, or the clocks disagree): hold nothing and give the seats
+    /// back to the lender by message, naming the period so the lender frees
+    /// exactly that lending at once instead of at its own tick.
+    GiveBack { until: DateTime<Utc> },
+}
+
+/// b01/r13, the borrower's side: seats lent until `until` that arrive at
+/// `now` (the borrower's clock).
+#[must_use]
+pub fn on_arrival(until: DateTime<Utc>, now: DateTime<Utc>) -> OnArrival {
+    if borrowed_lapsed(until, now) {
+        OnArrival::GiveBack { until }
+    } else {
+        OnArrival::Take
+    }
+}
+
+/// r13, the lender receiving a give-back of the lending that ran until
+/// `returned`: it frees its grant only if that grant's period ends no later.
+///
+/// Safe whatever the clocks say: the borrower gave `returned` back because
+/// its own clock (which never goes back) had passed it, so any grant with
+/// an end at or before `returned` lapses on arrival there too and is never
+/// held. A grant renewed or re-lent since (a later end) may still be held
+/// once it arrives, so a stale give-back leaves it alone; the borrower gives
+/// that one back too if it lapses. A grant that is no lending (`None`) is not
+/// freed by a lending's give-back.
+#[must_use]
+pub fn give_back_frees(grant_until: Option<DateTime<Utc>>, returned: DateTime<Utc>) -> bool {
+    // the wire carries whole seconds: compare the end the borrower was sent
+    grant_until.is_some_and(|until| until.trunc_subsecs(0) <= returned)
 }
 
 /// What the lender knows of a neighbor when it lends.
@@ -195,6 +256,72 @@ mod tests {
     }
 
     #[test]
+    fn r13_a_lending_lapsed_before_send_is_taken_back_not_sent() {
+        let lent = Lending::begin(DonationPolicy::default(), 1, t0());
+        let before = lent.until - Duration::seconds(1);
+        assert_eq!(before_send(lent, before), BeforeSend::Send);
+        // exactly at the end instant the period is over (as `review` says)
+        assert_eq!(before_send(lent, lent.until), BeforeSend::TakeBack);
+        assert_eq!(review(lent, true, lent.until), LendingStep::Return);
+        assert_eq!(
+            before_send(lent, lent.until + Duration::days(1)),
+            BeforeSend::TakeBack
+        );
+    }
+
+    #[test]
+    fn r13_a_lending_lapsed_on_arrival_is_given_back_naming_its_period() {
+        let until = t0() + Duration::days(1);
+        // held up a day on a cut link: it arrives after its end
+        assert_eq!(
+            on_arrival(until, until + Duration::hours(23)),
+            OnArrival::GiveBack { until }
+        );
+        // exactly at the end instant: lapsed, given back
+        assert_eq!(on_arrival(until, until), OnArrival::GiveBack { until });
+        assert_eq!(
+            on_arrival(until, until - Duration::seconds(1)),
+            OnArrival::Take
+        );
+        // the lender frees exactly that lending
+        assert!(give_back_frees(Some(until), until));
+        // the lender's end has sub-seconds the wire dropped
+        let precise = until + Duration::milliseconds(700);
+        assert!(give_back_frees(Some(precise), until));
+        assert!(!give_back_frees(Some(until + Duration::seconds(1)), until));
+    }
+
+    #[test]
+    fn r13_clock_skew_either_way_never_counts_a_seat_twice() {
+        let lent = Lending::begin(DonationPolicy::default(), 1, t0());
+        let skew = Duration::minutes(5);
+        // borrower ahead: the lender (behind) still sends, the borrower
+        // gives back at once, and the lender frees the grant on receipt
+        let lender_now = lent.until - Duration::minutes(2);
+        assert_eq!(before_send(lent, lender_now), BeforeSend::Send);
+        let OnArrival::GiveBack { until } = on_arrival(lent.until, lender_now + skew) else {
+            panic!("lapsed by the borrower's clock");
+        };
+        assert!(give_back_frees(Some(lent.until), until));
+        // borrower behind: the lender (ahead) takes it back and never sends
+        let lender_now = lent.until + Duration::minutes(2);
+        assert_eq!(before_send(lent, lender_now), BeforeSend::TakeBack);
+        assert_eq!(on_arrival(lent.until, lender_now - skew), OnArrival::Take);
+        // a give-back of an older period leaves a renewed lending alone:
+        // the renewal may still be held when it arrives
+        let renewed = lent.until + Duration::days(1);
+        assert!(!give_back_frees(Some(renewed), lent.until));
+        // nor does it free a grant that is no lending
+        assert!(!give_back_frees(None, lent.until));
+        // a lending re-lent for a shorter period, ending before the
+        // returned one, lapses on arrival too: freed
+        assert!(give_back_frees(
+            Some(lent.until - Duration::hours(1)),
+            lent.until
+        ));
+    }
+
+    #[test]
     fn b01_donation_needs_allow_send_and_allow_receive() {
         let ok = NeighborLeave {
             allow_send: true,
@@ -227,6 +354,28 @@ mod tests {
     }
 
     proptest! {
+        /// r13: whatever the two clocks read, a lending the borrower gives
+        /// back is one it does not hold and never will: the lender frees a
+        /// grant only if it lapses by the borrower's (monotone) clock.
+        #[test]
+        fn r13_a_freed_grant_is_never_held_by_the_borrower(
+            until_secs in 0i64..200_000, returned_secs in 0i64..200_000,
+            borrower_secs in 0i64..400_000, later_secs in 0i64..400_000,
+        ) {
+            let at = |s: i64| t0() + Duration::seconds(s);
+            let returned = at(returned_secs);
+            // the give-back exists only once the borrower's clock passed `returned`
+            let borrower_now = at(borrower_secs);
+            prop_assume!(on_arrival(returned, borrower_now) == OnArrival::GiveBack { until: returned });
+            let grant_until = at(until_secs);
+            if give_back_frees(Some(grant_until), returned) {
+                // that grant, arriving now or later at the borrower, is not held
+                let arrives = borrower_now + Duration::seconds(later_secs);
+                prop_assert_eq!(on_arrival(grant_until, arrives), OnArrival::GiveBack { until: grant_until });
+            }
+        }
+
+
         #[test]
         fn b01_a_renewal_keeps_the_period_and_never_shortens_the_lending(days in 1u32..400, after_secs in 0i64..40_000_000, online: bool) {
             let lent = Lending::begin(DonationPolicy::default(), days, t0());

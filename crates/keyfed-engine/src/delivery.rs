@@ -6,7 +6,9 @@
 use crate::config::PeerRole;
 use crate::engine::{retire_if_free, seat_grant, withdrawn, Effects, Engine};
 use crate::error::{EngineError, EngineResult};
+use crate::lending::{borrowed_lapsed_tx, Lapsed};
 use chrono::{DateTime, NaiveDate, Utc};
+use keyfed_core::donation::{give_back_frees, on_arrival, OnArrival};
 use keyfed_core::entitlement::Entitlement;
 use keyfed_core::event::EventKind;
 use keyfed_core::peer_refusal::{
@@ -202,6 +204,11 @@ impl Engine {
         }
         match (body, file) {
             (Body::Grant(g), Some(f)) => {
+                if let Some(until) = lent(&g.lent_until) {
+                    if let OnArrival::GiveBack { until } = on_arrival(until, now) {
+                        return self.lapsed_on_arrival(tx, fx, peer, &f.key.id, until, pre, now);
+                    }
+                }
                 let r = Received {
                     file: f,
                     seats: g.seats,
@@ -241,6 +248,34 @@ impl Engine {
                 refuse(fx, "", why)
             }
         }
+    }
+
+    /// b01/r13: seats lent to this node arrived after their period ended by
+    /// this node's clock: it holds nothing of them (and drops what it held of
+    /// the key) and gives them back, so the lender frees them at once.
+    #[allow(clippy::too_many_arguments)]
+    fn lapsed_on_arrival(
+        &self,
+        tx: &Tx<'_>,
+        fx: &mut Effects,
+        peer: &str,
+        key_id: &str,
+        until: DateTime<Utc>,
+        pre: &Prepared,
+        now: DateTime<Utc>,
+    ) -> Tr<()> {
+        let held = tx
+            .key::<EngineError>(key_id)?
+            .is_some_and(|k| k.origin.peer() == Some(peer));
+        let lapsed = Lapsed {
+            lender: peer,
+            key_id,
+            until,
+            held,
+            grants: &pre.grants,
+            why: format!("it arrived at {}, after the period", crate::time::ts(now)),
+        };
+        borrowed_lapsed_tx(tx, fx, &lapsed, now)
     }
 
     /// r13: seats a parent or neighbor granted and this node refused go
@@ -464,7 +499,7 @@ impl Engine {
             return Ok(());
         };
         if peer_refusal::withdrawal(peer, Some(&key_origin(&k.origin))) != Verdict::Accept {
-            return grant_returned_tx(tx, fx, peer, key_id, reason, now);
+            return grant_returned_tx(tx, fx, peer, w, now);
         }
         for g in grants {
             if tx.remove_grant::<EngineError>(key_id, &g.object)?.is_some()
@@ -614,20 +649,28 @@ fn command_received(
 }
 
 /// r13: a server this node granted seats to refused them (or gave them
-/// back): its grant is removed, so the seats are free here again.
+/// back): its grant is removed, so the seats are free here again. A lapsed
+/// lending's give-back frees only a grant ending no later than the period
+/// it names (b01, `give_back_frees`): a renewal sent since stays.
 fn grant_returned_tx(
     tx: &Tx<'_>,
     fx: &mut Effects,
     peer: &str,
-    key_id: &str,
-    reason: &str,
+    w: &pb::GrantWithdrawn,
     now: DateTime<Utc>,
 ) -> Tr<()> {
+    let (key_id, reason) = (w.key_id.as_str(), w.reason.as_str());
     let Some(g) = tx.grant::<EngineError>(key_id, peer)? else {
         return Ok(());
     };
     if g.kind != ObjectKind::Server {
         return Ok(());
+    }
+    if let Some(returned) = lent(&w.lent_until) {
+        if !give_back_frees(g.lent_until, returned) {
+            tracing::debug!(%peer, %key_id, "give-back of an earlier lending period; the current one stays");
+            return Ok(());
+        }
     }
     tx.remove_grant::<EngineError>(key_id, peer)?;
     retire_if_free(tx, fx, key_id, now)?;

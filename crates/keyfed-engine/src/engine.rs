@@ -575,6 +575,17 @@ pub fn withdrawn(key_id: &str, reason: String) -> pb::delivery::Body {
     pb::delivery::Body::Withdrawn(pb::GrantWithdrawn {
         key_id: key_id.to_owned(),
         reason,
+        lent_until: String::new(),
+    })
+}
+
+/// b01/r13: a borrower gives back the lending of `key_id` that ran until
+/// `until` (`keyfed_core::donation::give_back_frees` on the lender).
+pub fn given_back(key_id: &str, reason: String, until: DateTime<Utc>) -> pb::delivery::Body {
+    pb::delivery::Body::Withdrawn(pb::GrantWithdrawn {
+        key_id: key_id.to_owned(),
+        reason,
+        lent_until: crate::time::ts(until),
     })
 }
 

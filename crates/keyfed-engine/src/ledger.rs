@@ -13,7 +13,7 @@ use crate::engine::{new_grant, retire_if_free, rollback_message, seat_grant, wit
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
 use chrono::{DateTime, Utc};
-use keyfed_core::donation::{may_donate, Lending, NeighborLeave};
+use keyfed_core::donation::{before_send, may_donate, BeforeSend, Lending, NeighborLeave};
 use keyfed_core::event::EventKind;
 use keyfed_core::names::{grant_seats, validate, NameKind};
 use keyfed_core::seats::check_assign;
@@ -379,6 +379,23 @@ fn grant_waiting(
     lending: Option<Lending>,
     now: DateTime<Utc>,
 ) -> Tr<()> {
+    if let Some(l) = lending {
+        if before_send(l, now) == BeforeSend::TakeBack {
+            // b01: the period it waited under is over; nothing is owed now
+            tx.remove_waiting::<EngineError>(&w.key_id, &w.object)?;
+            return fx.notify(
+                tx,
+                now,
+                EventKind::DonationReturned,
+                &w.key_id,
+                format!(
+                    "{} no longer waits for {} seat(s) of key {}: the lending period ended at {} before seats freed up",
+                    w.object, seats, w.key_id, crate::time::ts(l.until)
+                ),
+                &[("object", w.object.clone())],
+            );
+        }
+    }
     let server = w.kind == ObjectKind::Server;
     let mut g = new_grant(&w.key_id, &w.object, w.kind, seats, lending, now);
     g.delivered = !server;

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod ledger;
+mod lending;
 pub mod lifecycle;
 pub mod renewal;
 pub mod station;

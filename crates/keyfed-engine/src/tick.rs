@@ -13,6 +13,7 @@
 //! them, as the rule says a neighbor without a seat is checked every minute.
 use crate::engine::{seat_grant, withdrawn, Engine};
 use crate::error::{EngineError, EngineResult};
+use crate::lending::{borrowed_lapsed_tx, Lapsed};
 use crate::time::{parse_ts, ts};
 use chrono::{DateTime, Duration, Utc};
 use keyfed_core::donation::{borrowed_lapsed, review, LendingStep};
@@ -182,7 +183,9 @@ impl Engine {
         }
     }
 
-    /// b01, the borrower's side: the lender did not renew in time.
+    /// b01, the borrower's side: the lender did not renew in time. The
+    /// seats go back to the lender by message (r13), so it need not wait
+    /// for its own clock to free them.
     async fn borrowed_lapsed(
         &self,
         k: &StoredKey,
@@ -190,29 +193,26 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> EngineResult<()> {
         let grants = self.store.grants_of_key(&k.key.id)?;
-        let peer = k.origin.peer().unwrap_or_default().to_owned();
-        let id = &k.key.id;
+        let Some(lender) = k.origin.peer() else {
+            return Ok(());
+        };
         self.commit(|tx, fx| {
-            for g in &grants {
-                if tx.remove_grant::<EngineError>(id, &g.object)?.is_some()
-                    && g.kind == ObjectKind::Server
-                {
-                    let why = "the lender's period ended".to_owned();
-                    fx.send(tx, &g.object, now, id, withdrawn(id, why))?;
-                }
+            // re-read: a delivery may have renewed or withdrawn it meanwhile
+            let Some(now_held) = tx.key::<EngineError>(&k.key.id)? else {
+                return Ok(());
+            };
+            if now_held.lent_until != Some(until) {
+                return Ok(());
             }
-            tx.remove_key::<EngineError>(id)?;
-            fx.notify(
-                tx,
-                now,
-                EventKind::DonationLapsed,
-                id,
-                format!(
-                    "seats of key {id} lent by {peer} lapsed: not renewed before {}",
-                    ts(until)
-                ),
-                &[("from", peer.clone())],
-            )
+            let lapsed = Lapsed {
+                lender,
+                key_id: &k.key.id,
+                until,
+                held: true,
+                grants: &grants,
+                why: format!("not renewed before {}", ts(until)),
+            };
+            borrowed_lapsed_tx(tx, fx, &lapsed, now)
         })
         .await
     }

@@ -28,25 +28,6 @@ pub mod world;
 
 pub use world::{run_seed, run_seeds, Plant, Report, SimConfig, Violation, FAULTS, INVARIANTS};
 
-/// Seeds that fail on the current engine, with why; the test asserts the
-/// failures are exactly these (see `docs/faults.md`).
-pub const KNOWN_FAILURES: &[(u64, &str)] = &[
-    (644, LAPSE),
-    (2420, LAPSE),
-    (4109, LAPSE),
-    (4798, LAPSE),
-    (5061, LAPSE),
-    (5097, LAPSE),
-    (6553, LAPSE),
-    (7682, LAPSE),
-    (8043, LAPSE),
-    (8198, LAPSE),
-    (9494, LAPSE),
-    (9696, LAPSE),
-];
-
-const LAPSE: &str = "b01/r13 grant-vs-held: a donation delivered after (or just before) its period lapses at the borrower while the lender still counts the grant until its own tick takes it back (under-use, never over-count)";
-
 /// Sums reports into one line per fault kind and invariant.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
