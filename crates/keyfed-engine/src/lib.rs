@@ -19,6 +19,7 @@ pub mod error;
 pub mod ledger;
 pub mod lifecycle;
 pub mod renewal;
+pub mod resync;
 pub mod station;
 pub mod telemetry;
 pub mod tick;
