@@ -5,7 +5,9 @@
 //! grants never arrived and a wiped child never got its key back. Now each
 //! store has an epoch carried in Hello and the link reconciles (r13: seat
 //! conservation holds over every store at the end of each test).
-use keyfed_tests::{eventually, TestCluster, Topology};
+use keyfed_proto::v1 as pb;
+use keyfed_proto::v1::station_client::StationClient;
+use keyfed_tests::{eventually, has_event, TestCluster, Topology};
 use std::path::Path;
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -21,7 +23,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Seats of `key` that `node` holds (free and assigned), 0 without it.
+/// Seats of `key` that `node` holds (free and assigned; more than it holds
+/// when over-allocated), 0 without it.
 async fn held(c: &TestCluster, node: &str, key: &str) -> u32 {
     c.key(node, key)
         .await
@@ -32,7 +35,7 @@ async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
     let peers = c
         .admin(node)
         .await
-        .list_peers(keyfed_proto::v1::Empty {})
+        .list_peers(pb::Empty {})
         .await
         .expect("peers")
         .into_inner()
@@ -195,6 +198,105 @@ async fn r13_main_copied_back_with_its_epoch_detects_the_rollback() {
     let id = c.keys("main").await[0].key.clone().unwrap().id;
     c.assign("main", &id, "child", 6).await.expect("assigned");
     wait_held(&c, "child", &id, 6).await;
+    wait_drained(&c, "main", "child").await;
+    wait_drained(&c, "child", "main").await;
+    c.shutdown().await;
+}
+
+async fn connect(c: &TestCluster, node: &str, fp: &str) -> pb::Lease {
+    StationClient::new(
+        tonic::transport::Endpoint::from_shared(c.url(node))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .attach(pb::ConnectRequest {
+        station_id: fp.into(),
+        fingerprint: fp.into(),
+        components: vec!["antivirus".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("station rpc")
+    .into_inner()
+}
+
+async fn release(c: &TestCluster, node: &str, lease: &pb::Lease, fp: &str) {
+    StationClient::new(
+        tonic::transport::Endpoint::from_shared(c.url(node))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .release(pb::ReleaseRequest {
+        lease_id: lease.lease_id.clone(),
+        fingerprint: fp.into(),
+    })
+    .await
+    .expect("release");
+}
+
+/// The restored main is authoritative for its grant even when the child's
+/// stations use more of it: the child gets the smaller grant and the
+/// existing e06 handling flags it (nothing revoked silently); the child's
+/// own claims reach the restored main again (b02); once the administrator
+/// gives seats back, seats are conserved over both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e06_a_restored_main_shrinks_a_child_whose_stations_use_more_and_it_is_flagged() {
+    let mut c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
+    c.wait_linked().await;
+    let k = c.issue(&["antivirus"], 10, "2027-12-31");
+    let id = k.key.id.clone();
+    c.add("main", &k).await;
+    c.assign("main", &id, "child", 1).await.expect("assigned");
+    wait_held(&c, "child", &id, 1).await;
+    wait_drained(&c, "main", "child").await;
+    c.stop("main").await;
+    let data = c.nodes["main"].config.data_dir.clone();
+    let backup = c.dir.path().join("main-backup");
+    copy_dir(&data, &backup);
+    c.restart("main").await;
+    c.wait_linked().await;
+    c.assign("main", &id, "child", 4).await.expect("assigned");
+    wait_held(&c, "child", &id, 4).await;
+    let mut leases = Vec::new();
+    for fp in ["pc-1", "pc-2", "pc-3"] {
+        let l = connect(&c, "child", fp).await;
+        assert!(l.licensed, "{fp} gets a seat on the child");
+        leases.push(l);
+    }
+    wait_drained(&c, "child", "main").await;
+    wait_drained(&c, "main", "child").await;
+
+    c.stop("main").await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    keyfed_store::Store::open(&c.store_dir("main"))
+        .unwrap()
+        .forget_epoch()
+        .unwrap();
+    c.restart("main").await;
+    // 3 seats used of the 1 main sent again (free + assigned would say 3)
+    eventually("the child flags the over-allocation", || async {
+        c.notifications("child").await.iter().any(|n| {
+            n.event == "over-allocated"
+                && n.key_id == id
+                && n.details.get("held").map(String::as_str) == Some("1")
+        })
+    })
+    .await;
+    // the stations keep their seats until the administrator acts
+    assert_eq!(c.key("child", &id).await.unwrap().seats_assigned, 3);
+    release(&c, "child", &leases[2], "pc-3").await;
+    release(&c, "child", &leases[1], "pc-2").await;
+    eventually("the flag clears", || async {
+        has_event(
+            &c.notifications("child").await,
+            "over-allocation-resolved",
+            &id,
+        )
+    })
+    .await;
+    c.assign("main", &id, "child", 7).await.expect("assigned");
+    wait_held(&c, "child", &id, 7).await;
     wait_drained(&c, "main", "child").await;
     wait_drained(&c, "child", "main").await;
     c.shutdown().await;

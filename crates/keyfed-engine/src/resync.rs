@@ -12,7 +12,7 @@
 //!   the lending end (re-applying one only sets the seats again);
 //! - toward a key's origin: the counted station seats of its keys as claims
 //!   (b02; the origin answers `confirmed` again, or `duplicate`), and the
-//!   usage rollup (b05), sent again at once.
+//!   usage rollup (b05), sent again at the next tick.
 //!
 //! Each cause is told to the administrator as `peer-store-replaced`.
 use crate::engine::{seat_grant, Effects, Engine};
@@ -51,6 +51,10 @@ impl Engine {
         hello: &pb::Hello,
         now: DateTime<Utc>,
     ) -> EngineResult<Plan> {
+        if self.config.protocol_version < keyfed_core::PROTOCOL_VERSION {
+            // configured as an older version: it knows no epochs (r08)
+            return Ok(Plan::default());
+        }
         let my_epoch = self.store.epoch()?;
         let cursor = self.store.cursor(peer)?;
         let plan = reconcile::at_hello(&HelloView {
@@ -100,10 +104,11 @@ impl Engine {
         })
         .await?;
         if plan.resync && self.holds_keys_of(peer)? {
-            // b05: the peer may have lost the last rollup; send it again now
+            // b05: the peer may have lost the last rollup: the next tick
+            // sends it again (not at once: the peer's resent grants are
+            // still on their way, and lines above them would be refused)
             self.store.set_meta(&format!("rollup:{peer}"), "")?;
             self.usage_dirty.store(true, Ordering::Relaxed);
-            self.roll_up_usage_at(now).await?;
         }
         tracing::warn!(node = %self.id(), %peer, causes = ?plan.causes, "link reconciled after a store was replaced");
         Ok(plan)
