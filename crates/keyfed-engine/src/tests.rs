@@ -825,3 +825,5 @@ async fn t03_b05_a_server_that_holds_keys_but_never_reported_is_listed_as_never_
         .expect("kid is listed");
     assert_eq!((kid.held, kid.as_of), (5, DateTime::<Utc>::UNIX_EPOCH));
 }
+
+mod resync;
