@@ -47,9 +47,10 @@ async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
 }
 
 async fn wait_held(c: &TestCluster, node: &str, key: &str, seats: u32) {
-    eventually(&format!("{node} holds {seats} seat(s) of {key}"), || async {
-        held(c, node, key).await == seats
-    })
+    eventually(
+        &format!("{node} holds {seats} seat(s) of {key}"),
+        || async { held(c, node, key).await == seats },
+    )
     .await;
 }
 

@@ -73,9 +73,7 @@ impl Engine {
         } else {
             Resync::default()
         };
-        let new_epoch = plan
-            .new_own_epoch
-            .then(|| self.store.next_epoch(&my_epoch));
+        let new_epoch = plan.new_own_epoch.then(|| self.store.next_epoch(&my_epoch));
         self.commit(|tx, fx| {
             let mut c = tx.cursor::<EngineError>(peer)?;
             if let Some(e) = &plan.record_peer_epoch {
@@ -176,13 +174,7 @@ fn send_resync(
         )?;
     }
     for (k, fp) in &r.claims {
-        fx.send(
-            tx,
-            peer,
-            now,
-            &k.key.id,
-            crate::claims::claim(k, fp, false),
-        )?;
+        fx.send(tx, peer, now, &k.key.id, crate::claims::claim(k, fp, false))?;
     }
     Ok(())
 }

@@ -41,7 +41,11 @@ fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
     // epochs left out
     let epochs = node.config.protocol_version >= keyfed_core::PROTOCOL_VERSION;
     let (store_epoch, peer_epoch_seen, outbox_head) = if epochs {
-        (store.epoch()?, cursor.peer_epoch.clone(), cursor.last_queued)
+        (
+            store.epoch()?,
+            cursor.peer_epoch.clone(),
+            cursor.last_queued,
+        )
     } else {
         (String::new(), String::new(), 0)
     };

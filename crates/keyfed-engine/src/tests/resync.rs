@@ -63,7 +63,11 @@ async fn a_wiped_child_gets_its_grant_again_with_a_fresh_id_and_sequence() {
     assert!(pm.reset_applied && pm.resync, "{pm:?}");
     assert!(pw.resync && !pw.reset_applied, "{pw:?}");
     assert_eq!(pump(&main, &wiped, t0()).await, 1);
-    assert_eq!(held(&wiped, "k1"), Some(4), "the key and its seats are back");
+    assert_eq!(
+        held(&wiped, "k1"),
+        Some(4),
+        "the key and its seats are back"
+    );
     assert_eq!(events(&main, "peer-store-replaced").len(), 1);
     assert_eq!(events(&wiped, "peer-store-replaced").len(), 1);
     // and later grants arrive as usual
