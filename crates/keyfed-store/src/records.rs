@@ -285,29 +285,6 @@ pub struct Command {
 
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cursor_written_before_epochs_still_decodes() {
-        let mut old = vec![FORMAT_VERSION];
-        old.extend_from_slice(br#"{"last_queued":5,"acked":3,"applied":7}"#);
-        let c: PeerCursor = decode("cursors", &old).unwrap();
-        assert_eq!(
-            c,
-            PeerCursor {
-                last_queued: 5,
-                acked: 3,
-                applied: 7,
-                peer_epoch: String::new(),
-            }
-        );
-        let again: PeerCursor = decode("cursors", &encode(&c)).unwrap();
-        assert_eq!(again, c);
-    }
-}
-
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
     serde_json::to_writer(&mut out, value).expect("records always serialize");
@@ -333,5 +310,28 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
             tree,
             why: "empty value".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_written_before_epochs_still_decodes() {
+        let mut old = vec![FORMAT_VERSION];
+        old.extend_from_slice(br#"{"last_queued":5,"acked":3,"applied":7}"#);
+        let c: PeerCursor = decode("cursors", &old).unwrap();
+        assert_eq!(
+            c,
+            PeerCursor {
+                last_queued: 5,
+                acked: 3,
+                applied: 7,
+                peer_epoch: String::new(),
+            }
+        );
+        let again: PeerCursor = decode("cursors", &encode(&c)).unwrap();
+        assert_eq!(again, c);
     }
 }
