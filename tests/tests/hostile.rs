@@ -55,6 +55,7 @@ impl FakePeer {
                 last_applied_seq: 0,
                 accepts_donations: true,
                 role: "child".into(),
+                ..Default::default()
             })),
         })
         .await

@@ -48,6 +48,9 @@ pub enum EventKind {
     OverAllocated,
     OverAllocationResolved,
     PeerMessageRefused,
+    /// A peer's store was replaced (wiped or restored), or this node's was
+    /// rolled back, and the link reconciled both sides.
+    PeerStoreReplaced,
     SeatsLow,
     SettingsChanged,
     StationReturned,
@@ -61,7 +64,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 38] = [
+    pub const ALL: [EventKind; 39] = [
         Self::CommandDropped,
         Self::CommandReceived,
         Self::ConnectionRefused,
@@ -90,6 +93,7 @@ impl EventKind {
         Self::OverAllocated,
         Self::OverAllocationResolved,
         Self::PeerMessageRefused,
+        Self::PeerStoreReplaced,
         Self::SeatsLow,
         Self::SettingsChanged,
         Self::StationReturned,
@@ -133,6 +137,7 @@ impl EventKind {
             Self::OverAllocated => "over-allocated",
             Self::OverAllocationResolved => "over-allocation-resolved",
             Self::PeerMessageRefused => "peer-message-refused",
+            Self::PeerStoreReplaced => "peer-store-replaced",
             Self::SeatsLow => "seats-low",
             Self::SettingsChanged => "settings-changed",
             Self::StationReturned => "station-returned",

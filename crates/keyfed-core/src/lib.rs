@@ -15,6 +15,7 @@ pub mod keyfile;
 pub mod lifecycle;
 pub mod names;
 pub mod peer_refusal;
+pub mod reconcile;
 pub mod renewal;
 pub mod renewal_plan;
 pub mod seats;

@@ -20,6 +20,7 @@ pub mod ledger;
 mod lending;
 pub mod lifecycle;
 pub mod renewal;
+pub mod resync;
 pub mod station;
 pub mod telemetry;
 pub mod tick;

@@ -35,13 +35,30 @@ fn hello(node: &Node, peer: &str) -> Result<pb::LinkFrame, NodeError> {
         .config()
         .neighbor(peer)
         .is_none_or(|n| n.allow_receive);
+    let store = node.engine.store();
+    let cursor = store.cursor(peer)?;
+    // issue 15 §3: a node configured as an older protocol speaks it fully,
+    // epochs left out
+    let epochs = node.config.protocol_version >= keyfed_core::PROTOCOL_VERSION;
+    let (store_epoch, peer_epoch_seen, outbox_head) = if epochs {
+        (
+            store.epoch()?,
+            cursor.peer_epoch.clone(),
+            cursor.last_queued,
+        )
+    } else {
+        (String::new(), String::new(), 0)
+    };
     Ok(pb::LinkFrame {
         frame: Some(Frame::Hello(pb::Hello {
             node_id: node.id().to_owned(),
             protocol_version: node.config.protocol_version,
-            last_applied_seq: node.engine.store().cursor(peer)?.applied,
+            last_applied_seq: cursor.applied,
             accepts_donations: allow_receive,
             role: role.into(),
+            store_epoch,
+            peer_epoch_seen,
+            outbox_head,
         })),
     })
 }
@@ -75,6 +92,13 @@ async fn session<S>(
         tracing::warn!(%peer, error = %e, "could not record link state");
     }
     tracing::info!(node = %node.id(), %peer, protocol = peer_hello.protocol_version, "link up");
+    // issue 15 §3: a wiped, restored or copied-back store on either side is
+    // reconciled before its sequence numbers are believed
+    if let Err(e) = node.engine.reconcile_at_hello(&peer, &peer_hello).await {
+        // the link must not run on numbers that drop deliveries as replays
+        tracing::warn!(%peer, error = %e, "could not reconcile store epochs; link dropped");
+        stop.cancel();
+    }
     // what the peer says it applied counts as acked, in case its ack was lost
     match node.engine.store().ack(&peer, peer_hello.last_applied_seq) {
         Ok(done) => {

@@ -64,12 +64,14 @@
 //!   [`Store::fail_next_sync`] simulates a full disk.
 pub mod conservation;
 mod durability;
+mod epoch;
 mod memory;
 mod records;
 
 use chrono::{DateTime, Utc};
 use durability::{Durability, SledFiles};
 pub use durability::{Synced, MARK_SUFFIX};
+pub use epoch::{fresh_epoch, EPOCH_META};
 pub use records::{
     AuditRecord, Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry,
     PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,
@@ -337,6 +339,7 @@ impl Store {
                 })
             }
         }
+        epoch::ensure_sled(&db, &trees[META])?;
         let ledger = match trees[META].get(durability::LEDGER_META)? {
             Some(v) => records::decode::<u64>(TREES[META], &v)
                 .map_err(|e| damaged(format!("{path}/db"), e.to_string()))?,
@@ -368,6 +371,7 @@ impl Store {
     pub fn in_memory() -> Self {
         let mem = memory::Memory::new(TREES.len());
         mem.insert(META, b"schema", IVec::from(&[SCHEMA_VERSION]));
+        mem.insert(META, EPOCH_META.as_bytes(), epoch::memory_value());
         mem.flush();
         Self {
             backend: Backend::Memory(Arc::new(mem)),
@@ -1078,9 +1082,13 @@ impl Tx<'_> {
         let mut c = self.cursor::<E>(peer)?;
         c.last_queued += 1;
         let seq = c.last_queued;
+        // the epoch keeps ids unique across a wipe or restore of this store,
+        // whose sequences (and manual clock) may repeat (issue 15 §3)
+        let epoch = self.epoch::<E>()?;
+        let tag = epoch.get(..12).unwrap_or(&epoch);
         let entry = OutboxEntry {
             seq,
-            message_id: format!("{peer}/{seq}/{}", at.timestamp_micros()),
+            message_id: format!("{peer}/{seq}/{}/{tag}", at.timestamp_micros()),
             body,
             queued_at: at,
             key_id: key_id.into(),

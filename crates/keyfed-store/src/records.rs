@@ -167,7 +167,7 @@ pub struct OutboxEntry {
 }
 
 /// Sequence bookkeeping of one link, in both directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerCursor {
     /// Last sequence given to an entry in our outbox to this peer.
     pub last_queued: u64,
@@ -175,6 +175,11 @@ pub struct PeerCursor {
     pub acked: u64,
     /// Highest sequence of the peer's outbox we applied.
     pub applied: u64,
+    /// The peer's store epoch at its last Hello (issue 15 §3): the other
+    /// numbers are only true of that store. Empty: none seen yet (an older
+    /// peer, or a cursor written before epochs).
+    #[serde(default)]
+    pub peer_epoch: String,
 }
 
 /// Usage of one key on one node of the subtree (b05).
@@ -305,5 +310,28 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
             tree,
             why: "empty value".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_written_before_epochs_still_decodes() {
+        let mut old = vec![FORMAT_VERSION];
+        old.extend_from_slice(br#"{"last_queued":5,"acked":3,"applied":7}"#);
+        let c: PeerCursor = decode("cursors", &old).unwrap();
+        assert_eq!(
+            c,
+            PeerCursor {
+                last_queued: 5,
+                acked: 3,
+                applied: 7,
+                peer_epoch: String::new(),
+            }
+        );
+        let again: PeerCursor = decode("cursors", &encode(&c)).unwrap();
+        assert_eq!(again, c);
     }
 }
