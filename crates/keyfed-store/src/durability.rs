@@ -7,7 +7,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{
+    Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::SystemTime;
 
 /// The high-water mark of a store at `dir` is the file `dir` + `.acked`
@@ -51,6 +53,10 @@ pub(crate) struct Durability {
     on_poison: Mutex<Vec<PoisonHook>>,
     /// Memory backend only: the next sync fails with this (a simulated full disk).
     fail_next: Mutex<Option<io::ErrorKind>>,
+    /// The write barrier of a backup: every write holds it shared while it
+    /// applies and is counted, a backup's cut holds it alone while it copies
+    /// the trees (sled has no point-in-time view across trees).
+    cut: RwLock<()>,
 }
 
 impl Durability {
@@ -62,7 +68,18 @@ impl Durability {
             poison: OnceLock::new(),
             on_poison: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
+            cut: RwLock::new(()),
         }
+    }
+
+    /// Held by a write (a transaction or a plain write) until it is counted.
+    pub(crate) fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.cut.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by a backup's cut: no write applies meanwhile.
+    pub(crate) fn cutting(&self) -> RwLockWriteGuard<'_, ()> {
+        self.cut.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn check(&self) -> Result<(), StoreError> {

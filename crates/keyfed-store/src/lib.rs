@@ -66,6 +66,7 @@ pub mod conservation;
 mod durability;
 mod memory;
 mod records;
+pub mod snapshot;
 
 use chrono::{DateTime, Utc};
 use durability::{Durability, SledFiles};
@@ -406,6 +407,8 @@ impl Store {
         F: Fn(&Tx<'_>) -> TxResult<T, E>,
     {
         self.durability.check()?;
+        // a backup's cut waits for this transaction to apply and be counted
+        let _writing = self.durability.writing();
         let done = match &self.backend {
             Backend::Sled(s) => s
                 .trees
@@ -738,6 +741,7 @@ impl Store {
 
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.durability.check()?;
+        let _writing = self.durability.writing();
         let v = records::encode(&value);
         match &self.backend {
             Backend::Sled(s) => {
