@@ -41,7 +41,7 @@ pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(STORE_DIR)
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum SnapshotError {
     #[error("not a keyfed backup: {0}")]
     Foreign(String),
@@ -98,6 +98,8 @@ pub struct Cut {
     /// Every commit numbered up to this is in `trees`, none after it.
     pub commit: u64,
     pub trees: StoreDump,
+    /// How long writes were held back while the trees were copied.
+    pub barrier: std::time::Duration,
 }
 
 /// A decoded, verified backup.
@@ -131,10 +133,17 @@ impl Store {
     /// A read of sled fails, or the store is poisoned.
     pub fn cut(&self) -> Result<Cut, StoreError> {
         self.durability.check()?;
-        let _alone = self.durability.cutting();
+        let alone = self.durability.cutting();
+        let held = std::time::Instant::now();
         let commit = self.durability.committed();
         let trees = self.dump()?;
-        Ok(Cut { commit, trees })
+        let barrier = held.elapsed();
+        drop(alone);
+        Ok(Cut {
+            commit,
+            trees,
+            barrier,
+        })
     }
 
     /// Writes raw entries into `tree` outside any transaction (restore only:
@@ -250,7 +259,7 @@ pub fn decode(file: &[u8]) -> Result<Snapshot, SnapshotError> {
     if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
         let what = if file.is_empty() {
             "the file is empty".to_owned()
-        } else if file.starts_with(b"-----BEGIN") || file.starts_with(b"keyfed") {
+        } else if looks_like_text(file) {
             "it is a text file (a key file or certificate?), not the file `keyfed backup` writes"
                 .into()
         } else {
@@ -344,6 +353,15 @@ pub fn decode(file: &[u8]) -> Result<Snapshot, SnapshotError> {
         });
     }
     Ok(Snapshot { header, trees })
+}
+
+/// Whether a file starts like text (a key file, a PEM file, a config).
+fn looks_like_text(file: &[u8]) -> bool {
+    let head = &file[..file.len().min(64)];
+    std::str::from_utf8(head).is_ok_and(|s| {
+        s.chars()
+            .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -614,7 +632,8 @@ mod tests {
         assert!(e.to_string().contains("truncated"), "{e}");
         // not a backup at all
         for foreign in [
-            &b"-----BEGIN KEYFED KEY-----\nid: k-1\n"[..],
+            &b"format: keyfed-key/1\nid: k-123\nsignature: abcdef\n"[..],
+            &b"-----BEGIN CERTIFICATE-----\nMIIB\n"[..],
             &[0x13, 0x37, 0xfe, 0x00, 0x42, 0x99, 0x01, 0x02, 0x03][..],
             &[][..],
         ] {
