@@ -47,7 +47,12 @@ type Acks = Arc<Mutex<Vec<(String, Instant, Duration)>>>;
 
 /// Assigns one seat of `key` to `prefix-0`, `prefix-1`, ... one after the
 /// other until `stop`, recording each grant when it is acknowledged.
-fn writer(c: &TestCluster, key: &str, prefix: &str, stop: Arc<AtomicBool>) -> (Acks, tokio::task::JoinHandle<()>) {
+fn writer(
+    c: &TestCluster,
+    key: &str,
+    prefix: &str,
+    stop: Arc<AtomicBool>,
+) -> (Acks, tokio::task::JoinHandle<()>) {
     let acks: Acks = Arc::default();
     let ep = c.endpoint(&c.url("main"), None);
     let (key, prefix, log) = (key.to_owned(), prefix.to_owned(), acks.clone());
@@ -76,8 +81,19 @@ fn writer(c: &TestCluster, key: &str, prefix: &str, stop: Arc<AtomicBool>) -> (A
 }
 
 async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
-    let peers = c.admin(node).await.list_peers(pb::Empty {}).await.unwrap().into_inner().peers;
-    peers.iter().find(|p| p.node_id == peer).expect("peer listed").outbox_depth
+    let peers = c
+        .admin(node)
+        .await
+        .list_peers(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    peers
+        .iter()
+        .find(|p| p.node_id == peer)
+        .expect("peer listed")
+        .outbox_depth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,20 +104,29 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     c.wait_linked().await;
     let key = c.issue(&["antivirus"], 5000, "2027-11-30");
     let id = c.add("main", &key).await.key.unwrap().id;
-    c.assign("main", &id, "child", 10).await.expect("granted to the child");
+    c.assign("main", &id, "child", 10)
+        .await
+        .expect("granted to the child");
     eventually("the child holds the key", || c.has_key("child", &id)).await;
     // the child is cut off: a second grant waits in main's outbox
     c.cut("main", "child").await;
     let key2 = c.issue(&["firewall"], 50, "2027-11-30");
     let id2 = c.add("main", &key2).await.key.unwrap().id;
-    c.assign("main", &id2, "child", 7).await.expect("queued for the child");
+    c.assign("main", &id2, "child", 7)
+        .await
+        .expect("queued for the child");
     let queued = outbox_depth(&c, "main", "child").await;
     assert!(queued >= 1, "a delivery waits for the child");
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = ["a", "b"]
         .iter()
-        .map(|p| (p.to_string(), writer(&c, &id, &format!("st-{p}"), stop.clone())))
+        .map(|p| {
+            (
+                p.to_string(),
+                writer(&c, &id, &format!("st-{p}"), stop.clone()),
+            )
+        })
         .collect();
     let acked = |w: &Acks| w.lock().unwrap().len();
     eventually("each writer has 20 grants acknowledged", || async {
@@ -115,11 +140,16 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     std::fs::create_dir(&dir).unwrap();
     let file = dir.join("main.kfbk");
     let started = Instant::now();
-    let fetched = backup::fetch(&target(&c, "main", None), &file).await.expect("backup taken");
+    let fetched = backup::fetch(&target(&c, "main", None), &file)
+        .await
+        .expect("backup taken");
     let took = started.elapsed();
     let at_end: Vec<usize> = writers.iter().map(|(_, (a, _))| acked(a)).collect();
     eventually("the writers keep going after the backup", || async {
-        writers.iter().zip(&at_end).all(|((_, (a, _)), n)| acked(a) >= n + 20)
+        writers
+            .iter()
+            .zip(&at_end)
+            .all(|((_, (a, _)), n)| acked(a) >= n + 20)
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -144,7 +174,10 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
         during.iter().max()
     );
     assert_eq!(fetched.header.node_id, "main");
-    assert!(!during.is_empty(), "writes were served while the backup ran");
+    assert!(
+        !during.is_empty(),
+        "writes were served while the backup ran"
+    );
 
     // restore into a new data dir and run main on it
     let data = c.dir.path().join("main-restored");
@@ -155,7 +188,12 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     c.nodes.get_mut("main").unwrap().config.data_dir = data;
     c.restart("main").await;
 
-    let objects: BTreeSet<String> = c.objects("main").await.into_iter().map(|o| o.name).collect();
+    let objects: BTreeSet<String> = c
+        .objects("main")
+        .await
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
     for (p, log) in &acks {
         let mut held = 0;
         for (i, (object, at, _)) in log.iter().enumerate() {
@@ -174,7 +212,10 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     let keys_after = c.keys("main").await;
     for k in &keys_before {
         let kid = &k.key.as_ref().unwrap().id;
-        let after = keys_after.iter().find(|x| &x.key.as_ref().unwrap().id == kid).expect("key restored");
+        let after = keys_after
+            .iter()
+            .find(|x| &x.key.as_ref().unwrap().id == kid)
+            .expect("key restored");
         assert_eq!(after.key, k.key);
         assert!(after.seats_assigned >= k.seats_assigned, "{kid}");
     }
@@ -182,13 +223,25 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     // every notification published before the backup, as it was
     let notes_after = c.notifications("main").await;
     for n in &notes_before {
-        assert!(notes_after.contains(n), "notification {} ({}) lost", n.seq, n.event);
+        assert!(
+            notes_after.contains(n),
+            "notification {} ({}) lost",
+            n.seq,
+            n.event
+        );
     }
     // the outbox to the child, delivered once the link heals
     assert_eq!(outbox_depth(&c, "main", "child").await, queued);
     c.heal("main", "child").await;
-    eventually("the child gets the queued grant from the restored node", || c.has_key("child", &id2)).await;
-    eventually("the outbox drains", || async { outbox_depth(&c, "main", "child").await == 0 }).await;
+    eventually(
+        "the child gets the queued grant from the restored node",
+        || c.has_key("child", &id2),
+    )
+    .await;
+    eventually("the outbox drains", || async {
+        outbox_depth(&c, "main", "child").await == 0
+    })
+    .await;
     // shutdown checks r13 seat conservation over the restored main and the child
     c.shutdown().await;
 }
@@ -200,30 +253,63 @@ async fn b06_a_read_only_token_cannot_take_a_backup_and_nothing_is_written() {
     let dir = c.dir.path().join("backups");
     std::fs::create_dir(&dir).unwrap();
     let file = dir.join("main.kfbk");
-    let e = backup::fetch(&target(&c, "main", Some(VIEWER)), &file).await.unwrap_err();
+    let e = backup::fetch(&target(&c, "main", Some(VIEWER)), &file)
+        .await
+        .unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("PERMISSION_DENIED") && text.contains("admin role"), "{text}");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
-    let e = backup::fetch(&target(&c, "main", None), &file).await.unwrap_err();
+    assert!(
+        text.contains("PERMISSION_DENIED") && text.contains("admin role"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let e = backup::fetch(&target(&c, "main", None), &file)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("UNAUTHENTICATED"), "{e:#}");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
 
-    let ok = backup::fetch(&target(&c, "main", Some(OPS)), &file).await.expect("the admin backs up");
+    let ok = backup::fetch(&target(&c, "main", Some(OPS)), &file)
+        .await
+        .expect("the admin backs up");
     assert_eq!(ok.path, file);
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the backup, no partial file");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "only the backup, no partial file"
+    );
     // audited like every admin call, refusals too
     let ep = c.endpoint(&c.url("main"), None);
-    let mut admin = pb::admin_client::AdminClient::with_interceptor(ep.connect_lazy(), move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", format!("Bearer {OPS}").parse().unwrap());
-        Ok(r)
-    });
-    let trail = admin.list_audit(pb::ListAuditRequest::default()).await.unwrap().into_inner().entries;
+    let mut admin = pb::admin_client::AdminClient::with_interceptor(
+        ep.connect_lazy(),
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {OPS}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    let trail = admin
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
     let backups: Vec<(&str, &str)> = trail
         .iter()
         .filter(|a| a.action == "Backup")
         .map(|a| (a.actor.as_str(), a.outcome.as_str()))
         .collect();
-    assert!(backups.contains(&("viewer", "PERMISSION_DENIED")), "{backups:?}");
+    assert!(
+        backups.contains(&("viewer", "PERMISSION_DENIED")),
+        "{backups:?}"
+    );
     assert!(backups.contains(&("ops", "ok")), "{backups:?}");
     c.shutdown().await;
 }
@@ -245,12 +331,16 @@ async fn r13_a_damaged_truncated_or_foreign_backup_is_refused_and_creates_nothin
     let key = c.issue(&["antivirus"], 100, "2027-11-30");
     let id = c.add("main", &key).await.key.unwrap().id;
     for i in 0..30 {
-        c.assign("main", &id, &format!("station-{i}"), 1).await.unwrap();
+        c.assign("main", &id, &format!("station-{i}"), 1)
+            .await
+            .unwrap();
     }
     let dir = c.dir.path().join("backups");
     std::fs::create_dir(&dir).unwrap();
     let good = dir.join("main.kfbk");
-    backup::fetch(&target(&c, "main", None), &good).await.unwrap();
+    backup::fetch(&target(&c, "main", None), &good)
+        .await
+        .unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let data = c.dir.path().join("restored");
 
@@ -264,7 +354,10 @@ async fn r13_a_damaged_truncated_or_foreign_backup_is_refused_and_creates_nothin
     flipped[at] ^= 0x04;
     let (e, text) = refused(&write("flipped", &flipped), &data);
     assert!(matches!(e, SnapshotError::Damaged(_)), "{text}");
-    assert!(text.contains("damaged") && text.contains("checksum"), "{text}");
+    assert!(
+        text.contains("damaged") && text.contains("checksum"),
+        "{text}"
+    );
     assert!(!data.exists(), "nothing created");
 
     let (e, text) = refused(&write("truncated", &bytes[..bytes.len() - 100]), &data);
@@ -272,7 +365,9 @@ async fn r13_a_damaged_truncated_or_foreign_backup_is_refused_and_creates_nothin
     assert!(text.contains("truncated"), "{text}");
     assert!(!data.exists(), "nothing created");
 
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for (name, b) in [("noise", noise), ("a.key", key.render().into_bytes())] {
         let (e, text) = refused(&write(name, &b), &data);
         assert!(matches!(e, SnapshotError::Foreign(_)), "{text}");
@@ -317,20 +412,50 @@ async fn the_keyfed_backup_and_restore_commands() {
             .expect("keyfed runs");
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let url = c.url("main");
     let os = |s: &str| std::ffi::OsString::from(s);
-    let (ok, text) = run(&[&os("backup"), &os("--addr"), &os(&url), &os("-o"), file.as_os_str(), &os("--token"), &os(VIEWER)]);
+    let (ok, text) = run(&[
+        &os("backup"),
+        &os("--addr"),
+        &os(&url),
+        &os("-o"),
+        file.as_os_str(),
+        &os("--token"),
+        &os(VIEWER),
+    ]);
     assert!(!ok && text.contains("PERMISSION_DENIED"), "{text}");
-    let (ok, text) = run(&[&os("backup"), &os("--addr"), &os(&url), &os("-o"), file.as_os_str(), &os("--token"), &os(OPS)]);
+    let (ok, text) = run(&[
+        &os("backup"),
+        &os("--addr"),
+        &os(&url),
+        &os("-o"),
+        file.as_os_str(),
+        &os("--token"),
+        &os(OPS),
+    ]);
     assert!(ok && text.contains("backup of node main"), "{text}");
     let data = dir.join("data");
-    let (ok, text) = run(&[&os("restore"), file.as_os_str(), &os("--data-dir"), data.as_os_str()]);
-    assert!(ok && text.contains("restored the backup of node main"), "{text}");
+    let (ok, text) = run(&[
+        &os("restore"),
+        file.as_os_str(),
+        &os("--data-dir"),
+        data.as_os_str(),
+    ]);
+    assert!(
+        ok && text.contains("restored the backup of node main"),
+        "{text}"
+    );
     keyfed_store::Store::open(&data.join("store")).expect("the restored store opens");
-    let (ok, text) = run(&[&os("restore"), file.as_os_str(), &os("--data-dir"), data.as_os_str()]);
+    let (ok, text) = run(&[
+        &os("restore"),
+        file.as_os_str(),
+        &os("--data-dir"),
+        data.as_os_str(),
+    ]);
     assert!(!ok && text.contains("not empty"), "{text}");
     c.shutdown().await;
 }

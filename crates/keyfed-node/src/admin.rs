@@ -454,7 +454,9 @@ impl pb::admin_server::Admin for AdminService {
     type BackupStream = crate::backup::BackupStream;
 
     async fn backup(&self, _: Request<pb::BackupRequest>) -> R<Self::BackupStream> {
-        Ok(Response::new(crate::backup::stream(&self.node).await.status()?))
+        Ok(Response::new(
+            crate::backup::stream(&self.node).await.status()?,
+        ))
     }
 
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {

@@ -162,7 +162,13 @@ async fn download(
     let mut chunks = client
         .backup(pb::BackupRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("the node refused the backup: {}: {}", crate::auth::code_name(s.code()), s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the node refused the backup: {}: {}",
+                crate::auth::code_name(s.code()),
+                s.message()
+            )
+        })?
         .into_inner();
     let mut f = tokio::fs::File::create(partial)
         .await
@@ -196,8 +202,12 @@ async fn download(
     let written = tokio::fs::read(partial)
         .await
         .with_context(|| format!("reading back {}", partial.display()))?;
-    let snap = snapshot::decode(&written)
-        .with_context(|| format!("the backup received from the node does not verify ({})", partial.display()))?;
+    let snap = snapshot::decode(&written).with_context(|| {
+        format!(
+            "the backup received from the node does not verify ({})",
+            partial.display()
+        )
+    })?;
     tokio::fs::rename(partial, out)
         .await
         .with_context(|| format!("moving the backup to {}", out.display()))?;
@@ -226,7 +236,8 @@ async fn download(
 pub fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<(BackupHeader, Restored)> {
     let bytes =
         std::fs::read(file).with_context(|| format!("reading the backup {}", file.display()))?;
-    let snap = snapshot::decode(&bytes).with_context(|| format!("{} cannot be restored", file.display()))?;
+    let snap = snapshot::decode(&bytes)
+        .with_context(|| format!("{} cannot be restored", file.display()))?;
     let done = snapshot::restore_into(&snap, data_dir).with_context(|| {
         format!(
             "restoring {} into the data directory {}",

@@ -95,7 +95,12 @@ enum Command {
         #[arg(short = 'o', long)]
         out: PathBuf,
         /// admin token, sent as `authorization: Bearer <token>`
-        #[arg(long, env = "KEYFED_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+        #[arg(
+            long,
+            env = "KEYFED_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
         token: Option<String>,
         /// file holding the admin token (kept out of shell history and `ps`)
         #[arg(long, env = "KEYFED_TOKEN_FILE")]

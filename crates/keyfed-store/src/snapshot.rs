@@ -107,8 +107,11 @@ pub struct Cut {
 pub struct Snapshot {
     pub header: BackupHeader,
     /// Tree name → raw entries, without the entries a store keeps for itself.
-    pub trees: BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub trees: BTreeMap<String, Entries>,
 }
+
+/// One tree's raw keys and values, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Snapshot {
     /// Entries over every tree.
@@ -445,7 +448,7 @@ pub fn restore_into(snap: &Snapshot, data_dir: &Path) -> Result<Restored, Snapsh
 fn build(snap: &Snapshot, dir: &Path) -> Result<usize, SnapshotError> {
     // the schema marker is the new store's own (the header's was checked)
     let ledger =
-        |tree: &str, k: &[u8]| !store_local(tree, k) && !(tree == TREES[META] && k == b"schema");
+        |tree: &str, k: &[u8]| !(store_local(tree, k) || (tree == TREES[META] && k == b"schema"));
     let path = store_dir(dir);
     let mut want = 0;
     {
@@ -514,7 +517,7 @@ mod tests {
     }
 
     /// The ledger entries of a dump: without what a store keeps for itself.
-    fn ledger(d: &StoreDump) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+    fn ledger(d: &StoreDump) -> BTreeMap<String, Entries> {
         d.iter()
             .map(|(t, kv)| {
                 let kv = kv
@@ -668,23 +671,31 @@ mod tests {
 
     #[test]
     fn a_cut_holds_whole_transactions_while_writers_run() {
-        let store = Store::in_memory();
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let written = std::sync::Arc::new(AtomicU32::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
         let writer = {
-            let store = store.clone();
+            let (store, written, stop) = (store.clone(), written.clone(), stop.clone());
             std::thread::spawn(move || {
-                for i in 0..2000u32 {
+                for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                     // two trees in one transaction: a cut sees both or neither
                     store
                         .transact(|tx| {
-                            tx.put_meta::<StoreError>(&format!("a:{i:05}"), "v")?;
-                            tx.put_claim::<StoreError>(&format!("k-{i:05}"), "fp", "p")
+                            tx.put_meta::<StoreError>(&format!("a:{i:06}"), "v")?;
+                            tx.put_claim::<StoreError>(&format!("k-{i:06}"), "fp", "p")
                         })
                         .unwrap();
+                    written.fetch_add(1, Ordering::SeqCst);
                 }
             })
         };
         let mut cuts = 0;
-        while !writer.is_finished() || cuts == 0 {
+        while cuts < 40 || written.load(Ordering::SeqCst) < 500 {
             let cut = store.cut().unwrap();
             let metas = cut.trees["meta"]
                 .iter()
@@ -694,6 +705,7 @@ mod tests {
             assert_eq!(metas, claims, "a cut split a transaction");
             cuts += 1;
         }
+        stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
     }
 }
