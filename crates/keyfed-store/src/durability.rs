@@ -2,11 +2,11 @@
 //! sled's files durable with real fsyncs, the high-water mark beside the sled
 //! directory, and the poison flag a failed sync raises.
 use crate::StoreError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
     Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
@@ -41,6 +41,9 @@ impl Synced {
 
 type PoisonHook = Box<dyn Fn() + Send + Sync>;
 
+/// Keys written (tree index, key) while a backup copies the trees.
+pub(crate) type Journal = BTreeSet<(usize, Vec<u8>)>;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -54,9 +57,16 @@ pub(crate) struct Durability {
     /// Memory backend only: the next sync fails with this (a simulated full disk).
     fail_next: Mutex<Option<io::ErrorKind>>,
     /// The write barrier of a backup: every write holds it shared while it
-    /// applies and is counted, a backup's cut holds it alone while it copies
-    /// the trees (sled has no point-in-time view across trees).
+    /// applies and is counted; a backup's cut holds it alone, twice, briefly
+    /// (sled has no point-in-time view across trees, see `Store::cut`).
     cut: RwLock<()>,
+    /// One backup's cut at a time (they share the journal).
+    cuts: Mutex<()>,
+    /// While a backup copies the trees: every (tree, key) written since the
+    /// copy began, so the cut can read them again under the barrier.
+    journal: Mutex<Option<Journal>>,
+    /// Whether the journal is on: the one check a write makes otherwise.
+    journaling: AtomicBool,
 }
 
 impl Durability {
@@ -69,6 +79,37 @@ impl Durability {
             on_poison: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
             cut: RwLock::new(()),
+            cuts: Mutex::new(()),
+            journal: Mutex::new(None),
+            journaling: AtomicBool::new(false),
+        }
+    }
+
+    /// Serializes backups' cuts.
+    pub(crate) fn one_cut(&self) -> MutexGuard<'_, ()> {
+        lock(&self.cuts)
+    }
+
+    /// Starts (`true`) or ends the journal of written keys; called under
+    /// [`Self::cutting`], so no write is half-way when it switches. Ending
+    /// returns what was written meanwhile.
+    pub(crate) fn journal(&self, on: bool) -> Journal {
+        let mut j = lock(&self.journal);
+        let was = j.take().unwrap_or_default();
+        if on {
+            *j = Some(BTreeSet::new());
+        }
+        self.journaling.store(on, Ordering::SeqCst);
+        was
+    }
+
+    /// Notes a write of `key` in `tree` while a backup copies (a no-op otherwise).
+    pub(crate) fn touched(&self, tree: usize, key: &[u8]) {
+        if !self.journaling.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(j) = lock(&self.journal).as_mut() {
+            j.insert((tree, key.to_vec()));
         }
     }
 

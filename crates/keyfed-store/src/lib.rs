@@ -416,6 +416,7 @@ impl Store {
                 .transaction(|trees| {
                     f(&Tx {
                         view: View::Sled(trees),
+                        durability: &self.durability,
                     })
                 })
                 .map_err(|e| match e {
@@ -428,6 +429,7 @@ impl Store {
                     let mtx = m.tx();
                     match f(&Tx {
                         view: View::Memory(&mtx),
+                        durability: &self.durability,
                     }) {
                         Ok(v) => {
                             mtx.commit();
@@ -742,6 +744,7 @@ impl Store {
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.durability.check()?;
         let _writing = self.durability.writing();
+        self.durability.touched(META, name.as_bytes());
         let v = records::encode(&value);
         match &self.backend {
             Backend::Sled(s) => {
@@ -796,6 +799,8 @@ fn license_serial_meta(license: &str) -> String {
 /// The typed view of one transaction.
 pub struct Tx<'a> {
     view: View<'a>,
+    /// Told of every key written, while a backup copies the trees.
+    durability: &'a Durability,
 }
 
 enum View<'a> {
@@ -819,6 +824,7 @@ impl Tx<'_> {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<(), UnabortableTransactionError> {
+        self.durability.touched(tree, key);
         match self.view {
             View::Sled(t) => {
                 t[tree].insert(key, value)?;
@@ -829,6 +835,7 @@ impl Tx<'_> {
     }
 
     fn remove(&self, tree: usize, key: &[u8]) -> Result<Option<IVec>, UnabortableTransactionError> {
+        self.durability.touched(tree, key);
         match self.view {
             View::Sled(t) => t[tree].remove(key),
             View::Memory(m) => Ok(m.remove(tree, key)),

@@ -113,6 +113,9 @@ pub struct Snapshot {
 /// One tree's raw keys and values, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Keys of one tree read again at the cut, in key order; `None`: removed.
+type Fresh = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl Snapshot {
     /// Entries over every tree.
     #[must_use]
@@ -127,25 +130,58 @@ fn store_local(tree: &str, key: &[u8]) -> bool {
 }
 
 impl Store {
-    /// Copies every tree while no write applies: each transaction is in the
-    /// copy whole or not at all, across trees. Writes wait on the barrier
-    /// only while the trees are copied in memory (no I/O); the caller makes
+    /// A consistent copy of every tree of a running store: each transaction
+    /// is in it whole or not at all, across trees (sled has no point-in-time
+    /// view across trees). Writes are held back only briefly, twice: to start
+    /// a journal of the keys written from then on, and, after every tree was
+    /// copied while writes went on, to read those keys again with the commit
+    /// number. The copy patched with them is the store as of that moment.
+    /// The pause grows with the writes made during the copy, not with the
+    /// store; no I/O but sled's page cache happens under it. The caller makes
     /// the cut durable with a flush afterwards if it needs to.
     ///
     /// # Errors
     /// A read of sled fails, or the store is poisoned.
     pub fn cut(&self) -> Result<Cut, StoreError> {
         self.durability.check()?;
+        let _one = self.durability.one_cut();
+        let started = std::time::Instant::now();
+        {
+            let _alone = self.durability.cutting();
+            self.durability.journal(true);
+        }
+        let mut barrier = started.elapsed();
+        let fuzzy = self.dump();
         let alone = self.durability.cutting();
         let held = std::time::Instant::now();
+        let touched = self.durability.journal(false);
+        let fuzzy = fuzzy?;
         let commit = self.durability.committed();
-        let trees = self.dump()?;
-        let barrier = held.elapsed();
+        let mut fresh: BTreeMap<usize, Fresh> = BTreeMap::new();
+        for (tree, key) in touched {
+            let now = self.raw(tree, &key)?;
+            fresh.entry(tree).or_default().push((key, now));
+        }
+        barrier += held.elapsed();
         drop(alone);
+        let mut trees = fuzzy;
+        for (tree, fresh) in fresh {
+            let name = TREES[tree];
+            let copied = trees.remove(name).unwrap_or_default();
+            trees.insert(name, patched(copied, fresh));
+        }
         Ok(Cut {
             commit,
             trees,
             barrier,
+        })
+    }
+
+    /// The raw value under `key` of `tree`.
+    fn raw(&self, tree: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(match &self.backend {
+            Backend::Sled(s) => s.trees[tree].get(key)?.map(|v| v.to_vec()),
+            Backend::Memory(m) => m.get(tree, key).map(|v| v.to_vec()),
         })
     }
 
@@ -172,6 +208,24 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// `copied` (in key order) with the values `fresh` (in key order) read
+/// later: a key's fresh value replaces its copy, a fresh absence removes it.
+fn patched(copied: Entries, fresh: Fresh) -> Entries {
+    let mut out = Vec::with_capacity(copied.len() + fresh.len());
+    let mut fresh = fresh.into_iter().peekable();
+    for (k, v) in copied {
+        while let Some((fk, fv)) = fresh.next_if(|(fk, _)| *fk < k) {
+            out.extend(fv.map(|v| (fk, v)));
+        }
+        match fresh.next_if(|(fk, _)| *fk == k) {
+            Some((_, fv)) => out.extend(fv.map(|v| (k, v))),
+            None => out.push((k, v)),
+        }
+    }
+    out.extend(fresh.filter_map(|(k, v)| v.map(|v| (k, v))));
+    out
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -603,6 +657,25 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_replaces_inserts_and_removes_in_key_order() {
+        let e = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let f =
+            |k: &str, v: Option<&str>| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        let copied = vec![e("b", "1"), e("d", "1"), e("f", "1")];
+        let fresh = vec![
+            f("a", Some("2")),
+            f("b", None),
+            f("c", None),
+            f("d", Some("2")),
+            f("g", Some("2")),
+        ];
+        assert_eq!(
+            patched(copied, fresh),
+            vec![e("a", "2"), e("d", "2"), e("f", "1"), e("g", "2")]
+        );
+    }
+
+    #[test]
     fn a_flipped_byte_a_truncation_or_a_foreign_file_is_refused_with_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let file = backup(&filled(&dir.path().join("src")));
@@ -687,7 +760,12 @@ mod tests {
                     store
                         .transact(|tx| {
                             tx.put_meta::<StoreError>(&format!("a:{i:06}"), "v")?;
-                            tx.put_claim::<StoreError>(&format!("k-{i:06}"), "fp", "p")
+                            tx.put_claim::<StoreError>(&format!("k-{i:06}"), "fp", "p")?;
+                            if i % 3 == 2 {
+                                tx.remove_meta::<StoreError>(&format!("a:{:06}", i - 2))?;
+                                tx.remove_claim::<StoreError>(&format!("k-{:06}", i - 2), "fp")?;
+                            }
+                            Ok(())
                         })
                         .unwrap();
                     written.fetch_add(1, Ordering::SeqCst);
