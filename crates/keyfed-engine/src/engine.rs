@@ -376,11 +376,11 @@ impl Engine {
     }
 
     /// A backup's consistent cut of the store, durable here before it is
-    /// returned. The cut holds every write back only while the trees are
-    /// copied in memory (on the blocking pool, so no runtime thread waits on
-    /// the copy); the sync after it (shared with commits, as [`Self::durable`]
-    /// does) makes everything in the cut durable on this node too, so a
-    /// backup never holds a commit this node could still lose.
+    /// returned. The copy runs on the blocking pool while commits go on
+    /// (`Store::cut` holds them back only to re-read what they wrote
+    /// meanwhile); the sync after it (shared with commits, as
+    /// [`Self::durable`] does) makes everything in the cut durable on this
+    /// node too, so a backup never holds a commit this node could still lose.
     pub async fn cut(&self) -> EngineResult<keyfed_store::snapshot::Cut> {
         let store = self.store.clone();
         let cut = tokio::task::spawn_blocking(move || store.cut())

@@ -62,6 +62,10 @@
 //!   disk anyway.
 //! - **Memory store**: [`Store::crash`] keeps exactly what was synced;
 //!   [`Store::fail_next_sync`] simulates a full disk.
+//! - **Backups**: [`Store::cut`] copies a running store consistently (whole
+//!   transactions across trees; every write holds a barrier shared, the cut
+//!   holds it alone briefly) and [`snapshot`] writes, verifies and restores
+//!   the file (`keyfed backup`, `keyfed restore`).
 pub mod conservation;
 mod durability;
 mod memory;

@@ -98,7 +98,7 @@ pub struct Cut {
     /// Every commit numbered up to this is in `trees`, none after it.
     pub commit: u64,
     pub trees: StoreDump,
-    /// How long writes were held back while the trees were copied.
+    /// How long writes were held back for the cut, in all.
     pub barrier: std::time::Duration,
 }
 
