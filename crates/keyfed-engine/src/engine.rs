@@ -375,6 +375,22 @@ impl Engine {
             .map_err(|e| EngineError::Internal(format!("flush task failed: {e}")))??)
     }
 
+    /// A backup's consistent cut of the store, durable here before it is
+    /// returned. The copy runs on the blocking pool while commits go on
+    /// (`Store::cut` holds them back only to re-read what they wrote
+    /// meanwhile); the sync after it (shared with commits, as
+    /// [`Self::durable`] does) makes everything in the cut durable on this
+    /// node too, so a backup never holds a commit this node could still lose.
+    pub async fn cut(&self) -> EngineResult<keyfed_store::snapshot::Cut> {
+        let store = self.store.clone();
+        let cut = tokio::task::spawn_blocking(move || store.cut())
+            .await
+            .map_err(|e| EngineError::Internal(format!("backup cut task failed: {e}")))??;
+        let synced = self.durable().await?;
+        debug_assert!(synced.commit() >= cut.commit);
+        Ok(cut)
+    }
+
     pub fn waker(&self, peer: &str) -> Arc<Notify> {
         self.wakers
             .lock()

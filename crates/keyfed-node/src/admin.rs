@@ -451,6 +451,14 @@ impl pb::admin_server::Admin for AdminService {
         ))
     }
 
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> R<Self::BackupStream> {
+        Ok(Response::new(
+            crate::backup::stream(&self.node).await.status()?,
+        ))
+    }
+
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {
         let secs = r.into_inner().seconds;
         let manual = self.node.engine.clock().as_manual().filter(|_| self.node.config.debug_clock).ok_or_else(|| {

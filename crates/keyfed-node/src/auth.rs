@@ -30,6 +30,9 @@ pub enum Access {
     /// Changes state, and a linked peer node may also call it (a child
     /// forwards air-gapped telemetry files through its parent).
     Forward,
+    /// Reads everything at once, key files included (a backup):
+    /// administrators only; audited.
+    AdminRead,
 }
 
 /// Every Admin RPC and what it does. An RPC missing here is treated as
@@ -63,6 +66,7 @@ pub const ADMIN_RPCS: &[(&str, Access)] = &[
     ("UploadTelemetry", Access::Forward),
     ("ListAudit", Access::Read),
     ("AdvanceClock", Access::Write),
+    ("Backup", Access::AdminRead),
 ];
 
 #[must_use]
@@ -267,6 +271,12 @@ impl AdminAuth {
             return Ok(());
         }
         tracing::warn!(actor = %actor.name, %rpc, "admin call refused: not allowed for this role");
+        if access == Access::AdminRead {
+            return Err(Status::permission_denied(format!(
+                "{rpc} needs the admin role (it copies every key file and grant of the node), and {} may only read",
+                actor.name
+            )));
+        }
         Err(Status::permission_denied(format!(
             "{rpc} changes the node and {} may only read",
             actor.name

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -255,7 +256,7 @@ pub async fn run_with_listeners(
 /// never serves a half-read ledger.
 fn open_store(config: &NodeConfig) -> anyhow::Result<keyfed_store::Store> {
     refuse_oversized_writes();
-    let dir = config.data_dir.join("store");
+    let dir = keyfed_store::snapshot::store_dir(&config.data_dir);
     let store =
         keyfed_store::Store::open_with_cache(&dir, config.store_cache_mb.max(1) * 1024 * 1024)
             .inspect_err(|e| tracing::error!(error = %e, "the store cannot be opened"))?;

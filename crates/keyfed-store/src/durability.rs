@@ -2,12 +2,14 @@
 //! sled's files durable with real fsyncs, the high-water mark beside the sled
 //! directory, and the poison flag a failed sync raises.
 use crate::StoreError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::SystemTime;
 
 /// The high-water mark of a store at `dir` is the file `dir` + `.acked`
@@ -39,6 +41,9 @@ impl Synced {
 
 type PoisonHook = Box<dyn Fn() + Send + Sync>;
 
+/// Keys written (tree index, key) while a backup copies the trees.
+pub(crate) type Journal = BTreeSet<(usize, Vec<u8>)>;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -51,6 +56,17 @@ pub(crate) struct Durability {
     on_poison: Mutex<Vec<PoisonHook>>,
     /// Memory backend only: the next sync fails with this (a simulated full disk).
     fail_next: Mutex<Option<io::ErrorKind>>,
+    /// The write barrier of a backup: every write holds it shared while it
+    /// applies and is counted; a backup's cut holds it alone, twice, briefly
+    /// (sled has no point-in-time view across trees, see `Store::cut`).
+    cut: RwLock<()>,
+    /// One backup's cut at a time (they share the journal).
+    cuts: Mutex<()>,
+    /// While a backup copies the trees: every (tree, key) written since the
+    /// copy began, so the cut can read them again under the barrier.
+    journal: Mutex<Option<Journal>>,
+    /// Whether the journal is on: the one check a write makes otherwise.
+    journaling: AtomicBool,
 }
 
 impl Durability {
@@ -62,7 +78,49 @@ impl Durability {
             poison: OnceLock::new(),
             on_poison: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
+            cut: RwLock::new(()),
+            cuts: Mutex::new(()),
+            journal: Mutex::new(None),
+            journaling: AtomicBool::new(false),
         }
+    }
+
+    /// Serializes backups' cuts.
+    pub(crate) fn one_cut(&self) -> MutexGuard<'_, ()> {
+        lock(&self.cuts)
+    }
+
+    /// Starts (`true`) or ends the journal of written keys; called under
+    /// [`Self::cutting`], so no write is half-way when it switches. Ending
+    /// returns what was written meanwhile.
+    pub(crate) fn journal(&self, on: bool) -> Journal {
+        let mut j = lock(&self.journal);
+        let was = j.take().unwrap_or_default();
+        if on {
+            *j = Some(BTreeSet::new());
+        }
+        self.journaling.store(on, Ordering::SeqCst);
+        was
+    }
+
+    /// Notes a write of `key` in `tree` while a backup copies (a no-op otherwise).
+    pub(crate) fn touched(&self, tree: usize, key: &[u8]) {
+        if !self.journaling.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(j) = lock(&self.journal).as_mut() {
+            j.insert((tree, key.to_vec()));
+        }
+    }
+
+    /// Held by a write (a transaction or a plain write) until it is counted.
+    pub(crate) fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.cut.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by a backup's cut: no write applies meanwhile.
+    pub(crate) fn cutting(&self) -> RwLockWriteGuard<'_, ()> {
+        self.cut.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn check(&self) -> Result<(), StoreError> {

@@ -62,11 +62,16 @@
 //!   disk anyway.
 //! - **Memory store**: [`Store::crash`] keeps exactly what was synced;
 //!   [`Store::fail_next_sync`] simulates a full disk.
+//! - **Backups**: [`Store::cut`] copies a running store consistently (whole
+//!   transactions across trees; every write holds a barrier shared, the cut
+//!   holds it alone briefly) and [`snapshot`] writes, verifies and restores
+//!   the file (`keyfed backup`, `keyfed restore`).
 pub mod conservation;
 mod durability;
 mod epoch;
 mod memory;
 mod records;
+pub mod snapshot;
 
 use chrono::{DateTime, Utc};
 use durability::{Durability, SledFiles};
@@ -410,6 +415,8 @@ impl Store {
         F: Fn(&Tx<'_>) -> TxResult<T, E>,
     {
         self.durability.check()?;
+        // a backup's cut waits for this transaction to apply and be counted
+        let _writing = self.durability.writing();
         let done = match &self.backend {
             Backend::Sled(s) => s
                 .trees
@@ -417,6 +424,7 @@ impl Store {
                 .transaction(|trees| {
                     f(&Tx {
                         view: View::Sled(trees),
+                        durability: &self.durability,
                     })
                 })
                 .map_err(|e| match e {
@@ -429,6 +437,7 @@ impl Store {
                     let mtx = m.tx();
                     match f(&Tx {
                         view: View::Memory(&mtx),
+                        durability: &self.durability,
                     }) {
                         Ok(v) => {
                             mtx.commit();
@@ -742,6 +751,8 @@ impl Store {
 
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.durability.check()?;
+        let _writing = self.durability.writing();
+        self.durability.touched(META, name.as_bytes());
         let v = records::encode(&value);
         match &self.backend {
             Backend::Sled(s) => {
@@ -796,6 +807,8 @@ fn license_serial_meta(license: &str) -> String {
 /// The typed view of one transaction.
 pub struct Tx<'a> {
     view: View<'a>,
+    /// Told of every key written, while a backup copies the trees.
+    durability: &'a Durability,
 }
 
 enum View<'a> {
@@ -819,6 +832,7 @@ impl Tx<'_> {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<(), UnabortableTransactionError> {
+        self.durability.touched(tree, key);
         match self.view {
             View::Sled(t) => {
                 t[tree].insert(key, value)?;
@@ -829,6 +843,7 @@ impl Tx<'_> {
     }
 
     fn remove(&self, tree: usize, key: &[u8]) -> Result<Option<IVec>, UnabortableTransactionError> {
+        self.durability.touched(tree, key);
         match self.view {
             View::Sled(t) => t[tree].remove(key),
             View::Memory(m) => Ok(m.remove(tree, key)),
