@@ -24,6 +24,8 @@ use keyfed_wire::v1 as pb;
 
 type Tr<T> = keyfed_store::TxResult<T, EngineError>;
 
+mod taken;
+
 fn outcome(key_id: &str, kind: RenewalOutcomeKind, reason: String) -> pb::RenewalOutcome {
     pb::RenewalOutcome {
         key_id: key_id.into(),

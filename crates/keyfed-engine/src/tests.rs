@@ -13,6 +13,7 @@ use keyfed_wire::v1 as pb;
 use prost::Message;
 use std::sync::Arc;
 
+mod acks;
 mod claims;
 
 fn t0() -> DateTime<Utc> {
