@@ -1,6 +1,6 @@
 //! Nodes as real `keyfed serve` processes: each gets a TOML config, its own
-//! data dir and an ephemeral port, and can be SIGKILLed and started again on
-//! the same data. The upstream runs in this process (a real gRPC server).
+//! data dir and a port it keeps across restarts ([`free_port`]), and can be
+//! SIGKILLed and started again on the same data and port. The upstream runs in this process (a real gRPC server).
 //!
 //! Every dialed link (child → parent, neighbor → neighbor) goes through a
 //! [`faults::LinkProxy`], as in [`crate::TestCluster`]: [`ProcessCluster::cut`]
@@ -139,12 +139,15 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// A port nobody listens on right now (bound, read, closed). The node binds
-/// it itself; if someone takes it meanwhile, [`ProcessCluster`] picks another.
+/// A port nobody listens on right now (bound, read, closed), below the
+/// kernel's ephemeral range (see [`crate::ports`]): a restarted node gets it
+/// back, as a production node restarts on its configured port, since no
+/// outgoing connection takes it meanwhile. The node binds it itself; if
+/// another harness took it, [`ProcessCluster`] moves the node to another.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
+    crate::ports::bind_restartable([127, 0, 0, 1].into())
+        .local_addr()
+        .expect("a bound port")
         .port()
 }
 

@@ -29,6 +29,7 @@
 use crate::peer_refusal::KeyOrigin;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimPolicy {
@@ -254,6 +255,56 @@ pub fn on_answer(
         (ClaimAnswer::Confirmed, LocalHold::Provisional) => AnswerStep::Confirm,
         _ => AnswerStep::Note,
     }
+}
+
+/// The provisional leases of a key after a renewal took its objects over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CarriedLeases {
+    /// The new key's leases: its own and the old key's it had room for.
+    pub leases: BTreeMap<String, DateTime<Utc>>,
+    /// Fingerprints whose lease ended: the new key had no free seat left.
+    pub ended: Vec<String>,
+}
+
+/// r07 with b02: a provisional lease is an object of the old key like a
+/// grant. The renewal that moves the grants moves the live leases too, so
+/// the origin's answer (which arrives for the license's current key)
+/// finds the lease it settles, and the seat stays reserved on the new key.
+/// `free` is the new key's room once the grants moved: held minus counted
+/// grants minus its own live leases. A fingerprint leased on both keys
+/// keeps one lease (the later end) and needs no room; a lease without room
+/// ends, like an object the new key has no seat for (r11): the station's
+/// next contact decides. Leases are carried soonest-ending first (they are
+/// the ones whose claims were sent first), then by fingerprint.
+#[must_use]
+pub fn carry_leases(
+    old: &BTreeMap<String, DateTime<Utc>>,
+    new: &BTreeMap<String, DateTime<Utc>>,
+    free: u32,
+    now: DateTime<Utc>,
+) -> CarriedLeases {
+    let mut out = CarriedLeases {
+        leases: new
+            .iter()
+            .filter(|(_, u)| **u > now)
+            .map(|(f, u)| (f.clone(), *u))
+            .collect(),
+        ended: Vec::new(),
+    };
+    let mut live: Vec<(&String, &DateTime<Utc>)> = old.iter().filter(|(_, u)| **u > now).collect();
+    live.sort_by_key(|(f, u)| (**u, (*f).clone()));
+    let mut room = free;
+    for (fp, until) in live {
+        if let Some(have) = out.leases.get_mut(fp) {
+            *have = (*have).max(*until);
+        } else if room > 0 {
+            room -= 1;
+            out.leases.insert(fp.clone(), *until);
+        } else {
+            out.ended.push(fp.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -196,6 +196,34 @@ fn fate(planned: &[PlannedObject]) -> OldKeyFate {
     }
 }
 
+/// What a node knows of one server's grant of a superseded key, outside
+/// the renewal that superseded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldServerGrant {
+    /// The server takes renewals automatically (else r08 keeps the old
+    /// key for the administrator).
+    pub auto_renewal: bool,
+    /// It holds a grant of a key that superseded this one (directly or
+    /// through later renewals): the renewal reached its plan.
+    pub holds_newer: bool,
+    /// A message about the old key to it is still unacked (the renewal,
+    /// or anything after it).
+    pub pending: bool,
+}
+
+/// r07 after a crash: has the server taken the renewal, so its grant of
+/// the old key should go (and the old key with it once free)? A peer's ack
+/// is recorded (the outbox entry removed) before its effects are applied
+/// in a second transaction; a node killed between the two kept the old
+/// grant forever. A server that holds the newer key, speaks auto-renewal
+/// and has nothing of the old key left unacked did ack the renewal: the
+/// renewal's transaction queues the message and the newer grant together,
+/// and an r08 peer is only offered the key (no newer grant).
+#[must_use]
+pub fn renewal_was_taken(g: OldServerGrant) -> bool {
+    g.auto_renewal && g.holds_newer && !g.pending
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +488,30 @@ mod tests {
             let kept = p.objects.iter().any(PlannedObject::keeps_old_grant);
             prop_assert_eq!(p.old_key == OldKeyFate::RetireNow, !kept);
         }
+    }
+
+    #[test]
+    fn r07_a_renewal_was_taken_only_when_acked_by_an_auto_renewal_peer_holding_the_new_key() {
+        let taken = OldServerGrant {
+            auto_renewal: true,
+            holds_newer: true,
+            pending: false,
+        };
+        assert!(renewal_was_taken(taken));
+        // still on its way (an offline child keeps its claim, r07)
+        assert!(!renewal_was_taken(OldServerGrant {
+            pending: true,
+            ..taken
+        }));
+        // r08: an old peer was only offered the key
+        assert!(!renewal_was_taken(OldServerGrant {
+            auto_renewal: false,
+            ..taken
+        }));
+        // r11: no seat of the new key for it (its old grant went already)
+        assert!(!renewal_was_taken(OldServerGrant {
+            holds_newer: false,
+            ..taken
+        }));
     }
 }

@@ -23,8 +23,8 @@ use crate::engine::{Effects, Engine};
 use crate::error::EngineError;
 use chrono::{DateTime, Utc};
 use keyfed_core::claims::{
-    arbitrate, on_answer, AnswerStep, ClaimAnswer, ClaimArrival, ClaimRegistry, ClaimVerdict,
-    LocalHold, OwnClaim,
+    arbitrate, carry_leases, on_answer, AnswerStep, ClaimAnswer, ClaimArrival, ClaimRegistry,
+    ClaimVerdict, LocalHold, OwnClaim,
 };
 use keyfed_core::event::EventKind;
 use keyfed_core::peer_refusal::KeyOrigin;
@@ -94,6 +94,43 @@ pub(crate) fn put_provisional(
     } else {
         tx.put_meta(&name, &serde_json::to_string(m).expect("leases serialize"))
     }
+}
+
+/// r07 with b02: the renewal that superseded `old_id` by `new` (its grants
+/// moved already) carries the old key's live provisional leases over, as
+/// far as `new` has room (`keyfed_core::claims::carry_leases`). Without
+/// this the origin's answer, which settles the lease on the license's
+/// current key, found none there and an acknowledged seat was lost.
+pub(crate) fn carry_provisional(
+    tx: &Tx<'_>,
+    fx: &mut Effects,
+    old_id: &str,
+    new: &StoredKey,
+    now: DateTime<Utc>,
+) -> Tr<()> {
+    let old = provisional(tx, old_id, now)?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let new_id = &new.key.id;
+    let mine = provisional(tx, new_id, now)?;
+    let taken = tx
+        .used::<EngineError>(new_id)?
+        .saturating_add(u32::try_from(mine.len()).unwrap_or(u32::MAX));
+    let carried = carry_leases(&old, &mine, new.held.saturating_sub(taken), now);
+    put_provisional(tx, old_id, &BTreeMap::new())?;
+    put_provisional(tx, new_id, &carried.leases)?;
+    for fp in &carried.ended {
+        fx.notify(
+            tx,
+            now,
+            EventKind::ObjectUnlicensed,
+            new_id,
+            format!("station {fp}'s provisional seat of {old_id} ended: {old_id} was renewed as {new_id}, which has no free seat for it; it gets one at a later contact once one is free (r11)"),
+            &[("object", fp.clone()), ("old_key_id", old_id.to_owned())],
+        )?;
+    }
+    Ok(())
 }
 
 /// The claim a node sends the origin of a key when one of its stations

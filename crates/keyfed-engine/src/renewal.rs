@@ -24,6 +24,8 @@ use keyfed_wire::v1 as pb;
 
 type Tr<T> = keyfed_store::TxResult<T, EngineError>;
 
+mod taken;
+
 fn outcome(key_id: &str, kind: RenewalOutcomeKind, reason: String) -> pb::RenewalOutcome {
     pb::RenewalOutcome {
         key_id: key_id.into(),
@@ -299,6 +301,8 @@ impl Engine {
                 .expect("planned objects are the old key's");
             self.apply_step(tx, fx, &old, &newk, g, step, seats, now)?;
         }
+        // b02: provisional leases are the old key's objects too
+        crate::claims::carry_provisional(tx, fx, old_id, &newk, now)?;
         match p.old_key {
             OldKeyFate::RetireNow => retire_if_free(tx, fx, old_id, now),
             OldKeyFate::AfterAcks { .. } | OldKeyFate::KeptForAdministrator { .. } => Ok(()),

@@ -13,6 +13,9 @@ use keyfed_wire::v1 as pb;
 use prost::Message;
 use std::sync::Arc;
 
+mod acks;
+mod claims;
+
 fn t0() -> DateTime<Utc> {
     "2026-03-01T00:00:00Z".parse().unwrap()
 }

@@ -95,6 +95,8 @@ impl Engine {
         self.donations(now).await?;
         self.lifecycle_sweep_at(now).await?;
         self.old_key_notices(now).await?;
+        // r07: renewals acked just before a crash (see renewal/taken.rs)
+        self.renewals_taken(now).await?;
         self.command_sweep_at(now).await?;
         // b03: a station sweep reads every station record, so not every tick
         if due(self, "last_station_sweep", STATION_SWEEP_SECS, now)? {

@@ -336,3 +336,65 @@ proptest! {
         prop_assert!(provisional == 0);
     }
 }
+
+fn leases(items: &[(&str, i64)]) -> BTreeMap<String, DateTime<Utc>> {
+    items
+        .iter()
+        .map(|(f, min)| ((*f).to_owned(), t0() + Duration::minutes(*min)))
+        .collect()
+}
+
+#[test]
+fn b02_r07_a_renewal_carries_live_provisional_leases_to_the_new_key() {
+    let old = leases(&[("pc-1", 10), ("pc-2", 5), ("gone", -1)]);
+    let c = carry_leases(&old, &BTreeMap::new(), 5, t0());
+    assert_eq!(
+        c.leases,
+        leases(&[("pc-1", 10), ("pc-2", 5)]),
+        "expired ones stay behind"
+    );
+    assert!(c.ended.is_empty());
+}
+
+#[test]
+fn b02_r07_leases_without_room_on_the_new_key_end_soonest_first_carried() {
+    let old = leases(&[("pc-1", 10), ("pc-2", 5), ("pc-3", 12)]);
+    let c = carry_leases(&old, &BTreeMap::new(), 2, t0());
+    assert_eq!(c.leases, leases(&[("pc-2", 5), ("pc-1", 10)]));
+    assert_eq!(c.ended, vec!["pc-3".to_owned()]);
+    let none = carry_leases(&old, &BTreeMap::new(), 0, t0());
+    assert!(none.leases.is_empty());
+    assert_eq!(none.ended.len(), 3);
+}
+
+#[test]
+fn b02_r07_a_fingerprint_leased_on_both_keys_keeps_one_lease_without_room() {
+    let old = leases(&[("pc-1", 10)]);
+    let new = leases(&[("pc-1", 4), ("pc-9", 3)]);
+    let c = carry_leases(&old, &new, 0, t0());
+    assert_eq!(c.leases, leases(&[("pc-1", 10), ("pc-9", 3)]));
+    assert!(c.ended.is_empty());
+}
+
+proptest! {
+    /// The new key never gets more carried leases than it has room for,
+    /// and every live old lease is either carried or ended.
+    #[test]
+    fn b02_r13_carried_leases_fit_the_room(
+        old in proptest::collection::btree_map("[a-e]", -5i64..20, 0..6),
+        new in proptest::collection::btree_map("[c-h]", -5i64..20, 0..6),
+        free in 0u32..6,
+    ) {
+        let at = |m: &BTreeMap<String, i64>| -> BTreeMap<String, DateTime<Utc>> {
+            m.iter().map(|(f, n)| (f.clone(), t0() + Duration::minutes(*n))).collect()
+        };
+        let (old, new) = (at(&old), at(&new));
+        let c = carry_leases(&old, &new, free, t0());
+        let live_new = new.values().filter(|u| **u > t0()).count();
+        prop_assert!(c.leases.len() <= live_new + free as usize);
+        for (fp, until) in old.iter().filter(|(_, u)| **u > t0()) {
+            let carried = c.leases.get(fp).is_some_and(|u| u >= until);
+            prop_assert!(carried != c.ended.contains(fp), "{fp}: {c:?}");
+        }
+    }
+}
