@@ -737,6 +737,29 @@ impl TestCluster {
         }
     }
 
+    /// Seats of `key_id` that `node` holds (assigned and free; more than it
+    /// may hold when over-allocated), 0 without the key.
+    pub async fn held(&self, node: &str, key_id: &str) -> u32 {
+        self.key(node, key_id)
+            .await
+            .map_or(0, |k| k.seats_assigned + k.seats_free)
+    }
+
+    /// Deliveries `node` has queued for `peer` and not yet had acked
+    /// (`u64::MAX` when `peer` is not listed).
+    pub async fn outbox_depth(&self, node: &str, peer: &str) -> u64 {
+        self.admin(node)
+            .await
+            .list_peers(pb::Empty {})
+            .await
+            .expect("list peers")
+            .into_inner()
+            .peers
+            .iter()
+            .find(|p| p.node_id == peer)
+            .map_or(u64::MAX, |p| p.outbox_depth)
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.nodes.get(id).is_some_and(|n| n.task.is_some())
     }
@@ -830,6 +853,20 @@ impl Drop for TestCluster {
 /// The value of one sample in a Prometheus text exposition: `series` is the
 /// metric name with its labels exactly as rendered, e.g.
 /// `keyfed_peer_up{peer="c",role="child"}`.
+/// Copies a directory tree (a data dir, to restore or damage a copy of it).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for e in std::fs::read_dir(from).expect("read the dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy a file");
+        }
+    }
+}
+
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series)?

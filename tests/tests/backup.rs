@@ -80,22 +80,6 @@ fn writer(
     (acks, task)
 }
 
-async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
-    let peers = c
-        .admin(node)
-        .await
-        .list_peers(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner()
-        .peers;
-    peers
-        .iter()
-        .find(|p| p.node_id == peer)
-        .expect("peer listed")
-        .outbox_depth
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_before_it() {
     let mut c = TestCluster::start(Topology::new().root("main").child("child", "main")).await;
@@ -115,7 +99,7 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     c.assign("main", &id2, "child", 7)
         .await
         .expect("queued for the child");
-    let queued = outbox_depth(&c, "main", "child").await;
+    let queued = c.outbox_depth("main", "child").await;
     assert!(queued >= 1, "a delivery waits for the child");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -231,7 +215,7 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
         );
     }
     // the outbox to the child, delivered once the link heals
-    assert_eq!(outbox_depth(&c, "main", "child").await, queued);
+    assert_eq!(c.outbox_depth("main", "child").await, queued);
     c.heal("main", "child").await;
     eventually(
         "the child gets the queued grant from the restored node",
@@ -239,7 +223,7 @@ async fn r13_a_backup_taken_under_writes_restores_every_grant_acknowledged_befor
     )
     .await;
     eventually("the outbox drains", || async {
-        outbox_depth(&c, "main", "child").await == 0
+        c.outbox_depth("main", "child").await == 0
     })
     .await;
     // shutdown checks r13 seat conservation over the restored main and the child

@@ -10,19 +10,6 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Runs the stopped node `id` of `c` on a copy of its data dir that `damage`
 /// spoiled, and returns how it ended (the cluster's own copy stays whole).
 async fn run_on_damaged_copy(
@@ -32,7 +19,7 @@ async fn run_on_damaged_copy(
 ) -> anyhow::Result<()> {
     let mut config = c.nodes[id].config.clone();
     let copy = c.dir.path().join(format!("{id}-damaged"));
-    copy_dir(&config.data_dir, &copy);
+    keyfed_tests::copy_dir(&config.data_dir, &copy);
     damage(&copy.join("store"));
     config.data_dir = copy;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

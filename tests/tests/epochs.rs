@@ -8,55 +8,18 @@
 use keyfed_proto::v1 as pb;
 use keyfed_proto::v1::station_client::StationClient;
 use keyfed_tests::{eventually, has_event, TestCluster, Topology};
-use std::path::Path;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Seats of `key` that `node` holds (free and assigned; more than it holds
-/// when over-allocated), 0 without it.
-async fn held(c: &TestCluster, node: &str, key: &str) -> u32 {
-    c.key(node, key)
-        .await
-        .map_or(0, |k| k.seats_assigned + k.seats_free)
-}
-
-async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
-    let peers = c
-        .admin(node)
-        .await
-        .list_peers(pb::Empty {})
-        .await
-        .expect("peers")
-        .into_inner()
-        .peers;
-    peers
-        .iter()
-        .find(|p| p.node_id == peer)
-        .map_or(u64::MAX, |p| p.outbox_depth)
-}
 
 async fn wait_held(c: &TestCluster, node: &str, key: &str, seats: u32) {
     eventually(
         &format!("{node} holds {seats} seat(s) of {key}"),
-        || async { held(c, node, key).await == seats },
+        || async { c.held(node, key).await == seats },
     )
     .await;
 }
 
 async fn wait_drained(c: &TestCluster, node: &str, peer: &str) {
     eventually(&format!("{node}'s outbox to {peer} drains"), || async {
-        outbox_depth(c, node, peer).await == 0
+        c.outbox_depth(node, peer).await == 0
     })
     .await;
 }
@@ -128,7 +91,7 @@ async fn main_restored_while_the_child_runs(forget_epoch: bool) -> TestCluster {
     c.stop("main").await;
     let data = c.nodes["main"].config.data_dir.clone();
     let backup = c.dir.path().join("main-backup");
-    copy_dir(&data, &backup);
+    keyfed_tests::copy_dir(&data, &backup);
     c.restart("main").await;
     c.wait_linked().await;
     for seats in 2..=4 {
@@ -141,7 +104,7 @@ async fn main_restored_while_the_child_runs(forget_epoch: bool) -> TestCluster {
 
     c.stop("main").await;
     std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&backup, &data);
+    keyfed_tests::copy_dir(&backup, &data);
     if forget_epoch {
         // what a restore does: the restored store takes a new epoch
         keyfed_store::Store::open(&c.store_dir("main"))
@@ -163,7 +126,7 @@ async fn main_restored_while_the_child_runs(forget_epoch: bool) -> TestCluster {
     c.assign("main", &id, "child", 7).await.expect("assigned");
     wait_held(&c, "child", &id, 7).await;
     wait_drained(&c, "main", "child").await;
-    assert_eq!(held(&c, "main", &id).await, 10);
+    assert_eq!(c.held("main", &id).await, 10);
     c
 }
 
@@ -253,7 +216,7 @@ async fn e06_a_restored_main_shrinks_a_child_whose_stations_use_more_and_it_is_f
     c.stop("main").await;
     let data = c.nodes["main"].config.data_dir.clone();
     let backup = c.dir.path().join("main-backup");
-    copy_dir(&data, &backup);
+    keyfed_tests::copy_dir(&data, &backup);
     c.restart("main").await;
     c.wait_linked().await;
     c.assign("main", &id, "child", 4).await.expect("assigned");
@@ -269,7 +232,7 @@ async fn e06_a_restored_main_shrinks_a_child_whose_stations_use_more_and_it_is_f
 
     c.stop("main").await;
     std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&backup, &data);
+    keyfed_tests::copy_dir(&backup, &data);
     keyfed_store::Store::open(&c.store_dir("main"))
         .unwrap()
         .forget_epoch()

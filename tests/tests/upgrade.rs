@@ -24,19 +24,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/upgrade")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// What a node serves, in a form that later releases can still compare: the
 /// fields an operator relies on, not every field of today's messages.
 async fn served(c: &TestCluster, node: &str) -> Value {
@@ -81,28 +68,6 @@ async fn served(c: &TestCluster, node: &str) -> Value {
     json!({"keys": keys, "grants": grants, "stations": stations, "notifications": notifications})
 }
 
-/// Seats `node` holds of `key_id` (assigned here plus free).
-async fn held(c: &TestCluster, node: &str, key_id: &str) -> u32 {
-    c.key(node, key_id)
-        .await
-        .map_or(0, |k| k.seats_assigned + k.seats_free)
-}
-
-async fn outbox_depth(c: &TestCluster, node: &str, peer: &str) -> u64 {
-    let peers = c
-        .admin(node)
-        .await
-        .list_peers(pb::Empty {})
-        .await
-        .expect("list peers")
-        .into_inner()
-        .peers;
-    peers
-        .iter()
-        .find(|p| p.node_id == peer)
-        .map_or(u64::MAX, |p| p.outbox_depth)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r13_a_data_dir_of_an_earlier_release_opens_and_serves_the_same_keys_and_grants() {
     for release in RELEASES {
@@ -119,7 +84,7 @@ async fn r13_a_data_dir_of_an_earlier_release_opens_and_serves_the_same_keys_and
         let mut topology = Topology::new().root("main").child("child", "main");
         for node in NODES {
             let dir = work.path().join(node);
-            copy_dir(&fixture.join(node), &dir);
+            keyfed_tests::copy_dir(&fixture.join(node), &dir);
             let vendor = vendor.clone();
             topology = topology.tweak(node, move |cfg| {
                 cfg.data_dir = dir.clone();
@@ -135,8 +100,8 @@ async fn r13_a_data_dir_of_an_earlier_release_opens_and_serves_the_same_keys_and
         eventually(
             &format!("{release}: the queued grant reaches the child"),
             || async {
-                held(&c, "child", renewed).await == pending
-                    && outbox_depth(&c, "main", "child").await == 0
+                c.held("child", renewed).await == pending
+                    && c.outbox_depth("main", "child").await == 0
             },
         )
         .await;
@@ -191,7 +156,7 @@ async fn write_fixture() {
     c.assign("main", &k1.key.id, "station-1", 2).await.unwrap();
     c.assign("main", &k1.key.id, "child", 10).await.unwrap();
     eventually("the child holds the key", || async {
-        held(&c, "child", &k1.key.id).await == 10
+        c.held("child", &k1.key.id).await == 10
     })
     .await;
     for (node, fp) in [("main", "fp-main-1"), ("child", "fp-child-1")] {
@@ -212,7 +177,7 @@ async fn write_fixture() {
     })
     .await;
     eventually("main's outbox drains", || async {
-        outbox_depth(&c, "main", "child").await == 0
+        c.outbox_depth("main", "child").await == 0
     })
     .await;
     let mut served_now = serde_json::Map::new();
@@ -225,7 +190,7 @@ async fn write_fixture() {
     served_now.insert("main".into(), served(&c, "main").await);
     c.stop("main").await;
     for node in NODES {
-        copy_dir(&c.nodes[*node].config.data_dir, &out.join(node));
+        keyfed_tests::copy_dir(&c.nodes[*node].config.data_dir, &out.join(node));
     }
     let expected = json!({
         "written_by": name,
