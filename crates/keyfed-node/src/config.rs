@@ -339,6 +339,7 @@ pub struct ConfigFlags {
     /// Only turns the manual clock on.
     pub debug_clock: bool,
     pub metrics_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -360,6 +361,9 @@ impl ConfigFlags {
         cfg.debug_clock |= self.debug_clock;
         if let Some(v) = self.metrics_listen {
             cfg.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.api_listen {
+            cfg.api_listen = Some(v);
         }
         if let Some(v) = self.log_format {
             cfg.log_format = v;
@@ -516,10 +520,12 @@ mod tests {
         let env = |k: &str| match k {
             "KEYFED_DATA_DIR" => Some("/env".to_owned()),
             "KEYFED_UPSTREAM" => Some("http://env".to_owned()),
+            "KEYFED_API_LISTEN" => Some("127.0.0.1:7700".to_owned()),
             _ => None,
         };
         let flags = ConfigFlags {
             upstream: Some("http://flag".into()),
+            api_listen: Some("127.0.0.1:7701".parse().unwrap()),
             ..ConfigFlags::default()
         };
         let c = NodeConfig::load(Some(&file), env, &flags).unwrap();
@@ -529,6 +535,11 @@ mod tests {
             c.upstream.as_deref(),
             Some("http://flag"),
             "a flag beats env"
+        );
+        assert_eq!(
+            c.api_listen,
+            Some("127.0.0.1:7701".parse().unwrap()),
+            "--api-listen beats KEYFED_API_LISTEN"
         );
         assert_eq!(
             c.listen,

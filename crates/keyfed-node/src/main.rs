@@ -51,6 +51,9 @@ enum Command {
         /// serve Prometheus metrics at http://ADDR/metrics
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// serve the JSON API at http(s)://ADDR/api/v1 (docs/api.md)
+        #[arg(long)]
+        api_listen: Option<std::net::SocketAddr>,
     },
     /// Run an upstream and three linked nodes (main, neighbor, child) in one process.
     Sandbox {
@@ -310,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
             trust,
             debug_clock,
             metrics_listen,
+            api_listen,
         } => {
             let flags = keyfed_node::config::ConfigFlags {
                 node_id,
@@ -319,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
                 trust,
                 debug_clock,
                 metrics_listen,
+                api_listen,
                 log_format: cli.log_format,
             };
             let cfg = NodeConfig::load(config.as_deref(), |k| std::env::var(k).ok(), &flags)
