@@ -468,7 +468,7 @@ impl TestCluster {
     pub async fn stations(&self, node: &str) -> Vec<pb::StationInfo> {
         self.admin(node)
             .await
-            .list_stations(pb::Empty {})
+            .list_stations(pb::ListStationsRequest::default())
             .await
             .expect("list stations")
             .into_inner()
@@ -591,7 +591,7 @@ impl TestCluster {
     pub async fn objects(&self, node: &str) -> Vec<pb::ObjectInfo> {
         self.admin(node)
             .await
-            .list_objects(pb::Empty {})
+            .list_objects(pb::ListObjectsRequest::default())
             .await
             .expect("list objects")
             .into_inner()

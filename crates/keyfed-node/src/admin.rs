@@ -142,9 +142,10 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_objects(&self, _: Request<pb::Empty>) -> R<pb::ObjectList> {
+    async fn list_objects(&self, _: Request<pb::ListObjectsRequest>) -> R<pb::ObjectList> {
         Ok(Response::new(pb::ObjectList {
             objects: objects(&self.node)?.into_values().collect(),
+            ..Default::default()
         }))
     }
 
@@ -421,9 +422,10 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn list_stations(&self, _: Request<pb::Empty>) -> R<pb::StationList> {
+    async fn list_stations(&self, _: Request<pb::ListStationsRequest>) -> R<pb::StationList> {
         Ok(Response::new(pb::StationList {
             stations: self.node.engine.list_stations().status()?,
+            ..Default::default()
         }))
     }
 
@@ -457,6 +459,18 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(
             crate::backup::stream(&self.node).await.status()?,
         ))
+    }
+
+    async fn usage_history(&self, _: Request<pb::UsageHistoryRequest>) -> R<pb::UsageHistoryReply> {
+        Err(Status::unimplemented("usage history is not built yet"))
+    }
+
+    async fn list_denials(&self, _: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
+        Err(Status::unimplemented("the denial log is not built yet"))
+    }
+
+    async fn list_webhooks(&self, _: Request<pb::Empty>) -> R<pb::WebhookList> {
+        Err(Status::unimplemented("webhooks are not built yet"))
     }
 
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {

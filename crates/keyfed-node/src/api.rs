@@ -461,7 +461,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
         }
         (&M::GET, ["objects"]) => {
             q.only(&[])?;
-            call.unary::<_, pb::ObjectList>("ListObjects", &pb::Empty {})
+            call.unary::<_, pb::ObjectList>("ListObjects", &pb::ListObjectsRequest::default())
                 .await
         }
         (&M::GET, ["notifications"]) => {
@@ -490,7 +490,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
         }
         (&M::GET, ["stations"]) => {
             q.only(&[])?;
-            call.unary::<_, pb::StationList>("ListStations", &pb::Empty {})
+            call.unary::<_, pb::StationList>("ListStations", &pb::ListStationsRequest::default())
                 .await
         }
         (&M::GET, ["commands"]) => {

@@ -67,6 +67,9 @@ pub const ADMIN_RPCS: &[(&str, Access)] = &[
     ("ListAudit", Access::Read),
     ("AdvanceClock", Access::Write),
     ("Backup", Access::AdminRead),
+    ("UsageHistory", Access::Read),
+    ("ListDenials", Access::Read),
+    ("ListWebhooks", Access::Read),
 ];
 
 #[must_use]

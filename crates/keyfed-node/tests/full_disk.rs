@@ -169,7 +169,10 @@ async fn r13_a_full_disk_refuses_the_grant_and_loses_nothing_acknowledged() {
         refused.message()
     );
     // from now on the node serves nothing, not even reads of what sled holds
-    let read = a.list_objects(pb::Empty {}).await.unwrap_err();
+    let read = a
+        .list_objects(pb::ListObjectsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(read.code(), Code::ResourceExhausted, "{read:?}");
     let again = a
         .assign_seats(assign(&key_id, acked + 1))
@@ -186,7 +189,11 @@ async fn r13_a_full_disk_refuses_the_grant_and_loses_nothing_acknowledged() {
     // restarted without the limit: everything acknowledged, nothing refused
     let node = start(&data, &vendor, None);
     let mut a = admin(&node).await;
-    let objects = a.list_objects(pb::Empty {}).await.unwrap().into_inner();
+    let objects = a
+        .list_objects(pb::ListObjectsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let held: std::collections::BTreeSet<String> = objects
         .objects
         .iter()

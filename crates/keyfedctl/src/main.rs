@@ -447,7 +447,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Objects => {
             let r = admin(cli)
                 .await?
-                .list_objects(pb::Empty {})
+                .list_objects(pb::ListObjectsRequest::default())
                 .await?
                 .into_inner();
             emit(json, &r, |r| {

@@ -57,7 +57,7 @@ fn dash(s: &str) -> String {
 pub async fn stations(cli: &Cli) -> anyhow::Result<()> {
     let r = admin(cli)
         .await?
-        .list_stations(pb::Empty {})
+        .list_stations(pb::ListStationsRequest::default())
         .await?
         .into_inner();
     emit(cli.json, &r, |r| {
