@@ -28,7 +28,7 @@ use tonic::codegen::{http, Service};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
-mod events;
+pub(crate) mod events;
 mod host;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
@@ -44,7 +44,7 @@ const JSON: &str = "application/json";
 
 type Reply = http::Response<Full<Bytes>>;
 /// Any reply: a whole one or the event stream.
-type ApiBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(crate) type ApiBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// What the guard learns about the connection: the caller's address and,
 /// on TLS, its verified certificate chain (the same extensions tonic sets).
@@ -57,15 +57,15 @@ enum Conn {
 /// An error as the API answers it: an HTTP status and
 /// `{"code": "NOT_FOUND", "message": "..."}` with the gRPC code's name.
 #[derive(Debug)]
-struct ApiError {
-    http: http::StatusCode,
-    code: Code,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) http: http::StatusCode,
+    pub(crate) code: Code,
+    pub(crate) message: String,
     allow: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(code: Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             http: http_status(code),
             code,
@@ -74,16 +74,16 @@ impl ApiError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
     }
 
-    fn with_http(mut self, http: http::StatusCode) -> Self {
+    pub(crate) fn with_http(mut self, http: http::StatusCode) -> Self {
         self.http = http;
         self
     }
 
-    fn reply(self) -> Reply {
+    pub(crate) fn reply(self) -> Reply {
         let body = serde_json::json!({ "code": code_name(self.code), "message": self.message });
         let mut r = json_reply(self.http, &body);
         if let Some(allow) = self.allow {
@@ -133,18 +133,18 @@ fn json_reply(status: http::StatusCode, value: &impl Serialize) -> Reply {
 }
 
 /// One API request on its way to the Admin service.
-struct Call {
-    admin: GuardedAdmin,
+pub(crate) struct Call {
+    pub(crate) admin: GuardedAdmin,
     host_check: HostCheck,
     conn: Conn,
-    authorization: Option<http::HeaderValue>,
+    pub(crate) authorization: Option<http::HeaderValue>,
 }
 
 impl Call {
     /// Sends the Admin RPC `rpc` with `req` through the guard. Returns the
     /// reply's head and body once the head says the call was taken; a
     /// refusal (a trailers-only reply) is its status as an [`ApiError`].
-    async fn send<Req: Message>(
+    pub(crate) async fn send<Req: Message>(
         &self,
         rpc: &str,
         req: &Req,
@@ -193,6 +193,16 @@ impl Call {
         Req: Message,
         Resp: Message + Default + Serialize,
     {
+        let msg: Resp = self.message(rpc, req).await?;
+        Ok(json_reply(http::StatusCode::OK, &msg))
+    }
+
+    /// The unary Admin RPC `rpc` with `req`; its reply message.
+    pub(crate) async fn message<Req, Resp>(&self, rpc: &str, req: &Req) -> Result<Resp, ApiError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
         let (parts, body) = self.send(rpc, req).await?;
         let collected = body.collect().await?;
         let status = Status::from_header_map(&parts.headers)
@@ -212,7 +222,7 @@ impl Call {
             .get(5..)
             .and_then(|m| Resp::decode(m).ok())
             .ok_or_else(|| ApiError::new(Code::Internal, format!("{rpc}: undecodable reply")))?;
-        Ok(json_reply(http::StatusCode::OK, &msg))
+        Ok(msg)
     }
 }
 
@@ -278,7 +288,7 @@ impl Query {
 }
 
 /// Percent-decoding of a path segment or (with `plus`) a query part.
-fn decode(s: &str, plus: bool) -> Result<String, ApiError> {
+pub(crate) fn decode(s: &str, plus: bool) -> Result<String, ApiError> {
     let bad = || ApiError::invalid(format!("{s:?} is not validly percent-encoded UTF-8"));
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
@@ -616,6 +626,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let console = Arc::new(crate::console::Console::new(acceptor.is_some(), &admin));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
@@ -633,20 +644,22 @@ pub async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // too many connections: this one is dropped
         };
-        let admin = admin.clone();
+        let (admin, console) = (admin.clone(), console.clone());
         let acceptor = acceptor.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let _slot = slot;
             let Some(acceptor) = acceptor else {
                 let conn = Conn::Tcp(stream.connect_info());
-                serve_connection(TokioIo::new(stream), admin, host_check, conn, stop).await;
+                serve_connection(TokioIo::new(stream), admin, console, host_check, conn, stop)
+                    .await;
                 return;
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let conn = Conn::Tls(tls.connect_info());
-                    serve_connection(TokioIo::new(tls), admin, host_check, conn, stop).await;
+                    serve_connection(TokioIo::new(tls), admin, console, host_check, conn, stop)
+                        .await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "api TLS handshake failed"),
                 Err(_) => tracing::debug!("api TLS handshake timed out"),
@@ -658,6 +671,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     admin: GuardedAdmin,
+    console: Arc<crate::console::Console>,
     host_check: HostCheck,
     conn: Conn,
     stop: CancellationToken,
@@ -673,9 +687,12 @@ async fn serve_connection<I>(
             authorization: req.headers().get(http::header::AUTHORIZATION).cloned(),
         };
         let stop = streams_stop.clone();
+        let console = console.clone();
         async move {
             let reply = if let Err(e) = call.host_check.check(req.headers()) {
                 Err(e)
+            } else if !req.uri().path().starts_with("/api/") {
+                Ok(console.handle(call, req, stop).await)
             } else if events::is_stream(&req) {
                 events::stream(call, req, stop).await
             } else {

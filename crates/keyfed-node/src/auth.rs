@@ -303,6 +303,16 @@ impl<S> AdminGuard<S> {
             node,
         }
     }
+
+    /// The name and role of an admin token (the console's header and forms).
+    pub fn token_role(&self, token: &str) -> Option<(String, Role)> {
+        self.auth.token(token).map(|(n, r)| (n.to_owned(), r))
+    }
+
+    /// Whether any admin token is configured (else loopback callers administer).
+    pub fn takes_tokens(&self) -> bool {
+        !self.auth.tokens.is_empty()
+    }
 }
 
 impl<S: NamedService> NamedService for AdminGuard<S> {

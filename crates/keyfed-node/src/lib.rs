@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod config;
+mod console;
 pub mod convert;
 pub mod error;
 pub mod exposition;

@@ -37,6 +37,8 @@ pub fn configs(
         ..NodeConfig::default()
     };
     let mut main = base("main", 1);
+    // the console and JSON API of main, four ports above the upstream
+    main.api_listen = Some(addr(4));
     main.children = vec!["child".into()];
     main.neighbors = vec![NeighborConfig {
         node_id: "neighbor".into(),
@@ -83,8 +85,10 @@ pub async fn run(
         role: "vendor (GUS)",
         addr: gus_addr,
     }];
+    let mut console = None;
     for mut cfg in configs(&dir, ip, base_port, &vendor_key, 500) {
         cfg.debug_clock = debug_clock;
+        console = console.or(cfg.api_listen);
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding {} to {}: {e}", cfg.node_id, cfg.listen))?;
@@ -100,14 +104,14 @@ pub async fn run(
         });
         tasks.spawn(crate::run(cfg, listener, clock.clone(), shutdown.clone()));
     }
-    print_banner(&dir, &table, &vendor_key);
+    print_banner(&dir, &table, &vendor_key, console);
     while let Some(r) = tasks.join_next().await {
         r??;
     }
     Ok(())
 }
 
-fn print_banner(dir: &Path, table: &[SandboxNode], vendor_key: &str) {
+fn print_banner(dir: &Path, table: &[SandboxNode], vendor_key: &str, console: Option<SocketAddr>) {
     println!("keyfed sandbox in {}", dir.display());
     println!("{:<10} {:<40} ADDRESS", "NAME", "ROLE");
     for n in table {
@@ -116,6 +120,9 @@ fn print_banner(dir: &Path, table: &[SandboxNode], vendor_key: &str) {
     let up = table[0].addr;
     let main = table[1].addr;
     println!("\nvendor public key pinned on every node: {vendor_key}");
+    if let Some(c) = console {
+        println!("console of main (and its JSON API at /api/v1): http://{c}/");
+    }
     println!("\ntry:");
     println!("  keyfedctl --addr http://{up} upstream issue --customer acme --product endpoint --components antivirus,firewall --seats 50 --expires 2027-12-31 -o acme.key");
     println!("  keyfedctl --addr http://{main} key add acme.key");

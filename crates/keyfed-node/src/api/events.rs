@@ -51,7 +51,7 @@ fn after_seq(req: &http::Request<Incoming>) -> Result<u64, ApiError> {
 
 /// Opens the feed through the Admin guard (so a refused caller gets the
 /// usual JSON error) and answers with the event stream.
-pub(super) async fn stream(
+pub(crate) async fn stream(
     call: Call,
     req: http::Request<Incoming>,
     stop: CancellationToken,
