@@ -11,6 +11,7 @@
 //! [`process::ProcessCluster`] runs the same topologies as real `keyfed`
 //! processes that can be SIGKILLed; [`kill_loop`] is the crash workload run
 //! on it by `tests/tests/killing.rs` and the `kill-loop` command.
+pub mod browser;
 pub mod conservation;
 pub mod faults;
 pub mod kill_loop;

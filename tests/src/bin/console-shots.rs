@@ -1,0 +1,47 @@
+//! `cargo run -p keyfed-tests --bin console-shots -- docs/`: starts a small
+//! cluster (main, a child, a neighbor), gives it a few keys, grants and
+//! stations, and writes `console-dashboard.png` and `console-key.png` of
+//! main's console into the given directory (headless Chromium).
+use keyfed_tests::browser::{Browser, PAGE_WAIT};
+use keyfed_tests::{TestCluster, Topology};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs".into()));
+    std::fs::create_dir_all(&out)?;
+    let Some(b) = Browser::start().await? else {
+        anyhow::bail!("no browser: {}", keyfed_tests::browser::programs().err().unwrap_or_default());
+    };
+    // no admin tokens: the console answers this loopback browser without a log-in
+    let c = TestCluster::start(
+        Topology::new()
+            .root("main")
+            .child("plant-a", "main")
+            .neighbor("main", "branch")
+            .tweak("main", |cfg| cfg.api_listen = Some("127.0.0.1:0".parse().expect("addr"))),
+    )
+    .await;
+    c.wait_linked().await;
+    let av = c.add("main", &c.issue(&["antivirus", "firewall"], 50, "2027-12-31")).await;
+    let soon = c.add("main", &c.issue(&["backup"], 10, "2026-12-10")).await;
+    let id = av.key.map(|k| k.id).unwrap_or_default();
+    let soon_id = soon.key.map(|k| k.id).unwrap_or_default();
+    c.assign("main", &id, "plant-a", 20).await?;
+    c.assign("main", &soon_id, "plant-a", 4).await?;
+    for n in 1..=6 {
+        let mut a = c.agent("main", &format!("pc-{n:02}"), &["antivirus"]);
+        a.sync().await?;
+    }
+    let base = format!("http://{}", c.nodes["main"].api_addr.expect("the API listener"));
+    b.client.set_window_size(1280, 820).await?;
+    b.client.goto(&format!("{base}/")).await?;
+    b.client.wait().at_most(PAGE_WAIT).for_element(fantoccini::Locator::Css("#keys")).await?;
+    b.screenshot(&out.join("console-dashboard.png")).await?;
+    b.client.goto(&format!("{base}/keys/{id}")).await?;
+    b.client.wait().at_most(PAGE_WAIT).for_element(fantoccini::Locator::Css("#grants")).await?;
+    b.screenshot(&out.join("console-key.png")).await?;
+    b.close().await;
+    c.shutdown().await;
+    println!("wrote {}/console-dashboard.png and console-key.png", out.display());
+    Ok(())
+}
