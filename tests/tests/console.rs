@@ -61,7 +61,11 @@ async fn seats_on_dashboard(b: &Browser, base: &str, key: &str) -> (String, Stri
         let bar = bar.clone();
         async move { bar.attr(n).await.expect("attr").unwrap_or_default() }
     };
-    (a("data-used").await, a("data-held").await, a("data-free").await)
+    (
+        a("data-used").await,
+        a("data-held").await,
+        a("data-free").await,
+    )
 }
 
 /// POSTs a form from inside the page (the session cookie goes along);
@@ -75,7 +79,10 @@ async fn forge(b: &Browser, path: &str, fields: &str) -> (u64, String) {
         ))
         .await
         .expect("the script runs");
-    (r["status"].as_u64().unwrap_or(0), r["text"].as_str().unwrap_or_default().to_owned())
+    (
+        r["status"].as_u64().unwrap_or(0),
+        r["text"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// The page's CSRF token (every page's log-out form carries it).
@@ -113,25 +120,70 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
 
     // log in with the admin token; add the key through the upload form
     b.login(&base, OPS).await.expect("logged in");
-    let upload = b.client.find(Locator::Css("#add-key input[name=key_file]")).await.expect("upload form");
-    upload.send_keys(file.to_str().expect("utf-8 path")).await.expect("file chosen");
-    b.client.form(Locator::Css("#add-key")).await.expect("form").submit().await.expect("uploaded");
-    let flash = b.client.wait().at_most(PAGE_WAIT).for_element(Locator::Css(".flash.ok")).await.expect("a flash");
+    let upload = b
+        .client
+        .find(Locator::Css("#add-key input[name=key_file]"))
+        .await
+        .expect("upload form");
+    upload
+        .send_keys(file.to_str().expect("utf-8 path"))
+        .await
+        .expect("file chosen");
+    b.client
+        .form(Locator::Css("#add-key"))
+        .await
+        .expect("form")
+        .submit()
+        .await
+        .expect("uploaded");
+    let flash = b
+        .client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css(".flash.ok"))
+        .await
+        .expect("a flash");
     assert_eq!(flash.text().await.expect("text"), format!("added key {id}"));
-    assert_eq!(seats_on_dashboard(&b, &base, &id).await, ("0".into(), "10".into(), "10".into()));
+    assert_eq!(
+        seats_on_dashboard(&b, &base, &id).await,
+        ("0".into(), "10".into(), "10".into())
+    );
 
     // assign 3 seats to the child through the form on the key's page
-    b.client.goto(&format!("{base}/keys/{id}")).await.expect("key page");
-    let form = b.client.form(Locator::Css("#assign")).await.expect("assign form");
+    b.client
+        .goto(&format!("{base}/keys/{id}"))
+        .await
+        .expect("key page");
+    let form = b
+        .client
+        .form(Locator::Css("#assign"))
+        .await
+        .expect("assign form");
     form.set_by_name("object", "c").await.expect("object");
     form.set_by_name("seats", "3").await.expect("seats");
     form.set_by_name("kind", "server").await.expect("kind");
     form.submit().await.expect("assigned");
-    let flash = b.client.wait().at_most(PAGE_WAIT).for_element(Locator::Css(".flash.ok")).await.expect("a flash");
-    assert_eq!(flash.text().await.expect("text"), format!("c now holds 3 seat(s) of {id}"));
-    let row = b.client.find(Locator::Css("#grants tr[data-object=c]")).await.expect("the child's grant");
+    let flash = b
+        .client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css(".flash.ok"))
+        .await
+        .expect("a flash");
+    assert_eq!(
+        flash.text().await.expect("text"),
+        format!("c now holds 3 seat(s) of {id}")
+    );
+    let row = b
+        .client
+        .find(Locator::Css("#grants tr[data-object=c]"))
+        .await
+        .expect("the child's grant");
     assert!(row.text().await.expect("text").contains('3'));
-    assert_eq!(seats_on_dashboard(&b, &base, &id).await, ("3".into(), "10".into(), "7".into()));
+    assert_eq!(
+        seats_on_dashboard(&b, &base, &id).await,
+        ("3".into(), "10".into(), "7".into())
+    );
 
     // the tree: the child's row shows the seats it reports holding
     let end = tokio::time::Instant::now() + PAGE_WAIT;
@@ -139,35 +191,78 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
         b.client.goto(&format!("{base}/tree")).await.expect("tree");
         let cell = b
             .client
-            .find_all(Locator::Css(&format!("tr[data-node=c] .usage[data-key='{id}'][data-seats='3']")))
+            .find_all(Locator::Css(&format!(
+                "tr[data-node=c] .usage[data-key='{id}'][data-seats='3']"
+            )))
             .await
             .expect("find");
         if !cell.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "the child's row never showed its 3 seats");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the child's row never showed its 3 seats"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let online = b.client.find(Locator::Css("tr[data-node=c] .online")).await.expect("the child is online");
+    let online = b
+        .client
+        .find(Locator::Css("tr[data-node=c] .online"))
+        .await
+        .expect("the child is online");
     assert_eq!(online.text().await.expect("text"), "online");
 
     // a write without the CSRF token (or with a wrong one) is refused and changes nothing
-    let (status, text) = forge(&b, &format!("/keys/{id}/assign"), "'object=c&seats=5&kind=server'").await;
+    let (status, text) = forge(
+        &b,
+        &format!("/keys/{id}/assign"),
+        "'object=c&seats=5&kind=server'",
+    )
+    .await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("CSRF token is missing or wrong"), "{text}");
-    let (status, _) = forge(&b, &format!("/keys/{id}/assign"), "'csrf=forged&object=c&seats=5&kind=server'").await;
+    let (status, _) = forge(
+        &b,
+        &format!("/keys/{id}/assign"),
+        "'csrf=forged&object=c&seats=5&kind=server'",
+    )
+    .await;
     assert_eq!(status, 403);
-    assert_eq!(c.held("c", &id).await, 3, "the refused writes changed nothing");
+    assert_eq!(
+        c.held("c", &id).await,
+        3,
+        "the refused writes changed nothing"
+    );
     // the API does not take the session cookie, only a bearer token
-    let r = b.run("const r = await fetch('/api/v1/keys'); return { status: r.status };").await.expect("script");
+    let r = b
+        .run("const r = await fetch('/api/v1/keys'); return { status: r.status };")
+        .await
+        .expect("script");
     assert_eq!(r["status"], 401, "{r}");
 
     // a notification arrives live, without a reload
-    b.client.goto(&format!("{base}/notifications")).await.expect("notifications");
-    b.run("window.sameDocument = true; return 1;").await.expect("marker");
+    b.client
+        .goto(&format!("{base}/notifications"))
+        .await
+        .expect("notifications");
+    b.run("window.sameDocument = true; return 1;")
+        .await
+        .expect("marker");
     let end = tokio::time::Instant::now() + PAGE_WAIT;
-    while b.client.find(Locator::Id("live")).await.expect("live").text().await.expect("text") != "live" {
-        assert!(tokio::time::Instant::now() < end, "the event stream never opened");
+    while b
+        .client
+        .find(Locator::Id("live"))
+        .await
+        .expect("live")
+        .text()
+        .await
+        .expect("text")
+        != "live"
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the event stream never opened"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let k2 = c.issue(&["firewall"], 2, "2027-12-31");
@@ -177,18 +272,31 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
     // every live row is new; one of them is the key-added of k2
     let end = tokio::time::Instant::now() + PAGE_WAIT;
     loop {
-        let rows = b.client.find_all(Locator::Css("#notifications tr.fresh")).await.expect("find");
+        let rows = b
+            .client
+            .find_all(Locator::Css("#notifications tr.fresh"))
+            .await
+            .expect("find");
         let mut texts = Vec::new();
         for r in rows {
             texts.push(r.text().await.expect("text"));
         }
-        if texts.iter().any(|t| t.contains("key-added") && t.contains(&k2.key.id)) {
+        if texts
+            .iter()
+            .any(|t| t.contains("key-added") && t.contains(&k2.key.id))
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "no live key-added row: {texts:?}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no live key-added row: {texts:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let same = b.run("return window.sameDocument === true;").await.expect("marker");
+    let same = b
+        .run("return window.sameDocument === true;")
+        .await
+        .expect("marker");
     assert_eq!(same, Value::Bool(true), "the page was not reloaded");
 
     // the usage CSV: a header with the UsagePoint fields, then rows
@@ -203,20 +311,42 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
     } else {
         assert_eq!(r["status"], 200, "{csv}");
         let mut lines = csv.lines();
-        assert_eq!(lines.next(), Some("at,node_id,key_id,held,used,free,resolution"));
+        assert_eq!(
+            lines.next(),
+            Some("at,node_id,key_id,held,used,free,resolution")
+        );
         for line in lines {
             assert_eq!(line.split(',').count(), 7, "{line}");
         }
     }
 
     // log out; a read-only token sees no write button, and a forged write is refused
-    b.client.find(Locator::Css("header form button")).await.expect("log out").click().await.expect("logged out");
-    b.client.wait().at_most(PAGE_WAIT).for_element(Locator::Id("token")).await.expect("the log-in page");
+    b.client
+        .find(Locator::Css("header form button"))
+        .await
+        .expect("log out")
+        .click()
+        .await
+        .expect("logged out");
+    b.client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Id("token"))
+        .await
+        .expect("the log-in page");
     b.login(&base, VIEWER).await.expect("viewer logged in");
     for page in ["/".to_owned(), format!("/keys/{id}"), "/commands".into()] {
         b.client.goto(&format!("{base}{page}")).await.expect("page");
-        let posts = b.client.find_all(Locator::Css("main form[method=post], main button")).await.expect("find");
-        assert!(posts.is_empty(), "{page} shows a read-only caller {} write control(s)", posts.len());
+        let posts = b
+            .client
+            .find_all(Locator::Css("main form[method=post], main button"))
+            .await
+            .expect("find");
+        assert!(
+            posts.is_empty(),
+            "{page} shows a read-only caller {} write control(s)",
+            posts.len()
+        );
     }
     let token = csrf(&b).await;
     let (status, text) = forge(
@@ -226,7 +356,10 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
     )
     .await;
     assert_eq!(status, 403, "{text}");
-    assert!(text.contains("PERMISSION_DENIED") && text.contains("may only read"), "{text}");
+    assert!(
+        text.contains("PERMISSION_DENIED") && text.contains("may only read"),
+        "{text}"
+    );
     assert_eq!(c.held("c", &id).await, 3);
 
     b.close().await;

@@ -130,8 +130,7 @@ pub fn denials(v: &View<'_>, list: &Fetched<pb::DenialList>) -> String {
             Err(e) => (failed("the denials", e)),
             Ok(l) => {
                 @if !l.counts_by_reason.is_empty() {
-                    @let mut counts: Vec<(&String, &u64)> = l.counts_by_reason.iter().collect();
-                    @let _ = counts.sort();
+                    @let counts: std::collections::BTreeMap<&String, &u64> = l.counts_by_reason.iter().collect();
                     p #denial-counts { @for (r, n) in &counts { span.mono { (r) } ": " (n) " · " } }
                 }
                 @if l.dropped > 0 { p.warn { (l.dropped) " older denial(s) were dropped" } }

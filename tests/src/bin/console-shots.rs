@@ -10,19 +10,30 @@ async fn main() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs".into()));
     std::fs::create_dir_all(&out)?;
     let Some(b) = Browser::start().await? else {
-        anyhow::bail!("no browser: {}", keyfed_tests::browser::programs().err().unwrap_or_default());
+        anyhow::bail!(
+            "no browser: {}",
+            keyfed_tests::browser::programs().err().unwrap_or_default()
+        );
     };
     // no admin tokens: the console answers this loopback browser without a log-in
     let c = TestCluster::start(
         Topology::new()
             .root("main")
             .child("plant-a", "main")
+            .root("branch")
             .neighbor("main", "branch")
-            .tweak("main", |cfg| cfg.api_listen = Some("127.0.0.1:0".parse().expect("addr"))),
+            .tweak("main", |cfg| {
+                cfg.api_listen = Some("127.0.0.1:0".parse().expect("addr"))
+            }),
     )
     .await;
     c.wait_linked().await;
-    let av = c.add("main", &c.issue(&["antivirus", "firewall"], 50, "2027-12-31")).await;
+    let av = c
+        .add(
+            "main",
+            &c.issue(&["antivirus", "firewall"], 50, "2027-12-31"),
+        )
+        .await;
     let soon = c.add("main", &c.issue(&["backup"], 10, "2026-12-10")).await;
     let id = av.key.map(|k| k.id).unwrap_or_default();
     let soon_id = soon.key.map(|k| k.id).unwrap_or_default();
@@ -32,16 +43,30 @@ async fn main() -> anyhow::Result<()> {
         let mut a = c.agent("main", &format!("pc-{n:02}"), &["antivirus"]);
         a.sync().await?;
     }
-    let base = format!("http://{}", c.nodes["main"].api_addr.expect("the API listener"));
-    b.client.set_window_size(1280, 820).await?;
+    let base = format!(
+        "http://{}",
+        c.nodes["main"].api_addr.expect("the API listener")
+    );
+    b.client.set_window_size(1280, 1000).await?;
     b.client.goto(&format!("{base}/")).await?;
-    b.client.wait().at_most(PAGE_WAIT).for_element(fantoccini::Locator::Css("#keys")).await?;
+    b.client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(fantoccini::Locator::Css("#keys"))
+        .await?;
     b.screenshot(&out.join("console-dashboard.png")).await?;
     b.client.goto(&format!("{base}/keys/{id}")).await?;
-    b.client.wait().at_most(PAGE_WAIT).for_element(fantoccini::Locator::Css("#grants")).await?;
+    b.client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(fantoccini::Locator::Css("#grants"))
+        .await?;
     b.screenshot(&out.join("console-key.png")).await?;
     b.close().await;
     c.shutdown().await;
-    println!("wrote {}/console-dashboard.png and console-key.png", out.display());
+    println!(
+        "wrote {}/console-dashboard.png and console-key.png",
+        out.display()
+    );
     Ok(())
 }
