@@ -254,6 +254,12 @@ pub struct Tree<'a> {
     pub console_of: &'a dyn Fn(&str) -> Option<String>,
 }
 
+/// Only http(s) URLs become links (never `javascript:` and friends).
+fn is_web_url(u: &str) -> bool {
+    let l = u.to_ascii_lowercase();
+    l.starts_with("http://") || l.starts_with("https://")
+}
+
 fn usage_of(usage: &Fetched<pb::UsageReport>, node: &str) -> Markup {
     let rows: Vec<&pb::KeyUsage> = usage
         .as_ref()
@@ -288,7 +294,7 @@ pub fn tree(v: &View<'_>, t: &Tree<'_>) -> String {
                         @for p in list.peers.iter().filter(|p| p.role == role) {
                             tr data-node=(p.node_id) {
                                 td {
-                                    @match (t.console_of)(&p.node_id) {
+                                    @match (t.console_of)(&p.node_id).filter(|u| is_web_url(u)) {
                                         Some(url) => a href=(url) { (p.node_id) },
                                         None => (p.node_id),
                                     }
@@ -443,6 +449,16 @@ mod tests {
             }],
         });
         let known = |id: &str| (id == "c").then(|| "http://10.0.0.2:7603/".to_owned());
+        let evil = |_: &str| Some("javascript:alert(1)".to_owned());
+        let page = tree(
+            &view(false),
+            &Tree {
+                peers: &peers,
+                usage: &usage,
+                console_of: &evil,
+            },
+        );
+        assert!(!page.contains("javascript:"), "{page}");
         let page = tree(
             &view(false),
             &Tree {

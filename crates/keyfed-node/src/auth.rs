@@ -309,6 +309,11 @@ impl<S> AdminGuard<S> {
         self.auth.token(token).map(|(n, r)| (n.to_owned(), r))
     }
 
+    /// The node's config, for the console's links to its peers' consoles.
+    pub fn config(&self) -> &crate::NodeConfig {
+        &self.node.config
+    }
+
     /// Whether any admin token is configured (else loopback callers administer).
     pub fn takes_tokens(&self) -> bool {
         !self.auth.tokens.is_empty()

@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub api_listen: Option<SocketAddr>,
     /// Log lines as `text` (default) or `json` (one object per line).
     pub log_format: LogFormat,
+    /// `[peer_consoles]`: node id → the URL of that peer's console, linked
+    /// from this node's federation tree.
+    pub peer_consoles: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             api_listen: None,
             log_format: LogFormat::Text,
+            peer_consoles: std::collections::BTreeMap::new(),
         }
     }
 }

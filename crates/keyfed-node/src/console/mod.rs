@@ -39,6 +39,8 @@ pub struct Console {
     /// No admin tokens: no log-in; the Admin service answers loopback
     /// callers (and administrators' certificates) as before.
     open: bool,
+    /// `[peer_consoles]`: where each peer's console is, for the tree.
+    peer_consoles: std::collections::BTreeMap<String, String>,
 }
 
 /// The caller of one console request, after its session was found.
@@ -54,6 +56,7 @@ impl Console {
             sessions: Sessions::new(),
             tls,
             open: !admin.takes_tokens(),
+            peer_consoles: admin.config().peer_consoles.clone(),
         }
     }
 
@@ -95,7 +98,7 @@ impl Console {
                 Err(e) => text(e.http, &e.message),
             }
         } else if req.method() == M::GET {
-            pages::get(&caller, &path, req.uri().query()).await
+            pages::get(&caller, &path, req.uri().query(), &self.peer_consoles).await
         } else {
             text(
                 http::StatusCode::METHOD_NOT_ALLOWED,

@@ -25,7 +25,12 @@ fn query(q: Option<&str>) -> Form {
     Form::urlencoded(q.unwrap_or_default().as_bytes()).unwrap_or_default()
 }
 
-pub(super) async fn get(c: &Caller, path: &str, q: Option<&str>) -> Response {
+pub(super) async fn get(
+    c: &Caller,
+    path: &str,
+    q: Option<&str>,
+    peer_consoles: &std::collections::BTreeMap<String, String>,
+) -> Response {
     let status = c.fetch::<_, pb::NodeStatus>("Status", &pb::Empty {}).await;
     let v = c.view(&status);
     let ok = http::StatusCode::OK;
@@ -62,7 +67,7 @@ pub(super) async fn get(c: &Caller, path: &str, q: Option<&str>) -> Response {
             let t = ui::Tree {
                 peers: &peers,
                 usage: &usage,
-                console_of: &|_| None,
+                console_of: &|id| peer_consoles.get(id).cloned(),
             };
             html(ok, ui::tree(&v, &t))
         }

@@ -1,0 +1,274 @@
+//! The console's HTTP rules without a browser: log-in and its cookie
+//! (HttpOnly, SameSite=Strict, Secure on TLS), the API refusing the cookie,
+//! CSRF on writes, and a token-less node answering loopback callers only
+//! under an address or `localhost` as `Host`, like its JSON API.
+use keyfed_node::config::{AdminToken, Role};
+use keyfed_tests::{TestCluster, Topology};
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const OPS: &str = "0ps-console-http-t0ken";
+
+fn with_api(cfg: &mut keyfed_node::NodeConfig) {
+    cfg.api_listen = Some("127.0.0.1:0".parse().expect("addr"));
+}
+
+fn with_api_and_token(cfg: &mut keyfed_node::NodeConfig) {
+    with_api(cfg);
+    cfg.admin_tokens = vec![AdminToken {
+        name: "ops".into(),
+        token: Some(OPS.into()),
+        role: Role::Admin,
+        ..AdminToken::default()
+    }];
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+    /// `keyfed_session=ID` from Set-Cookie, for the next request's Cookie.
+    fn session(&self) -> String {
+        self.header("set-cookie")
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: 127.0.0.1\r\n");
+    }
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" {
+        head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("send");
+    s.write_all(body.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    exchange(s, method, target, headers, body).await
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
+    let c = TestCluster::start(
+        Topology::new()
+            .root("main")
+            .tweak("main", with_api_and_token),
+    )
+    .await;
+    c.wait_healthy("main").await;
+    let addr = c.nodes["main"].api_addr.expect("api");
+
+    // not logged in: a page sends the browser to /login, a write is refused
+    let r = http(addr, "GET", "/", &[], "").await;
+    assert_eq!((r.status, r.header("location")), (303, "/login"));
+    let r = http(addr, "POST", "/renew", &[], "csrf=x").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = http(addr, "POST", "/login", &[], "token=wrong").await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body.contains("not valid on this node") && r.header("set-cookie").is_empty(),
+        "{}",
+        r.body
+    );
+
+    let r = http(addr, "POST", "/login", &[], &format!("token={OPS}")).await;
+    assert_eq!((r.status, r.header("location")), (303, "/"));
+    let set = r.header("set-cookie");
+    assert!(
+        set.ends_with("; HttpOnly; SameSite=Strict; Path=/"),
+        "{set}"
+    );
+    assert!(
+        !set.contains(OPS),
+        "the token never goes to the browser: {set}"
+    );
+    let cookie = r.session();
+    assert_eq!(cookie.len(), "keyfed_session=".len() + 64, "{cookie}");
+
+    let page = http(addr, "GET", "/", &[("Cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("ops (admin)") && page.body.contains(r#"id="add-key""#));
+    assert!(page
+        .header("content-security-policy")
+        .contains("default-src 'self'"));
+    // the API takes a bearer token only, never the console's cookie
+    let api = http(addr, "GET", "/api/v1/keys", &[("Cookie", &cookie)], "").await;
+    assert_eq!(api.status, 401, "{}", api.body);
+
+    // a write needs the session's CSRF token
+    let token = csrf(&page.body);
+    let k = c.issue(&["antivirus"], 2, "2027-12-31");
+    let form = "object=pc-1&seats=1&kind=station";
+    let r = http(
+        addr,
+        "POST",
+        &format!("/keys/{}/assign", k.key.id),
+        &[("Cookie", &cookie)],
+        &form,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("CSRF token is missing or wrong"));
+    // with it, the Admin service's own error comes back (the key is not here)
+    let with = format!("csrf={token}&{form}");
+    let r = http(
+        addr,
+        "POST",
+        &format!("/keys/{}/assign", k.key.id),
+        &[("Cookie", &cookie)],
+        &with,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("NOT_FOUND"), "{}", r.body);
+
+    // log-out ends the session
+    let r = http(
+        addr,
+        "POST",
+        "/logout",
+        &[("Cookie", &cookie)],
+        &format!("csrf={token}"),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(r.header("set-cookie").contains("Max-Age=0"));
+    let r = http(addr, "GET", "/", &[("Cookie", &cookie)], "").await;
+    assert_eq!((r.status, r.header("location")), (303, "/login"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_a_console_without_tokens_answers_loopback_under_an_address_only() {
+    let c = TestCluster::start(Topology::new().root("main").tweak("main", with_api)).await;
+    c.wait_healthy("main").await;
+    let addr = c.nodes["main"].api_addr.expect("api");
+    let r = http(addr, "GET", "/", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("local (no admin tokens)") && r.header("set-cookie").contains("HttpOnly")
+    );
+    assert!(!r.body.contains("Log out"), "no log-in, so no log-out");
+    // DNS rebinding: a page under another name is refused, as on the API
+    let r = http(addr, "GET", "/", &[("Host", "rebound.example")], "").await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("DNS rebinding"), "{}", r.body);
+    // an unknown page is a 404 page
+    let r = http(addr, "GET", "/nowhere", &[("Cookie", "")], "").await;
+    assert_eq!(r.status, 404);
+    c.shutdown().await;
+}
+
+fn tls_client(c: &TestCluster, cert: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let tls = c.tls.as_ref().expect("a TLS cluster");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(tls.ca()).expect("CA") {
+        roots.add(cert.expect("CA cert")).expect("CA added");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        CertificateDer::pem_file_iter(tls.cert(cert))
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert chain"),
+        PrivateKeyDer::from_pem_file(tls.key(cert)).expect("key"),
+    )
+    .expect("client cert");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
+    let c = TestCluster::start(
+        Topology::new()
+            .tls()
+            .root("main")
+            .tweak("main", with_api_and_token),
+    )
+    .await;
+    c.wait_healthy("main").await;
+    let addr = c.nodes["main"].api_addr.expect("api");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("main").expect("name");
+    let tls = tls_client(&c, "admin")
+        .connect(name, tcp)
+        .await
+        .expect("the console speaks TLS");
+    let r = exchange(tls, "POST", "/login", &[], &format!("token={OPS}")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let set = r.header("set-cookie");
+    assert!(
+        set.contains("HttpOnly; SameSite=Strict") && set.ends_with("; Secure"),
+        "{set}"
+    );
+    c.shutdown().await;
+}
