@@ -486,12 +486,14 @@ role = "read-only"
             "KEYFED_TLS_CERT" => Some("n.pem".into()),
             "KEYFED_TLS_KEY" => Some("n.key".into()),
             "KEYFED_TLS_ADMIN_NAMES" => Some("ops, ci".into()),
+            "KEYFED_TLS_ADMIN_CLIENT_CERT" => Some("optional".into()),
             _ => None,
         };
         e.apply_env(env).unwrap();
         let t = e.tls.unwrap();
         assert_eq!(t.cert, std::path::PathBuf::from("n.pem"));
         assert_eq!(t.admin_names, ["ops", "ci"]);
+        assert_eq!(t.admin_policy(), ClientCert::Optional);
     }
 
     use prost::Message;

@@ -453,6 +453,17 @@ fn apply_tls_env(cfg: &mut NodeConfig, get: &impl Fn(&str) -> Option<String>) {
         t.cert = cert.into();
         t.key = key.into();
     }
+    // the compose federation's console logs in with a token alone
+    if let (Some(t), Some(v)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_CLIENT_CERT")) {
+        t.admin_client_cert = match v.as_str() {
+            "required" => Some(ClientCert::Required),
+            "optional" => Some(ClientCert::Optional),
+            other => {
+                tracing::warn!(value = %other, "KEYFED_TLS_ADMIN_CLIENT_CERT is neither required nor optional: ignored");
+                t.admin_client_cert
+            }
+        };
+    }
     // comma separated: the compose federation names its administrator here
     if let (Some(t), Some(names)) = (cfg.tls.as_mut(), get("KEYFED_TLS_ADMIN_NAMES")) {
         t.admin_names = names
