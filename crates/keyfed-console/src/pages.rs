@@ -212,6 +212,14 @@ pub fn key_page(v: &View<'_>, p: &KeyPage<'_>) -> String {
                 }
             },
         }
+        @if let Ok(l) = p.objects {
+            @if !l.next_page_token.is_empty() {
+                p.muted #more-grants {
+                    "More objects hold this key than shown here: see "
+                    a href={"/stations?key_id=" (enc)} { "every station holding it" } "."
+                }
+            }
+        }
         @if v.can_write {
             form.action #assign method="post" action={"/keys/" (enc) "/assign"} {
                 (csrf_field(v))

@@ -11,6 +11,9 @@ use keyfed_proto::v1 as pb;
 use tonic::codegen::http;
 use tonic::Code;
 
+/// Holders shown on a key's page (one page of ListObjects, not a full scan).
+const GRANTS_SHOWN: u32 = 200;
+
 /// The decoded path segments after the leading `/`.
 fn segments(path: &str) -> Result<Vec<String>, ApiError> {
     path.trim_start_matches('/')
@@ -86,6 +89,7 @@ pub(super) async fn get(
                     "ListObjects",
                     &pb::ListObjectsRequest {
                         key_id: (*id).into(),
+                        page_size: GRANTS_SHOWN,
                         ..Default::default()
                     },
                 )
@@ -154,10 +158,13 @@ pub(super) async fn get(
             html(ok, ui::stations(&v, &f, &list))
         }
         ["notifications"] => {
+            // seqs count up from 1: start near the newest, not at the first
+            let newest = status.as_ref().map_or(0, |s| u64::from(s.notifications));
+            let after_seq = newest.saturating_sub(NOTIFICATIONS_SHOWN as u64);
             let mut list: ui::Fetched<pb::NotificationList> = c
                 .fetch(
                     "ListNotifications",
-                    &pb::ListNotificationsRequest { after_seq: 0 },
+                    &pb::ListNotificationsRequest { after_seq },
                 )
                 .await;
             if let Ok(l) = &mut list {
