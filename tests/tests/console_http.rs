@@ -165,7 +165,7 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
         "POST",
         &format!("/keys/{}/assign", k.key.id),
         &[("Cookie", &cookie)],
-        &form,
+        form,
     )
     .await;
     assert_eq!(r.status, 403);
