@@ -272,3 +272,176 @@ async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
     );
     c.shutdown().await;
 }
+
+/// Logs in as `ops`: the session cookie and the page's CSRF token.
+async fn log_in(addr: SocketAddr) -> (String, String) {
+    let r = http(addr, "POST", "/login", &[], &format!("token={OPS}")).await;
+    let cookie = r.session();
+    let page = http(addr, "GET", "/", &[("Cookie", &cookie)], "").await;
+    (cookie.clone(), csrf(&page.body))
+}
+
+/// A multipart/form-data POST as a browser sends a file upload.
+async fn upload(addr: SocketAddr, cookie: &str, fields: &[(&str, &str)]) -> Reply {
+    let boundary = "----keyfedTestBoundary7MA4YWxk";
+    let mut body = String::new();
+    for (name, value) in fields {
+        let file = if *name == "key_file" {
+            "; filename=\"k.key\"\r\nContent-Type: application/octet-stream"
+        } else {
+            ""
+        };
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let head = format!(
+        "POST /keys HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {cookie}\r\n\
+         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = s;
+    s.write_all(head.as_bytes()).await.expect("send");
+    s.write_all(body.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().expect("status");
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_default()
+        .to_owned();
+    Reply {
+        status,
+        headers: vec![("location".into(), location)],
+        body: text,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_service() {
+    let c = TestCluster::start(
+        Topology::new()
+            .root("main")
+            .tweak("main", with_api_and_token),
+    )
+    .await;
+    c.wait_healthy("main").await;
+    let addr = c.nodes["main"].api_addr.expect("api");
+    let (cookie, token) = log_in(addr).await;
+    let k = c.issue(&["antivirus"], 5, "2027-12-31");
+    let id = k.key.id.clone();
+    let jar = [("Cookie", cookie.as_str())];
+
+    // the key file as an upload; the browser is sent to the key's page
+    let r = upload(
+        addr,
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("key_file", &k.render()),
+            ("activation", ""),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, format!("/keys/{id}").as_str()),
+        "{}",
+        r.body
+    );
+    let page = http(addr, "GET", &format!("/keys/{id}"), &jar, "").await;
+    assert!(
+        page.body.contains(&format!("added key {id}")),
+        "the outcome is shown once"
+    );
+    assert!(page.body.contains("0 used / 5 held / 5 free"));
+    // an upload without the CSRF field is refused like any write
+    let r = upload(addr, &cookie, &[("key_file", &k.render())]).await;
+    assert_eq!(r.status, 403);
+
+    let post = |path: String, form: String| {
+        let jar = jar;
+        async move { http(addr, "POST", &path, &jar, &form).await }
+    };
+    let r = post(
+        format!("/keys/{id}/assign"),
+        format!("csrf={token}&object=pc-1&seats=2&kind=station"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = http(addr, "GET", &format!("/keys/{id}"), &jar, "").await;
+    assert!(
+        page.body.contains(r#"data-object="pc-1""#)
+            && page.body.contains("2 used / 5 held / 3 free")
+    );
+    // bad input is the Admin service's INVALID_ARGUMENT, nothing stored
+    let r = post(
+        format!("/keys/{id}/assign"),
+        format!("csrf={token}&object=pc-2&seats=lots"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("seats") && r.body.contains("whole number"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        format!("/keys/{id}/unassign"),
+        format!("csrf={token}&object=pc-1"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = http(addr, "GET", &format!("/keys/{id}"), &jar, "").await;
+    assert!(!page.body.contains(r#"data-object="pc-1""#) && page.body.contains("0 used / 5 held"));
+
+    // a command goes to a station that has connected
+    let mut station = c.agent("main", "pc-1", &["antivirus"]);
+    station.sync().await.expect("the station connects");
+    let r = post(
+        "/commands".into(),
+        format!("csrf={token}&object=pc-1&command=reboot"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, "/commands"),
+        "{}",
+        r.body
+    );
+    let page = http(addr, "GET", "/commands", &jar, "").await;
+    assert!(
+        page.body.contains("queued command") && page.body.contains("reboot"),
+        "{}",
+        page.body
+    );
+
+    let r = post("/renew".into(), format!("csrf={token}")).await;
+    assert_eq!((r.status, r.header("location")), (303, "/"), "{}", r.body);
+    let page = http(addr, "GET", "/", &jar, "").await;
+    assert!(page.body.contains("checked for updates"), "{}", page.body);
+
+    // the writes are in the Admin service's audit trail, under the token's name
+    let audit = http(addr, "GET", "/audit", &jar, "").await;
+    for action in [
+        "AddKey",
+        "AssignSeats",
+        "UnassignSeats",
+        "QueueCommand",
+        "CheckForUpdates",
+    ] {
+        assert!(
+            audit
+                .body
+                .contains(&format!(r#"<td class="mono">{action}</td>"#)),
+            "{action} audited"
+        );
+    }
+    assert!(audit.body.contains("<td>ops</td>"), "{}", audit.body);
+    c.shutdown().await;
+}

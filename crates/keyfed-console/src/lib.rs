@@ -97,7 +97,7 @@ pub fn layout(v: &View<'_>, here: Nav, title: &str, body: &Markup) -> String {
                     span.node { "keyfed " (v.node_id) }
                     nav {
                         @for (n, href, label) in NAV {
-                            a.here[*n == here] href=(href) { (label) } " "
+                            a class=[(*n == here).then_some("here")] href=(href) { (label) } " "
                         }
                     }
                     span.who {

@@ -186,7 +186,7 @@ impl Console {
         let path = req.uri().path().to_owned();
         let form = match read_form(req).await {
             Ok(f) => f,
-            Err(e) => return error_page(&c, e.http, "The form was not read", &e.message),
+            Err(e) => return error_page(&c, e.http, "The form was not read", &e.message).await,
         };
         if !session::same_secret(form.get("csrf"), &c.session.csrf) {
             return error_page(
@@ -194,7 +194,8 @@ impl Console {
                 http::StatusCode::FORBIDDEN,
                 "Refused",
                 "the form's CSRF token is missing or wrong; reload the page and try again",
-            );
+            )
+            .await;
         }
         if path == "/logout" {
             self.sessions.close(&c.sid);
@@ -205,7 +206,7 @@ impl Console {
                 self.sessions.flash(&c.sid, Flash::Done(done));
                 redirect(&back, None)
             }
-            Err(e) => error_page(&c, e.http, "Refused", &failure(&e)),
+            Err(e) => error_page(&c, e.http, "Refused", &failure(&e)).await,
         }
     }
 }
@@ -250,8 +251,8 @@ impl Caller {
     }
 }
 
-fn error_page(c: &Caller, status: http::StatusCode, title: &str, message: &str) -> Response {
-    let s = Err(String::new());
+async fn error_page(c: &Caller, status: http::StatusCode, title: &str, message: &str) -> Response {
+    let s = c.fetch("Status", &pb::Empty {}).await;
     html(status, ui::error_page(&c.view(&s), title, message))
 }
 
