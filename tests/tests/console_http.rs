@@ -365,7 +365,6 @@ async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_
     assert_eq!(r.status, 403);
 
     let post = |path: String, form: String| {
-        let jar = jar;
         async move { http(addr, "POST", &path, &jar, &form).await }
     };
     let r = post(
