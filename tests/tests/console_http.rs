@@ -364,9 +364,8 @@ async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_
     let r = upload(addr, &cookie, &[("key_file", &k.render())]).await;
     assert_eq!(r.status, 403);
 
-    let post = |path: String, form: String| {
-        async move { http(addr, "POST", &path, &jar, &form).await }
-    };
+    let post =
+        |path: String, form: String| async move { http(addr, "POST", &path, &jar, &form).await };
     let r = post(
         format!("/keys/{id}/assign"),
         format!("csrf={token}&object=pc-1&seats=2&kind=station"),
