@@ -121,11 +121,16 @@ impl Browser {
             .await?
             .submit()
             .await?;
-        self.client
+        if let Err(e) = self
+            .client
             .wait()
             .at_most(PAGE_WAIT)
             .for_element(Locator::Css("#health"))
-            .await?;
+            .await
+        {
+            let page = self.client.source().await.unwrap_or_default();
+            anyhow::bail!("no dashboard after logging in ({e}); the page: {page}");
+        }
         Ok(())
     }
 

@@ -108,6 +108,21 @@ fn csrf(page: &str) -> String {
     page[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
+/// The log-in page's cookie and the form filled in with `token`.
+fn login_form(page: &Reply, token: &str) -> (String, String) {
+    (
+        page.session(),
+        format!("csrf={}&token={token}", csrf(&page.body)),
+    )
+}
+
+/// Logs in as a browser does: the log-in page first, then its form.
+async fn login(addr: SocketAddr, token: &str) -> Reply {
+    let page = http(addr, "GET", "/login", &[], "").await;
+    let (jar, form) = login_form(&page, token);
+    http(addr, "POST", "/login", &[("Cookie", &jar)], &form).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     let c = TestCluster::start(
@@ -124,15 +139,28 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     assert_eq!((r.status, r.header("location")), (303, "/login"));
     let r = http(addr, "POST", "/renew", &[], "csrf=x").await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = http(addr, "POST", "/login", &[], "token=wrong").await;
+    // the log-in form has a CSRF token of its own (double submit)
+    let r = http(addr, "POST", "/login", &[], &format!("token={OPS}")).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("log-in form's CSRF token")
+            && !r.header("set-cookie").contains("keyfed_session")
+    );
+    // a second log-in page (another tab, a followed redirect) keeps the first valid
+    let page = http(addr, "GET", "/login", &[], "").await;
+    let (jar, _) = login_form(&page, OPS);
+    let again = http(addr, "GET", "/login", &[("Cookie", &jar)], "").await;
+    assert_eq!(csrf(&again.body), csrf(&page.body));
+    let r = login(addr, "wrong").await;
     assert_eq!(r.status, 401);
     assert!(
-        r.body.contains("not valid on this node") && r.header("set-cookie").is_empty(),
+        r.body.contains("not valid on this node")
+            && !r.header("set-cookie").contains("keyfed_session"),
         "{}",
         r.body
     );
 
-    let r = http(addr, "POST", "/login", &[], &format!("token={OPS}")).await;
+    let r = login(addr, OPS).await;
     assert_eq!((r.status, r.header("location")), (303, "/"));
     let set = r.header("set-cookie");
     assert!(
@@ -257,13 +285,29 @@ async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
     .await;
     c.wait_healthy("main").await;
     let addr = c.nodes["main"].api_addr.expect("api");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("main").expect("name");
-    let tls = tls_client(&c, "admin")
-        .connect(name, tcp)
-        .await
-        .expect("the console speaks TLS");
-    let r = exchange(tls, "POST", "/login", &[], &format!("token={OPS}")).await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("main").expect("name");
+        tls_client(&c, "admin")
+            .connect(name, tcp)
+            .await
+            .expect("the console speaks TLS")
+    };
+    let page = exchange(connect().await, "GET", "/login", &[], "").await;
+    assert!(
+        page.header("set-cookie").ends_with("; Secure"),
+        "{}",
+        page.header("set-cookie")
+    );
+    let (jar, form) = login_form(&page, OPS);
+    let r = exchange(
+        connect().await,
+        "POST",
+        "/login",
+        &[("Cookie", &jar)],
+        &form,
+    )
+    .await;
     assert_eq!(r.status, 303, "{}", r.body);
     let set = r.header("set-cookie");
     assert!(
@@ -275,7 +319,7 @@ async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
 
 /// Logs in as `ops`: the session cookie and the page's CSRF token.
 async fn log_in(addr: SocketAddr) -> (String, String) {
-    let r = http(addr, "POST", "/login", &[], &format!("token={OPS}")).await;
+    let r = login(addr, OPS).await;
     let cookie = r.session();
     let page = http(addr, "GET", "/", &[("Cookie", &cookie)], "").await;
     (cookie.clone(), csrf(&page.body))

@@ -133,9 +133,9 @@ pub fn failed(what: &str, message: &str) -> Markup {
     html! { div.error role="alert" { "Could not load " (what) ": " (message) } }
 }
 
-/// The log-in page. `open`: the node has no admin tokens (loopback only).
+/// The log-in page; `csrf` goes into its form (and the node's cookie).
 #[must_use]
-pub fn login(error: Option<&str>, tls: bool) -> String {
+pub fn login(error: Option<&str>, tls: bool, csrf: &str) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -149,6 +149,7 @@ pub fn login(error: Option<&str>, tls: bool) -> String {
                     h1 { "keyfed console" }
                     @if let Some(e) = error { div.error role="alert" { (e) } }
                     form method="post" action="/login" {
+                        input type="hidden" name="csrf" value=(csrf);
                         label for="token" { "Admin token" }
                         input #token type="password" name="token" autocomplete="current-password" autofocus required;
                         button type="submit" { "Log in" }

@@ -72,8 +72,9 @@ impl Console {
         match (req.method(), path.as_str()) {
             (&M::GET, ui::CSS_PATH) => return asset("text/css; charset=utf-8", ui::CSS),
             (&M::GET, ui::JS_PATH) => return asset("text/javascript; charset=utf-8", ui::JS),
+            (&M::GET, "/favicon.ico") => return text(http::StatusCode::NOT_FOUND, "no icon"),
             (&M::GET, "/login") if !self.open => {
-                return html(http::StatusCode::OK, ui::login(None, self.tls))
+                return self.login_page(req.headers(), http::StatusCode::OK, None)
             }
             (&M::POST, "/login") if !self.open => return self.login(call, req).await,
             _ => {}
@@ -83,10 +84,7 @@ impl Console {
             None if req.method() == M::GET => return redirect("/login", None),
             None => {
                 let msg = "your session has ended: log in again";
-                return html(
-                    http::StatusCode::UNAUTHORIZED,
-                    ui::login(Some(msg), self.tls),
-                );
+                return self.login_page(req.headers(), http::StatusCode::UNAUTHORIZED, Some(msg));
             }
         };
         let mut reply = if req.method() == M::POST {
@@ -146,12 +144,39 @@ impl Console {
         Some((Caller { call, sid, session }, cookie))
     }
 
+    /// The log-in page, its CSRF token in the form and in a cookie: the one
+    /// the browser has (another tab, or a request that followed a redirect
+    /// here, must not invalidate the form on screen), else a fresh one.
+    fn login_page(
+        &self,
+        headers: &http::HeaderMap,
+        status: http::StatusCode,
+        error: Option<&str>,
+    ) -> Response {
+        let csrf = login_token(headers)
+            .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map_or_else(session::random_hex, str::to_owned);
+        let mut r = html(status, ui::login(error, self.tls, &csrf));
+        if let Ok(v) = http::HeaderValue::from_str(&session::login_cookie(&csrf, self.tls)) {
+            r.headers_mut().insert(http::header::SET_COOKIE, v);
+        }
+        r
+    }
+
     async fn login(&self, mut call: Call, req: http::Request<Incoming>) -> Response {
-        let fail = |code, msg: &str| html(code, ui::login(Some(msg), self.tls));
+        let headers = req.headers().clone();
+        let fail = |code, msg: &str| self.login_page(&headers, code, Some(msg));
+        let sent = login_token(req.headers()).unwrap_or_default().to_owned();
         let form = match read_form(req).await {
             Ok(f) => f,
             Err(e) => return fail(e.http, &e.message),
         };
+        if sent.is_empty() || !session::same_secret(form.get("csrf"), &sent) {
+            return fail(
+                http::StatusCode::FORBIDDEN,
+                "the log-in form's CSRF token is missing or wrong: log in from this page",
+            );
+        }
         let token = form.get("token").trim().to_owned();
         let Ok(bearer) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
             return fail(
@@ -209,6 +234,15 @@ impl Console {
             Err(e) => error_page(&c, e.http, "Refused", &failure(&e)).await,
         }
     }
+}
+
+/// The log-in form's token in the request's cookies.
+fn login_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| session::cookie(h, session::LOGIN_COOKIE))
 }
 
 /// An Admin error as the console shows it: the code's name and message.

@@ -7,6 +7,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const COOKIE: &str = "keyfed_session";
+/// The log-in form's CSRF token, before there is a session (double submit:
+/// a page on another site can neither read nor set it).
+pub const LOGIN_COOKIE: &str = "keyfed_login";
 /// A session unused this long is forgotten.
 pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 /// More sessions than this: the oldest idle ones go first.
@@ -31,7 +34,7 @@ pub struct Sessions {
 }
 
 /// 32 random bytes, hex: a session id or a CSRF token.
-fn random_hex() -> String {
+pub fn random_hex() -> String {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b).expect("the system's random source works");
     hex::encode(b)
@@ -124,12 +127,25 @@ pub fn clear_cookie(secure: bool) -> String {
     format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
 }
 
+/// The log-in form's cookie: only sent back to `/login`.
+#[must_use]
+pub fn login_cookie(token: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login{secure}")
+}
+
 /// The session id in a `Cookie` header, if any.
 #[must_use]
 pub fn from_cookie_header(value: &str) -> Option<&str> {
-    value.split(';').find_map(|c| {
+    cookie(value, COOKIE)
+}
+
+/// The cookie `name` in a `Cookie` header, if set and not empty.
+#[must_use]
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
-        (k == COOKIE && !v.is_empty()).then_some(v)
+        (k == name && !v.is_empty()).then_some(v)
     })
 }
 
@@ -168,6 +184,11 @@ mod tests {
         );
         assert_eq!(from_cookie_header("keyfed_session="), None);
         assert_eq!(from_cookie_header("other=1"), None);
+        assert_eq!(
+            cookie("keyfed_session=a; keyfed_login=b", LOGIN_COOKIE),
+            Some("b")
+        );
+        assert!(login_cookie("b", false).ends_with("; Path=/login"));
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd") && !same_secret("abc", "ab"));
     }
