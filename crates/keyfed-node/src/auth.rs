@@ -309,9 +309,9 @@ impl<S> AdminGuard<S> {
         self.auth.token(token).map(|(n, r)| (n.to_owned(), r))
     }
 
-    /// The node's config, for the console's links to its peers' consoles.
-    pub fn config(&self) -> &crate::NodeConfig {
-        &self.node.config
+    /// The node: its id, clock and config for the console's page header.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// Whether any admin token is configured (else loopback callers administer).

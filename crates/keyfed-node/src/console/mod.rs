@@ -41,6 +41,9 @@ pub struct Console {
     open: bool,
     /// `[peer_consoles]`: where each peer's console is, for the tree.
     peer_consoles: std::collections::BTreeMap<String, String>,
+    /// The node, for the page header's id and clock (no Admin call, so no
+    /// page pays for `Status`'s counting).
+    node: crate::node::Node,
 }
 
 /// The caller of one console request, after its session was found.
@@ -48,6 +51,8 @@ struct Caller {
     call: Call,
     sid: String,
     session: session::Session,
+    node_id: String,
+    now: String,
 }
 
 impl Console {
@@ -56,7 +61,8 @@ impl Console {
             sessions: Sessions::new(),
             tls,
             open: !admin.takes_tokens(),
-            peer_consoles: admin.config().peer_consoles.clone(),
+            peer_consoles: admin.node().config.peer_consoles.clone(),
+            node: admin.node().clone(),
         }
     }
 
@@ -141,7 +147,14 @@ impl Console {
             .token
             .as_ref()
             .and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok());
-        Some((Caller { call, sid, session }, cookie))
+        let caller = Caller {
+            call,
+            sid,
+            session,
+            node_id: self.node.id().to_owned(),
+            now: crate::convert::ts(self.node.engine.now()),
+        };
+        Some((caller, cookie))
     }
 
     /// The log-in page, its CSRF token in the form and in a cookie: the one
@@ -211,7 +224,7 @@ impl Console {
         let path = req.uri().path().to_owned();
         let form = match read_form(req).await {
             Ok(f) => f,
-            Err(e) => return error_page(&c, e.http, "The form was not read", &e.message).await,
+            Err(e) => return error_page(&c, e.http, "The form was not read", &e.message),
         };
         if !session::same_secret(form.get("csrf"), &c.session.csrf) {
             return error_page(
@@ -219,8 +232,7 @@ impl Console {
                 http::StatusCode::FORBIDDEN,
                 "Refused",
                 "the form's CSRF token is missing or wrong; reload the page and try again",
-            )
-            .await;
+            );
         }
         if path == "/logout" {
             self.sessions.close(&c.sid);
@@ -231,7 +243,7 @@ impl Console {
                 self.sessions.flash(&c.sid, Flash::Done(done));
                 redirect(&back, None)
             }
-            Err(e) => error_page(&c, e.http, "Refused", &failure(&e)).await,
+            Err(e) => error_page(&c, e.http, "Refused", &failure(&e)),
         }
     }
 }
@@ -268,14 +280,11 @@ impl Caller {
         self.call.message(rpc, req).await
     }
 
-    /// The view every page is rendered in; `status` names the node.
-    fn view<'a>(&'a self, status: &'a ui::Fetched<pb::NodeStatus>) -> View<'a> {
-        let (node_id, now) = status
-            .as_ref()
-            .map_or(("", ""), |s| (s.node_id.as_str(), s.now.as_str()));
+    /// The view every page is rendered in.
+    fn view(&self) -> View<'_> {
         View {
-            node_id,
-            now,
+            node_id: &self.node_id,
+            now: &self.now,
             actor: &self.session.actor,
             can_write: self.session.can_write,
             csrf: &self.session.csrf,
@@ -285,9 +294,8 @@ impl Caller {
     }
 }
 
-async fn error_page(c: &Caller, status: http::StatusCode, title: &str, message: &str) -> Response {
-    let s = c.fetch("Status", &pb::Empty {}).await;
-    html(status, ui::error_page(&c.view(&s), title, message))
+fn error_page(c: &Caller, status: http::StatusCode, title: &str, message: &str) -> Response {
+    html(status, ui::error_page(&c.view(), title, message))
 }
 
 async fn read_form(req: http::Request<Incoming>) -> Result<Form, ApiError> {

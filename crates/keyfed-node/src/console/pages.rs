@@ -34,8 +34,7 @@ pub(super) async fn get(
     q: Option<&str>,
     peer_consoles: &std::collections::BTreeMap<String, String>,
 ) -> Response {
-    let status = c.fetch::<_, pb::NodeStatus>("Status", &pb::Empty {}).await;
-    let v = c.view(&status);
+    let v = c.view();
     let ok = http::StatusCode::OK;
     let segs = match segments(path) {
         Ok(s) => s,
@@ -45,6 +44,8 @@ pub(super) async fn get(
     let q = query(q);
     match segs.as_slice() {
         [] => {
+            // the node's health and counts (Status counts objects: the dashboard only)
+            let status = c.fetch("Status", &pb::Empty {}).await;
             let keys = c.fetch("ListKeys", &pb::Empty {}).await;
             let telemetry = c.fetch("TelemetryStatus", &pb::Empty {}).await;
             let peers = c.fetch("ListPeers", &pb::Empty {}).await;
@@ -159,6 +160,7 @@ pub(super) async fn get(
         }
         ["notifications"] => {
             // seqs count up from 1: start near the newest, not at the first
+            let status: ui::Fetched<pb::NodeStatus> = c.fetch("Status", &pb::Empty {}).await;
             let newest = status.as_ref().map_or(0, |s| u64::from(s.notifications));
             let after_seq = newest.saturating_sub(NOTIFICATIONS_SHOWN as u64);
             let mut list: ui::Fetched<pb::NotificationList> = c
