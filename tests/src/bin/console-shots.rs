@@ -1,13 +1,15 @@
-//! `cargo run -p keyfed-tests --bin console-shots -- docs/`: starts a small
-//! cluster (main, a child, a neighbor), gives it a few keys, grants and
-//! stations, and writes `console-dashboard.png` and `console-key.png` of
-//! main's console into the given directory (headless Chromium).
+//! `cargo run -p keyfed-tests --bin console-shots -- docs/ [STATIONS]`:
+//! starts a small cluster (main, a child, a neighbor), gives it a few keys,
+//! grants and STATIONS stations (6), writes `console-dashboard.png` and
+//! `console-key.png` of main's console into the given directory (headless
+//! Chromium), and prints how long each console page took to serve.
 use keyfed_tests::browser::{Browser, PAGE_WAIT};
 use keyfed_tests::{TestCluster, Topology};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs".into()));
+    let stations: u32 = std::env::args().nth(2).map_or(Ok(6), |n| n.parse())?;
     std::fs::create_dir_all(&out)?;
     let Some(b) = Browser::start().await? else {
         anyhow::bail!(
@@ -31,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let av = c
         .add(
             "main",
-            &c.issue(&["antivirus", "firewall"], 50, "2027-12-31"),
+            &c.issue(&["antivirus", "firewall"], 50 + stations, "2027-12-31"),
         )
         .await;
     let soon = c.add("main", &c.issue(&["backup"], 10, "2026-12-10")).await;
@@ -39,8 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let soon_id = soon.key.map(|k| k.id).unwrap_or_default();
     c.assign("main", &id, "plant-a", 20).await?;
     c.assign("main", &soon_id, "plant-a", 4).await?;
-    for n in 1..=6 {
-        let mut a = c.agent("main", &format!("pc-{n:02}"), &["antivirus"]);
+    for n in 1..=stations {
+        let mut a = c.agent("main", &format!("pc-{n:05}"), &["antivirus"]);
         a.sync().await?;
     }
     let base = format!(
@@ -63,10 +65,41 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     b.screenshot(&out.join("console-key.png")).await?;
     b.close().await;
+    let addr = c.nodes["main"].api_addr.expect("the API listener");
+    for page in [
+        "/".to_owned(),
+        "/tree".into(),
+        "/stations".into(),
+        format!("/keys/{id}"),
+        "/notifications".into(),
+    ] {
+        let started = std::time::Instant::now();
+        let bytes = get(addr, &page).await?;
+        println!(
+            "{page:<24} {:>7.1} ms  {bytes} bytes",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     c.shutdown().await;
     println!(
         "wrote {}/console-dashboard.png and console-key.png",
         out.display()
     );
     Ok(())
+}
+
+/// One GET on a fresh connection; the reply's size.
+async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    anyhow::ensure!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{path}: {}",
+        String::from_utf8_lossy(&out[..out.len().min(200)])
+    );
+    Ok(out.len())
 }
