@@ -166,7 +166,9 @@ pub fn telemetry_warning(t: &pb::TelemetryStatusReply) -> Option<Warning> {
 #[must_use]
 pub fn warning_list(ws: &[Warning]) -> Markup {
     html! {
-        @if !ws.is_empty() {
+        @if ws.is_empty() {
+            span.muted { "none" }
+        } @else {
             ul.warnings {
                 @for w in ws { li class=(w.severity()) { (w.text()) } }
             }
