@@ -61,6 +61,8 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            // its own process group, so Chromium can be ended with it
+            .process_group(0)
             .spawn()?;
         let url = format!("http://127.0.0.1:{port}");
         let end = tokio::time::Instant::now() + DRIVER_START;
@@ -92,10 +94,22 @@ impl Browser {
         Ok(Some(Self { client, driver }))
     }
 
-    /// Ends the browser session and chromedriver.
-    pub async fn close(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill().await;
+    /// Ends the browser session, then (on drop) chromedriver.
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    /// A failed test never reaches `close`: end chromedriver's whole
+    /// process group, Chromium included, rather than leave it running.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
