@@ -23,6 +23,7 @@ pub mod station;
 pub mod telemetry;
 pub mod tenant_quota;
 pub mod waiting;
+pub mod webhook;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;
