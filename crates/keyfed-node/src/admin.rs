@@ -470,7 +470,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_webhooks(&self, _: Request<pb::Empty>) -> R<pb::WebhookList> {
-        Err(Status::unimplemented("webhooks are not built yet"))
+        Ok(Response::new(self.node.webhooks.list()))
     }
 
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {

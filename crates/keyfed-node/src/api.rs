@@ -373,7 +373,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["keys", _] => "GET, DELETE",
         ["keys", _, "file"]
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
-        | "subscriptions" | "audit" | "telemetry"]
+        | "subscriptions" | "audit" | "telemetry" | "webhooks"]
         | ["notifications", "stream"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
@@ -469,6 +469,11 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
                 after_seq: q.only(&["after_seq"])?.number("after_seq")?,
             };
             call.unary::<_, pb::NotificationList>("ListNotifications", &r)
+                .await
+        }
+        (&M::GET, ["webhooks"]) => {
+            q.only(&[])?;
+            call.unary::<_, pb::WebhookList>("ListWebhooks", &pb::Empty {})
                 .await
         }
         (&M::GET, ["status"]) => {

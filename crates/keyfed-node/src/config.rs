@@ -2,6 +2,7 @@
 //! file, then `KEYFED_*` environment variables, then flags.
 use serde::{Deserialize, Serialize};
 
+pub use crate::webhooks::WebhookConfig;
 pub use keyfed_engine::config::{
     EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole, StationConfig,
 };
@@ -50,6 +51,8 @@ pub struct NodeConfig {
     /// Real-time period of the scheduler loop; rules use the injected clock.
     pub tick_millis: u64,
     pub hook: Option<HookConfig>,
+    /// Signed JSON POSTs of notifications (issue 12, `crate::webhooks`).
+    pub webhooks: Vec<WebhookConfig>,
     /// Lets Admin.AdvanceClock move a manual clock (demos, smoke tests).
     pub debug_clock: bool,
     /// Seconds between link reconnect attempts grow up to this.
@@ -138,6 +141,7 @@ impl Default for NodeConfig {
             telemetry_retry_secs: 3_600,
             tick_millis: 1000,
             hook: None,
+            webhooks: Vec::new(),
             debug_clock: false,
             max_backoff_millis: 5000,
             lifecycle: LifecycleConfig::default(),

@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod station;
 pub mod tls;
 pub mod upstream;
+pub mod webhooks;
 
 pub use config::NodeConfig;
 pub use node::Node;
@@ -100,6 +101,8 @@ pub async fn run_with_listeners(
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let api_tls = api::tls_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
+    let webhooks = webhooks::Webhooks::from_config(&config, |v| std::env::var(v).ok())
+        .map_err(anyhow::Error::msg)?;
     // the store's own error stays inside (a test or operator tool can
     // downcast it); the message names the data dir and its setting
     let store = open_store(&config).map_err(|e| {
@@ -132,7 +135,7 @@ pub async fn run_with_listeners(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     })?;
-    let node = Node::new(engine, config, metrics);
+    let node = Node::new(engine, config, metrics, webhooks);
     import_key_dir(&node).await;
 
     for (peer, address) in node.config.dialed_peers() {
@@ -144,6 +147,7 @@ pub async fn run_with_listeners(
         ));
     }
     tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
+    webhooks::Webhooks::start(&node, &tasks, &shutdown);
     if let Some(l) = metrics_listener {
         tracing::info!(node = %node.id(), addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
         tasks.spawn(exposition::serve(

@@ -629,6 +629,20 @@ impl Store {
         self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, usize::MAX)
     }
 
+    /// At most `limit` notifications after `seq`, oldest first (a webhook's queue).
+    pub fn notifications_page(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, limit)
+    }
+
+    /// The seq of the newest notification ever stored (0: none yet).
+    pub fn last_notification_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.get(META, b"notification_seq")?.unwrap_or(0))
+    }
+
     pub fn notification_count(&self) -> usize {
         self.len(NOTIFICATIONS)
     }
