@@ -136,6 +136,7 @@ pub async fn run_with_listeners(
         shutdown: shutdown.clone(),
     })?;
     let node = Node::new(engine, config, metrics, webhooks);
+    webhooks::Webhooks::start(&node, &tasks, &shutdown);
     import_key_dir(&node).await;
 
     for (peer, address) in node.config.dialed_peers() {
@@ -147,7 +148,6 @@ pub async fn run_with_listeners(
         ));
     }
     tasks.spawn(scheduler::run(node.clone(), shutdown.clone()));
-    webhooks::Webhooks::start(&node, &tasks, &shutdown);
     if let Some(l) = metrics_listener {
         tracing::info!(node = %node.id(), addr = %l.local_addr()?, "serving Prometheus metrics at /metrics");
         tasks.spawn(exposition::serve(

@@ -145,12 +145,24 @@ impl Webhooks {
 
     /// One delivery task per hook, so a receiver that is down holds back
     /// only its own queue.
+    /// Called before the node takes any request, so a hook seen for the
+    /// first time starts exactly where the log stood then.
+    /// A hook whose cursor cannot be read stays stopped and says why (in
+    /// the log and `last_error`); the others run.
     pub fn start(node: &crate::Node, tasks: &TaskTracker, shutdown: &CancellationToken) {
         for hook in &node.webhooks.hooks {
             node.metrics.webhooks.show(&hook.name);
+            let start = match delivery::Start::new(node, hook) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(webhook = %hook.name, error = %e, "webhook not started");
+                    hook.state().last_error = e;
+                    continue;
+                }
+            };
             let span = tracing::info_span!("webhook", node = %node.id(), webhook = %hook.name);
             tasks.spawn(tracing::Instrument::instrument(
-                delivery::run(node.clone(), hook.clone(), shutdown.child_token()),
+                delivery::run(node.clone(), hook.clone(), start, shutdown.child_token()),
                 span,
             ));
         }

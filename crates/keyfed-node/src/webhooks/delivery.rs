@@ -137,26 +137,34 @@ fn recount(node: &Node, hook: &Hook, feed: &mut Feed) {
     node.metrics.webhooks.set_pending(&hook.name, pending);
 }
 
-pub(super) async fn run(node: Node, hook: Arc<Hook>, shutdown: CancellationToken) {
-    // subscribe before reading, so nothing published meanwhile is missed
-    let mut feed = Feed {
-        rx: node.engine.subscribe(),
-        seen: 0,
-    };
-    let store = node.engine.store().clone();
-    let mut cursor = match load_cursor(&store, &hook.name) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "webhook not started");
-            hook.state().last_error = e;
-            return;
-        }
-    };
-    {
+/// A hook's queue as it stood at start: the feed subscribed before the
+/// cursor was read, so nothing published in between is missed.
+pub(super) struct Start {
+    feed: Feed,
+    cursor: Cursor,
+}
+
+impl Start {
+    pub(super) fn new(node: &Node, hook: &Hook) -> Result<Self, String> {
+        let feed = Feed {
+            rx: node.engine.subscribe(),
+            seen: 0,
+        };
+        let cursor = load_cursor(node.engine.store(), &hook.name)
+            .map_err(|e| format!("webhook {:?}: {e}", hook.name))?;
         let mut s = hook.state();
         s.delivered = cursor.delivered;
         s.delivered_seq = cursor.seq;
+        Ok(Self { feed, cursor })
     }
+}
+
+pub(super) async fn run(node: Node, hook: Arc<Hook>, start: Start, shutdown: CancellationToken) {
+    let Start {
+        mut feed,
+        mut cursor,
+    } = start;
+    let store = node.engine.store().clone();
     recount(&node, &hook, &mut feed);
     tracing::info!(url = %hook.url, after_seq = cursor.seq, "webhook delivering");
     loop {
@@ -168,6 +176,7 @@ pub(super) async fn run(node: Node, hook: Arc<Hook>, shutdown: CancellationToken
             }
         };
         let full = page.len() == PAGE;
+        let read_through = page.last().map(|n| n.seq);
         let mut skipped = false;
         for n in page {
             if !hook.filter.matches(&n.event) {
@@ -197,7 +206,9 @@ pub(super) async fn run(node: Node, hook: Arc<Hook>, shutdown: CancellationToken
                 tracing::warn!(error = %e, "webhook cursor not saved");
             }
         }
-        if full {
+        // more to read: a full page, or notifications the feed took in
+        // while this page was being delivered
+        if full || read_through.is_some_and(|last| feed.seen > last) {
             continue;
         }
         // the log is drained: what is published from here on is pending
