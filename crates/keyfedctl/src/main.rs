@@ -6,6 +6,7 @@ mod render;
 mod stations;
 mod telemetry;
 mod tls;
+mod webhooks;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -180,6 +181,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// the configured webhooks and their delivery queues (issue 12)
+    Webhooks,
     /// telemetry compliance per customer, on the upstream (t03)
     Compliance {
         customer: Option<String>,
@@ -601,6 +604,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Report(cmd) => stations::report(cli, cmd).await?,
         Command::Subscription(cmd) => stations::subscription(cli, cmd).await?,
         Command::Audit { after, limit } => audit::audit(cli, *after, *limit).await?,
+        Command::Webhooks => webhooks::webhooks(cli).await?,
         Command::Compliance { customer, cmd } => {
             telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
         }
