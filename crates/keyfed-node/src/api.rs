@@ -373,8 +373,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["keys", _] => "GET, DELETE",
         ["keys", _, "file"]
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
-        | "subscriptions" | "audit" | "telemetry" | "webhooks"]
+        | "subscriptions" | "audit" | "telemetry"]
         | ["notifications", "stream"]
+        | ["webhooks"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
         | ["renew"]
