@@ -61,6 +61,7 @@ impl Received {
 /// the same port.
 struct Receiver {
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     got: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
     stop: Option<CancellationToken>,
@@ -68,9 +69,35 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Serving https with the certificate `name` issued from the CA in `pki`.
+    async fn start_tls(pki: &std::path::Path, name: &str) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let certs = CertificateDer::pem_file_iter(pki.join(format!("{name}.pem")))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.join(format!("{name}.key"))).unwrap();
+        let sc = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(sc)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let mut r = Self {
             addr: l.local_addr().expect("addr"),
+            tls,
             got: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             stop: None,
@@ -80,20 +107,22 @@ impl Receiver {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn serve(&mut self, l: TcpListener) {
         let stop = CancellationToken::new();
         self.stop = Some(stop.clone());
         let (got, status) = (self.got.clone(), self.status.clone());
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             loop {
                 let (s, _) = tokio::select! {
                     () = stop.cancelled() => return,
                     a = l.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
-                let (got, status) = (got.clone(), status.clone());
+                let (got, status, tls) = (got.clone(), status.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                         let (got, status) = (got.clone(), status.clone());
@@ -120,9 +149,14 @@ impl Receiver {
                             )
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    let http = http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(s), svc).await,
+                        Some(tls) => match tls.accept(s).await {
+                            Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -284,9 +318,9 @@ async fn webhook_deliveries_are_signed_and_carry_the_notification_and_the_filter
             r.header(rules::HEADER_SIGNATURE)
         ));
         let body = r.json();
-        assert_eq!(body["deliveryId"], id);
+        assert_eq!(body["delivery_id"], id);
         assert_eq!(body["timestamp"], ts);
-        assert_eq!(body["nodeId"], "main");
+        assert_eq!(body["node_id"], "main");
         assert_eq!(body["webhook"], "all");
         assert_eq!(id, format!("main:all:{}", r.seq()));
         assert_eq!(r.header(rules::HEADER_ATTEMPT), "1");
@@ -446,7 +480,17 @@ async fn webhook_queue_survives_a_node_restart_without_redelivering_what_was_ack
         webhooks(&c, "main").await[0].pending >= 4
     })
     .await;
+    let history = *seqs(&c, "main", &[]).await.last().unwrap();
     c.stop("main").await;
+    // a hook added while the node was down starts after the history stored then
+    let late = Receiver::start().await;
+    let late_url = late.url("/late");
+    c.nodes
+        .get_mut("main")
+        .unwrap()
+        .config
+        .webhooks
+        .push(hook("late", late_url, &[]));
     c.restart("main").await;
     let info = &webhooks(&c, "main").await[0];
     assert_eq!(
@@ -472,6 +516,22 @@ async fn webhook_queue_survives_a_node_restart_without_redelivering_what_was_ack
     let mut unique = ids.clone();
     unique.dedup();
     assert_eq!(ids, unique);
+
+    // the late hook got nothing of the history, and what came after it
+    let id = add_key(&c, "main").await;
+    let after: Vec<u64> = seqs(&c, "main", &[])
+        .await
+        .into_iter()
+        .filter(|s| *s > history)
+        .collect();
+    eventually("the late hook delivered what came after it", || async {
+        late.acked().iter().map(Received::seq).collect::<Vec<_>>() == after
+    })
+    .await;
+    assert!(late
+        .acked()
+        .iter()
+        .any(|x| x.json()["notification"]["key_id"] == id.as_str()));
     c.shutdown().await;
 }
 
@@ -516,4 +576,49 @@ async fn a_bad_webhook_stops_the_node_at_start_with_the_reason() {
         let e = format!("{e:#}");
         assert!(e.contains(want) && e.contains("[[webhooks]] #1"), "{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_verifies_the_receiver_against_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, other) = (dir.path().join("pki"), dir.path().join("other"));
+    keyfed_node::pki::init(&pki).unwrap();
+    keyfed_node::pki::issue(&pki, "receiver", &[], &[]).unwrap();
+    keyfed_node::pki::init(&other).unwrap();
+    let r = Receiver::start_tls(&pki, "receiver").await;
+    let (url, ca, other_ca) = (r.url("/tls"), pki.join("ca.pem"), other.join("ca.pem"));
+    let c = TestCluster::start(Topology::new().root("main").tweak("main", move |cfg| {
+        cfg.webhooks = vec![
+            WebhookConfig {
+                ca_file: Some(ca.clone()),
+                ..hook("trusted", url.clone(), &[])
+            },
+            WebhookConfig {
+                ca_file: Some(other_ca.clone()),
+                ..hook("untrusted", url.clone(), &[])
+            },
+        ];
+    }))
+    .await;
+    add_key(&c, "main").await;
+    add_key(&c, "main").await;
+    eventually("the trusted hook delivered both over TLS", || async {
+        webhooks(&c, "main").await[0].delivered == 2
+    })
+    .await;
+    let acked = r.acked();
+    assert_eq!(
+        acked.len(),
+        2,
+        "only the hook that trusts the receiver's CA got through"
+    );
+    assert!(acked.iter().all(|x| x
+        .header(rules::HEADER_DELIVERY)
+        .starts_with("main:trusted:")));
+    eventually("the other hook says why it cannot deliver", || async {
+        let w = &webhooks(&c, "main").await[1];
+        w.delivered == 0 && w.failed_attempts > 0 && w.last_error.contains("TLS")
+    })
+    .await;
+    c.shutdown().await;
 }

@@ -309,16 +309,16 @@ mod tests {
 
     #[test]
     fn signature_is_over_timestamp_delivery_id_and_body() {
-        let body = br#"{"deliveryId":"main:ops:7"}"#;
+        let body = br#"{"delivery_id":"main:ops:7"}"#;
         assert_eq!(
             signed_bytes(1_700_000_000, "main:ops:7", body),
-            br#"1700000000.main:ops:7.{"deliveryId":"main:ops:7"}"#.to_vec()
+            br#"1700000000.main:ops:7.{"delivery_id":"main:ops:7"}"#.to_vec()
         );
         // known answer, computed independently with Python's hmac module
         let sig = signature(b"0123456789abcdef", 1_700_000_000, "main:ops:7", body);
         assert_eq!(
             sig,
-            "sha256=1e10ef2c047a7a8fdf0a5319c625481b3924faaa5a8bcd911496ddb252df5774"
+            "sha256=2cec3b017fa2c29671f2d7e97baf481c983bd8f272375e79fdc63dfdb7b8b347"
         );
         assert!(verify(
             b"0123456789abcdef",

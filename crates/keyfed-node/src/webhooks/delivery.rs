@@ -277,10 +277,10 @@ async fn deliver(
     }
 }
 
-/// The body: the notification in the protobuf JSON mapping, with what
-/// identifies this delivery.
+/// The body: the notification in the protobuf JSON mapping (proto field
+/// names, as the API and `keyfedctl --json` print it), with what identifies
+/// this delivery, named the same way.
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct Payload<'a> {
     delivery_id: &'a str,
     timestamp: i64,
