@@ -439,6 +439,26 @@ mod tests {
     }
 
     #[test]
+    fn a_config_with_webhooks_renders_as_toml_and_reads_back() {
+        // the process harness and `keyfed` tooling write configs as TOML
+        let mut c = NodeConfig::default();
+        let text = toml::to_string(&c).expect("renders without webhooks");
+        assert!(NodeConfig::from_toml(&text).unwrap().webhooks.is_empty());
+        c.webhooks = vec![WebhookConfig {
+            name: Some("ops".into()),
+            url: "http://127.0.0.1:9/".into(),
+            secret_env: Some("HOOK_SECRET".into()),
+            events: vec!["key-added".into()],
+            ..WebhookConfig::default()
+        }];
+        let text = toml::to_string(&c).expect("renders with webhooks");
+        let back = NodeConfig::from_toml(&text).unwrap();
+        assert_eq!(back.webhooks[0].name.as_deref(), Some("ops"));
+        assert_eq!(back.webhooks[0].events, ["key-added"]);
+        assert!(Webhooks::from_config(&back, env).is_ok());
+    }
+
+    #[test]
     fn bad_webhooks_stop_the_node_with_a_message_naming_the_setting() {
         let hook = |extra: &str| {
             format!("[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/\"\n{extra}\n")
