@@ -101,7 +101,7 @@ pub async fn run_with_listeners(
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let api_tls = api::tls_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
-    let webhooks = webhooks::Webhooks::from_config(&config, |v| std::env::var(v).ok())
+    let webhooks = webhooks::Webhooks::from_config(&config.webhooks, |v| std::env::var(v).ok())
         .map_err(anyhow::Error::msg)?;
     // the store's own error stays inside (a test or operator tool can
     // downcast it); the message names the data dir and its setting

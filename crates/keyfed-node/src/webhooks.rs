@@ -7,7 +7,6 @@
 //! sends it again, with the same delivery id). The rules (signature,
 //! filter, backoff, URL checks) are `keyfed_core::webhook`; this module
 //! resolves the config and keeps the state the console and `/metrics` show.
-use crate::config::NodeConfig;
 use keyfed_core::webhook::{self as rules, Backoff, EventFilter, Target};
 use keyfed_proto::v1 as pb;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -123,11 +122,11 @@ impl Webhooks {
     /// Checks every entry; the first bad one stops the node from starting,
     /// with a message naming the hook and the setting.
     pub fn from_config(
-        cfg: &NodeConfig,
+        configured: &[WebhookConfig],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
         let mut hooks: Vec<Arc<Hook>> = Vec::new();
-        for (i, w) in cfg.webhooks.iter().enumerate() {
+        for (i, w) in configured.iter().enumerate() {
             let hook =
                 Hook::from_config(w, &env).map_err(|e| format!("[[webhooks]] #{}: {e}", i + 1))?;
             if let Some(other) = hooks.iter().find(|h| h.name == hook.name) {
@@ -396,6 +395,9 @@ impl WebhookMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // the root's re-export: a `crate::config` path here would read as an
+    // import circle (config re-exports WebhookConfig from here)
+    use crate::NodeConfig;
 
     fn cfg(toml: &str) -> NodeConfig {
         NodeConfig::from_toml(toml).expect("config parses")
@@ -427,7 +429,7 @@ mod tests {
             "#,
             file.display()
         ));
-        let w = Webhooks::from_config(&c, env).unwrap();
+        let w = Webhooks::from_config(&c.webhooks, env).unwrap();
         let names: Vec<_> = w.hooks.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names[1..], ["pager", "env"]);
         assert!(names[0].starts_with("hook-"));
@@ -455,7 +457,7 @@ mod tests {
         let back = NodeConfig::from_toml(&text).unwrap();
         assert_eq!(back.webhooks[0].name.as_deref(), Some("ops"));
         assert_eq!(back.webhooks[0].events, ["key-added"]);
-        assert!(Webhooks::from_config(&back, env).is_ok());
+        assert!(Webhooks::from_config(&back.webhooks, env).is_ok());
     }
 
     #[test]
@@ -505,7 +507,7 @@ mod tests {
                 "may hold only",
             ),
         ] {
-            let e = Webhooks::from_config(&cfg(&toml), env)
+            let e = Webhooks::from_config(&cfg(&toml).webhooks, env)
                 .err()
                 .unwrap_or_else(|| panic!("accepted: {toml}"));
             assert!(e.contains(want), "{toml}\n=> {e}");
