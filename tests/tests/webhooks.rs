@@ -622,3 +622,43 @@ async fn an_https_webhook_verifies_the_receiver_against_its_ca_file() {
     .await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_times_out_and_is_tried_again() {
+    // accepts connections and reads, but never answers
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = silent.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let c = TestCluster::start(Topology::new().root("main").tweak("main", move |cfg| {
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        cfg.webhooks = vec![WebhookConfig {
+            timeout_millis: 100,
+            ..hook("slow", url.clone(), &[])
+        }];
+    }))
+    .await;
+    add_key(&c, "main").await;
+    eventually("two attempts timed out", || async {
+        let w = &webhooks(&c, "main").await[0];
+        w.failed_attempts >= 2 && w.last_error.contains("no answer within 100 ms")
+    })
+    .await;
+    assert!(
+        held.lock().unwrap().len() >= 2,
+        "each attempt opened a connection"
+    );
+    let (_, text) = c.scrape("main").await;
+    let timeouts = metric(
+        &text,
+        "keyfed_webhook_deliveries_total{webhook=\"slow\",result=\"timeout\"}",
+    );
+    assert!(timeouts.unwrap() >= 2.0, "{text}");
+    assert_eq!(webhooks(&c, "main").await[0].delivered, 0);
+    c.shutdown().await;
+}
