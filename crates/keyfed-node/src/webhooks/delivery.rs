@@ -21,7 +21,7 @@ const PAGE: usize = 256;
 const ERROR_BODY_BYTES: usize = 200;
 
 /// What the store keeps per hook (meta `webhook:<name>`, JSON).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Cursor {
     /// Every notification up to this seq was delivered or did not match.
     seq: u64,
@@ -52,7 +52,15 @@ fn load_cursor(store: &Store, hook: &str) -> Result<Cursor, String> {
 }
 
 /// Written and synced before the next delivery, so an acknowledged one is
-/// not sent again after a restart.
+/// not sent again after a restart; the sync runs on the blocking pool, as
+/// the engine's flushes do, so it holds up no runtime thread.
+async fn save(store: &Store, hook: &str, c: &Cursor) -> Result<(), String> {
+    let (store, hook, c) = (store.clone(), hook.to_owned(), c.clone());
+    tokio::task::spawn_blocking(move || save_cursor(&store, &hook, &c))
+        .await
+        .map_err(|e| format!("saving the cursor: {e}"))?
+}
+
 fn save_cursor(store: &Store, hook: &str, c: &Cursor) -> Result<(), String> {
     let text = serde_json::to_string(c).map_err(|e| e.to_string())?;
     store
@@ -190,7 +198,7 @@ pub(super) async fn run(node: Node, hook: Arc<Hook>, start: Start, shutdown: Can
             cursor.seq = n.seq;
             cursor.delivered += 1;
             skipped = false;
-            if let Err(e) = save_cursor(&store, &hook.name, &cursor) {
+            if let Err(e) = save(&store, &hook.name, &cursor).await {
                 // the receiver has it; after a restart it gets it again (same id)
                 tracing::warn!(error = %e, seq = n.seq, "webhook cursor not saved");
             }
@@ -202,7 +210,7 @@ pub(super) async fn run(node: Node, hook: Arc<Hook>, start: Start, shutdown: Can
         }
         if skipped {
             hook.state().delivered_seq = cursor.seq;
-            if let Err(e) = save_cursor(&store, &hook.name, &cursor) {
+            if let Err(e) = save(&store, &hook.name, &cursor).await {
                 tracing::warn!(error = %e, "webhook cursor not saved");
             }
         }
