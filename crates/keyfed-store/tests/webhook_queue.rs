@@ -4,7 +4,6 @@
 use keyfed_store::{Store, StoreError};
 use std::collections::BTreeMap;
 
-#[allow(dead_code)]
 mod support;
 use support::now;
 
