@@ -256,10 +256,7 @@ mod tests {
         assert!(!tiers.sample_due(Some(t("2026-03-01T10:05:00Z")), now));
         assert!(!tiers.sample_due(Some(t("2026-03-01T10:09:59Z")), t("2026-03-01T10:05:00Z")));
         assert!(tiers.sample_due(Some(t("2026-03-01T10:09:59Z")), t("2026-03-01T10:10:00Z")));
-        assert_eq!(
-            tiers.bucket(Tier::Sample, now),
-            t("2026-03-01T10:05:00Z")
-        );
+        assert_eq!(tiers.bucket(Tier::Sample, now), t("2026-03-01T10:05:00Z"));
         assert_eq!(tiers.bucket(Tier::Hour, now), t("2026-03-01T10:00:00Z"));
         assert_eq!(tiers.bucket(Tier::Day, now), t("2026-03-01T00:00:00Z"));
     }
@@ -293,9 +290,18 @@ mod tests {
     fn an_empty_resolution_picks_the_finest_tier_that_keeps_the_range() {
         let tiers = Tiers::default();
         let now = t("2026-06-01T00:00:00Z");
-        assert_eq!(tiers.finest_keeping(now - Duration::days(1), now), Tier::Sample);
-        assert_eq!(tiers.finest_keeping(now - Duration::days(30), now), Tier::Hour);
-        assert_eq!(tiers.finest_keeping(now - Duration::days(300), now), Tier::Day);
+        assert_eq!(
+            tiers.finest_keeping(now - Duration::days(1), now),
+            Tier::Sample
+        );
+        assert_eq!(
+            tiers.finest_keeping(now - Duration::days(30), now),
+            Tier::Hour
+        );
+        assert_eq!(
+            tiers.finest_keeping(now - Duration::days(300), now),
+            Tier::Day
+        );
         assert_eq!(tiers.tier_named("").unwrap(), None);
         assert_eq!(tiers.tier_named("1h").unwrap(), Some(Tier::Hour));
         let e = tiers.tier_named("1m").unwrap_err().to_string();

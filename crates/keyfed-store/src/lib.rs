@@ -83,13 +83,13 @@ pub use records::{
     PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,
 };
 pub use sled::transaction::ConflictableTransactionError;
-pub use usage_history::HistoryPoint;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
 use sled::{IVec, Transactional};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
+pub use usage_history::HistoryPoint;
 
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
