@@ -36,8 +36,9 @@ fn rows(r: &pb::UsageHistoryReply) -> Vec<(i64, String, u32, u32, u32)> {
         .collect()
 }
 
-#[tokio::test]
-async fn samples_hold_this_nodes_rows_and_the_subtree_and_old_ones_fold_into_hours() {
+/// main and its kid sampled at t0, +5 and +10 minutes: the kid's seats 1,
+/// 2, 1 of 4; main's 4 (the kid's grant) then 5 (a station) of 10.
+async fn sampled_three_slots() -> Engine {
     let (main, kid) = main_and_kid();
     add(&main, &file(spec("k1", 10)), t0()).await;
     assign(&main, "k1", "kid", 4, t0()).await;
@@ -65,7 +66,12 @@ async fn samples_hold_this_nodes_rows_and_the_subtree_and_old_ones_fold_into_hou
     tick(&kid, t0() + Duration::minutes(10)).await;
     pump(&kid, &main, t0() + Duration::minutes(10)).await;
     tick(&main, t0() + Duration::minutes(10)).await;
+    main
+}
 
+#[tokio::test]
+async fn samples_hold_this_nodes_rows_and_the_subtree_and_old_ones_fold_into_hours() {
+    let main = sampled_three_slots().await;
     let hour = t0() + Duration::hours(1);
     let own = main.usage_history(&ask("", "5m", t0(), hour)).unwrap();
     assert_eq!(own.resolution, "5m");
