@@ -165,18 +165,16 @@ async fn history_keeps_own_and_subtree_rows_folds_old_points_into_hours_and_serv
     eventually("kid holds the key", || c.has_key("kid", &key)).await;
     let mut on_main = c.agent("main", "pc-m", &["antivirus"]);
     assert!(on_main.sync().await.expect("pc-m syncs").licensed);
-    c.assign("kid", &key, "pc-k1", 1)
-        .await
-        .expect("pc-k1 assigned");
+    let mut on_kid = c.agent("kid", "pc-k1", &["antivirus"]);
+    assert!(on_kid.sync().await.expect("pc-k1 syncs").licensed);
     usage_is(&c, &key, 5, 1).await;
     let t1 = next_sample(&c, &key).await;
-    // a second seat on the kid for one slot
-    c.assign("kid", &key, "pc-k2", 1)
-        .await
-        .expect("pc-k2 assigned");
+    // a second station on the kid for one slot
+    let mut second = c.agent("kid", "pc-k2", &["antivirus"]);
+    assert!(second.sync().await.expect("pc-k2 syncs").licensed);
     usage_is(&c, &key, 5, 2).await;
     let t2 = next_sample(&c, &key).await;
-    c.unassign("kid", &key, "pc-k2").await;
+    second.release().await.expect("pc-k2 gives its seat back");
     usage_is(&c, &key, 5, 1).await;
     let t3 = next_sample(&c, &key).await;
 
