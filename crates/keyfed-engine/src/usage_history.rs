@@ -143,10 +143,10 @@ impl Engine {
         })
     }
 
-    /// From the tick: a sample when one is due, then the pruning. Written
-    /// without waiting for a sync: a crash loses at most the last sample,
-    /// and the next acknowledged commit's sync covers it anyway.
-    pub(crate) fn sample_usage_at(&self, now: DateTime<Utc>) -> EngineResult<()> {
+    /// From the tick: a sample when one is due, then the pruning, then one
+    /// sync for both (once per interval), so a restart finds exactly the
+    /// history the node answered with.
+    pub(crate) async fn sample_usage_at(&self, now: DateTime<Utc>) -> EngineResult<()> {
         let tiers = self.tiers();
         let last = self
             .store
@@ -183,7 +183,9 @@ impl Engine {
             }
             tx.put_meta::<EngineError>(LAST_SAMPLE, &ts(now))
         })?;
-        self.prune_history_at(now)
+        self.prune_history_at(now)?;
+        self.durable().await?;
+        Ok(())
     }
 
     /// Drops the points each tier no longer keeps (the coarser tier holds
