@@ -65,18 +65,32 @@ impl HistoryQuery {
                 .map_err(|e| invalid(format!("{e} (give RFC 3339, e.g. 2026-03-01T00:00:00Z)")))
         };
         let from = time("from", &r.from)?;
+        let given_to = time("to", &r.to)?;
         // empty `to` is now, with the sample taken at now included
-        let to = time("to", &r.to)?.unwrap_or(now + Duration::seconds(1));
+        let to = given_to.unwrap_or(now + Duration::seconds(1));
         let named = tiers
             .tier_named(&r.resolution)
             .map_err(|e| invalid(e.to_string()))?;
+        // without `from`, the range reaches back as far as the tier keeps,
+        // so pick the tier that still holds the span before `to`
+        let oldest = from.or(given_to.map(|t| t - Duration::seconds(1)));
         let tier =
-            named.unwrap_or_else(|| from.map_or(Tier::Sample, |f| tiers.finest_keeping(f, now)));
+            named.unwrap_or_else(|| oldest.map_or(Tier::Sample, |f| tiers.finest_keeping(f, now)));
         // the point whose span holds `from` covers part of the range
+        let from_given = from.is_some();
         let from = from.map_or(tiers.cutoff(tier, now), |f| tiers.bucket(tier, f));
         if from >= to {
+            let why = if from_given {
+                "the range is empty".to_owned()
+            } else {
+                format!(
+                    "resolution {} keeps points since {} only: ask for a coarser one",
+                    tiers.label(tier),
+                    ts(from)
+                )
+            };
             return Err(invalid(format!(
-                "from {} is not before to {}: the range is empty",
+                "from {} is not before to {}: {why}",
                 ts(from),
                 ts(to)
             )));

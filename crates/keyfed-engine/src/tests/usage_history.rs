@@ -197,6 +197,26 @@ fn a_bad_history_request_names_what_was_wrong() {
         let e = parse(r).unwrap_err();
         assert!(e.contains(want), "{want}: {e}");
     }
+    let month_ago = crate::time::ts(now - Duration::days(30));
+    let q = parse(pb::UsageHistoryRequest {
+        from: String::new(),
+        to: month_ago.clone(),
+        ..base.clone()
+    })
+    .unwrap();
+    assert_eq!(
+        q.tier,
+        Tier::Hour,
+        "no from: the tier that keeps the span before to"
+    );
+    let e = parse(pb::UsageHistoryRequest {
+        from: String::new(),
+        to: month_ago,
+        resolution: "5m".into(),
+        ..base.clone()
+    })
+    .unwrap_err();
+    assert!(e.contains("keeps points since"), "{e}");
     let q = parse(pb::UsageHistoryRequest {
         node_id: "*".into(),
         ..base.clone()
