@@ -197,6 +197,15 @@ fn a_bad_history_request_names_what_was_wrong() {
         let e = parse(r).unwrap_err();
         assert!(e.contains(want), "{want}: {e}");
     }
+}
+
+#[test]
+fn an_empty_resolution_picks_the_finest_tier_that_keeps_the_range() {
+    let now = t0();
+    let parse = |r: pb::UsageHistoryRequest| {
+        HistoryQuery::parse(&r, "main", Tiers::default(), now).map_err(|e| e.to_string())
+    };
+    let base = ask("", "", now - Duration::hours(1), now);
     let month_ago = crate::time::ts(now - Duration::days(30));
     let q = parse(pb::UsageHistoryRequest {
         from: String::new(),
