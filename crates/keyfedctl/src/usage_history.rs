@@ -6,6 +6,9 @@ use crate::{admin, Cli};
 use clap::{Args, Subcommand};
 use keyfed_proto::v1 as pb;
 
+/// Room for the largest answer a node gives (about 70 bytes a point).
+const REPLY_LIMIT: usize = 16 * 1024 * 1024;
+
 #[derive(Subcommand)]
 pub enum UsageCmd {
     /// seats held, used and free over time: 5-minute points for 7 days,
@@ -55,7 +58,13 @@ pub async fn usage(cli: &Cli, cmd: &UsageCmd) -> anyhow::Result<()> {
         node_id,
         resolution: a.resolution.clone().unwrap_or_default(),
     };
-    let r = admin(cli).await?.usage_history(req).await?.into_inner();
+    // a full answer (100 000 points) is larger than tonic's 4 MiB default
+    let r = admin(cli)
+        .await?
+        .max_decoding_message_size(REPLY_LIMIT)
+        .usage_history(req)
+        .await?
+        .into_inner();
     if a.csv {
         print!("{}", keyfed_proto::csv::usage_points(&r.points));
         return Ok(());
