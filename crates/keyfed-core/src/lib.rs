@@ -22,6 +22,7 @@ pub mod seats;
 pub mod station;
 pub mod telemetry;
 pub mod tenant_quota;
+pub mod usage_history;
 pub mod waiting;
 pub mod webhook;
 

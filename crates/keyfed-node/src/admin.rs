@@ -461,8 +461,9 @@ impl pb::admin_server::Admin for AdminService {
         ))
     }
 
-    async fn usage_history(&self, _: Request<pb::UsageHistoryRequest>) -> R<pb::UsageHistoryReply> {
-        Err(Status::unimplemented("usage history is not built yet"))
+    async fn usage_history(&self, r: Request<pb::UsageHistoryRequest>) -> R<pb::UsageHistoryReply> {
+        let reply = self.node.engine.usage_history(&r.into_inner()).status()?;
+        Ok(Response::new(reply))
     }
 
     async fn list_denials(&self, _: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {

@@ -30,6 +30,7 @@ use tonic::{Code, Status};
 
 mod events;
 mod host;
+pub(crate) mod usage;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
 pub type GuardedAdmin = AdminGuard<pb::admin_server::AdminServer<AdminService>>;
@@ -193,6 +194,16 @@ impl Call {
         Req: Message,
         Resp: Message + Default + Serialize,
     {
+        let msg: Resp = self.message(rpc, req).await?;
+        Ok(json_reply(http::StatusCode::OK, &msg))
+    }
+
+    /// The unary Admin RPC `rpc` with `req`: its reply message.
+    async fn message<Req, Resp>(&self, rpc: &str, req: &Req) -> Result<Resp, ApiError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
         let (parts, body) = self.send(rpc, req).await?;
         let collected = body.collect().await?;
         let status = Status::from_header_map(&parts.headers)
@@ -212,7 +223,7 @@ impl Call {
             .get(5..)
             .and_then(|m| Resp::decode(m).ok())
             .ok_or_else(|| ApiError::new(Code::Internal, format!("{rpc}: undecodable reply")))?;
-        Ok(json_reply(http::StatusCode::OK, &msg))
+        Ok(msg)
     }
 }
 
@@ -376,6 +387,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | "subscriptions" | "audit" | "telemetry"]
         | ["notifications", "stream"]
         | ["webhooks"]
+        | ["usage", "history"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
         | ["renew"]
@@ -494,6 +506,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             };
             call.unary::<_, pb::UsageReport>("Usage", &r).await
         }
+        (&M::GET, ["usage", "history"]) => usage::history(&call, &q, h).await,
         (&M::GET, ["stations"]) => {
             q.only(&[])?;
             call.unary::<_, pb::StationList>("ListStations", &pb::ListStationsRequest::default())

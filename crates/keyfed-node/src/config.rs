@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::webhooks::WebhookConfig;
 pub use keyfed_engine::config::{
     EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole, StationConfig,
+    UsageHistoryConfig,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub struct NodeConfig {
     pub api_listen: Option<SocketAddr>,
     /// Log lines as `text` (default) or `json` (one object per line).
     pub log_format: LogFormat,
+    /// `[usage_history] interval = "5m"`: how often usage is sampled (issue 12).
+    pub usage_history: UsageHistoryConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +156,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             api_listen: None,
             log_format: LogFormat::Text,
+            usage_history: UsageHistoryConfig::default(),
         }
     }
 }
@@ -290,6 +294,7 @@ impl NodeConfig {
             telemetry_retry_secs: self.telemetry_retry_secs,
             lifecycle: self.lifecycle.clone(),
             stations: self.stations.clone(),
+            usage_history: self.usage_history,
         }
     }
 
@@ -620,5 +625,23 @@ mod tests {
             .apply_env(|k| (k == "KEYFED_LOG_FORMAT").then(|| "yaml".into()))
             .unwrap_err();
         assert!(err.contains("yaml") && err.contains("text, json"), "{err}");
+    }
+
+    #[test]
+    fn the_usage_history_interval_is_checked_with_what_it_may_be() {
+        let c = NodeConfig::from_toml("[usage_history]\ninterval = \"15m\"").unwrap();
+        assert_eq!(
+            c.engine_config().usage_history.interval.interval(),
+            chrono::Duration::minutes(15)
+        );
+        assert_eq!(
+            NodeConfig::default().usage_history.interval.interval(),
+            chrono::Duration::minutes(5)
+        );
+        let err = NodeConfig::from_toml("[usage_history]\ninterval = \"7m\"").unwrap_err();
+        assert!(
+            err.contains("usage_history") && err.contains("divide an hour"),
+            "{err}"
+        );
     }
 }

@@ -72,6 +72,7 @@ mod epoch;
 mod memory;
 mod records;
 pub mod snapshot;
+mod usage_history;
 
 use chrono::{DateTime, Utc};
 use durability::{Durability, SledFiles};
@@ -88,6 +89,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
+pub use usage_history::HistoryPoint;
 
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
@@ -177,7 +179,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 15] = [
+const TREES: [&str; 16] = [
     "keys",
     "grants",
     "used",
@@ -193,6 +195,7 @@ const TREES: [&str; 15] = [
     "commands",
     "claims",
     "audit",
+    "usage_history",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -209,6 +212,7 @@ const REPORTS: usize = 11;
 const COMMANDS: usize = 12;
 const CLAIMS: usize = 13;
 const AUDIT: usize = 14;
+const USAGE_HISTORY: usize = 15;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;

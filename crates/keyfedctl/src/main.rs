@@ -7,6 +7,7 @@ mod stations;
 mod telemetry;
 mod tls;
 mod webhooks;
+mod usage_history;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -145,11 +146,14 @@ enum Command {
     Status,
     /// federation peers and their links
     Peers,
-    /// seat usage per key; --tree adds the whole subtree
+    /// seat usage per key; --tree adds the whole subtree; `usage history`: over time
+    #[command(args_conflicts_with_subcommands = true)]
     Usage {
         key_id: Option<String>,
         #[arg(long)]
         tree: bool,
+        #[command(subcommand)]
+        over_time: Option<usage_history::UsageCmd>,
     },
     /// move a debug node's manual clock forward
     #[command(subcommand)]
@@ -564,7 +568,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Usage { key_id, tree } => {
+        Command::Usage {
+            over_time: Some(cmd),
+            ..
+        } => usage_history::usage(cli, cmd).await?,
+        Command::Usage { key_id, tree, .. } => {
             let req = pb::UsageRequest {
                 key_id: key_id.clone().unwrap_or_default(),
                 tree: *tree,
