@@ -60,9 +60,9 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // a failed test never reaches `close`: chromedriver ends with the
+            // handle (a Chromium it started may outlive it then)
             .kill_on_drop(true)
-            // its own process group, so Chromium can be ended with it
-            .process_group(0)
             .spawn()?;
         let url = format!("http://127.0.0.1:{port}");
         let end = tokio::time::Instant::now() + DRIVER_START;
@@ -94,22 +94,10 @@ impl Browser {
         Ok(Some(Self { client, driver }))
     }
 
-    /// Ends the browser session, then (on drop) chromedriver.
-    pub async fn close(self) {
-        let _ = self.client.clone().close().await;
-    }
-}
-
-impl Drop for Browser {
-    /// A failed test never reaches `close`: end chromedriver's whole
-    /// process group, Chromium included, rather than leave it running.
-    fn drop(&mut self) {
-        if let Some(pid) = self.driver.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
-        }
+    /// Ends the browser session (Chromium quits) and chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill().await;
     }
 }
 

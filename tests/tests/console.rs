@@ -299,25 +299,43 @@ async fn console_in_a_browser_logs_in_assigns_streams_and_guards_writes() {
         .expect("marker");
     assert_eq!(same, Value::Bool(true), "the page was not reloaded");
 
-    // the usage CSV: a header with the UsagePoint fields, then rows
-    let r = b
-        .run(&format!("const r = await fetch('/keys/{id}/usage.csv'); return {{ status: r.status, text: await r.text() }};"))
-        .await
-        .expect("script");
-    let csv = r["text"].as_str().unwrap_or_default();
-    if r["status"] == 501 {
-        // lead: tighten after merging usage history
-        assert!(csv.starts_with("UNIMPLEMENTED"), "{csv}");
-    } else {
+    // the usage CSV: once main has sampled (the clock moved one 5-minute
+    // slot), a header with the UsagePoint fields and main's row: 3 of 10 used
+    c.advance(chrono::Duration::minutes(5));
+    let end = tokio::time::Instant::now() + PAGE_WAIT;
+    loop {
+        let r = b
+            .run(&format!(
+                "const r = await fetch('/keys/{id}/usage.csv'); \
+                 return {{ status: r.status, type: r.headers.get('content-type'), text: await r.text() }};"
+            ))
+            .await
+            .expect("script");
+        let csv = r["text"].as_str().unwrap_or_default().to_owned();
         assert_eq!(r["status"], 200, "{csv}");
+        assert!(
+            r["type"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("text/csv"),
+            "{r}"
+        );
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
             Some("at,node_id,key_id,held,used,free,resolution")
         );
-        for line in lines {
-            assert_eq!(line.split(',').count(), 7, "{line}");
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert!(rows.iter().all(|r| r.len() == 7), "{csv}");
+        if let Some(row) = rows.iter().find(|r| r[1] == "main") {
+            assert_eq!(row[2..6], [id.as_str(), "10", "3", "7"], "{csv}");
+            break;
         }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "main never sampled: {csv}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     // log out; a read-only token sees no write button, and a forged write is refused

@@ -22,7 +22,9 @@ pub mod seats;
 pub mod station;
 pub mod telemetry;
 pub mod tenant_quota;
+pub mod usage_history;
 pub mod waiting;
+pub mod webhook;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;

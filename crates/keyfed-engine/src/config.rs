@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub telemetry_retry_secs: i64,
     pub lifecycle: LifecycleConfig,
     pub stations: StationConfig,
+    /// Issue 12: how often usage samples are taken for the history.
+    pub usage_history: UsageHistoryConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +57,7 @@ impl Default for EngineConfig {
             telemetry_retry_secs: 3_600,
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
+            usage_history: UsageHistoryConfig::default(),
         }
     }
 }
@@ -177,6 +180,14 @@ impl StationConfig {
             retire_after: chrono::Duration::days(self.retire_after_days),
         }
     }
+}
+
+/// `[usage_history]`: the sample interval (`interval = "5m"`); the tiers
+/// and how long each is kept are fixed (`keyfed_core::usage_history`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageHistoryConfig {
+    pub interval: keyfed_core::usage_history::Tiers,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -30,6 +30,7 @@ use tonic::{Code, Status};
 
 pub(crate) mod events;
 mod host;
+pub(crate) mod usage;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
 pub type GuardedAdmin = AdminGuard<pb::admin_server::AdminServer<AdminService>>;
@@ -385,6 +386,8 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
         | "subscriptions" | "audit" | "telemetry"]
         | ["notifications", "stream"]
+        | ["webhooks"]
+        | ["usage", "history"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
         | ["renew"]
@@ -481,6 +484,11 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             call.unary::<_, pb::NotificationList>("ListNotifications", &r)
                 .await
         }
+        (&M::GET, ["webhooks"]) => {
+            q.only(&[])?;
+            call.unary::<_, pb::WebhookList>("ListWebhooks", &pb::Empty {})
+                .await
+        }
         (&M::GET, ["status"]) => {
             q.only(&[])?;
             call.unary::<_, pb::NodeStatus>("Status", &pb::Empty {})
@@ -498,6 +506,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             };
             call.unary::<_, pb::UsageReport>("Usage", &r).await
         }
+        (&M::GET, ["usage", "history"]) => usage::history(&call, &q, h).await,
         (&M::GET, ["stations"]) => {
             q.only(&[])?;
             call.unary::<_, pb::StationList>("ListStations", &pb::ListStationsRequest::default())

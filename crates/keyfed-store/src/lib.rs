@@ -72,6 +72,7 @@ mod epoch;
 mod memory;
 mod records;
 pub mod snapshot;
+mod usage_history;
 
 use chrono::{DateTime, Utc};
 use durability::{Durability, SledFiles};
@@ -88,6 +89,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
+pub use usage_history::HistoryPoint;
 
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
@@ -177,7 +179,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 15] = [
+const TREES: [&str; 16] = [
     "keys",
     "grants",
     "used",
@@ -193,6 +195,7 @@ const TREES: [&str; 15] = [
     "commands",
     "claims",
     "audit",
+    "usage_history",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -209,6 +212,7 @@ const REPORTS: usize = 11;
 const COMMANDS: usize = 12;
 const CLAIMS: usize = 13;
 const AUDIT: usize = 14;
+const USAGE_HISTORY: usize = 15;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -627,6 +631,20 @@ impl Store {
 
     pub fn notifications_after(&self, seq: u64) -> Result<Vec<Notification>, StoreError> {
         self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, usize::MAX)
+    }
+
+    /// At most `limit` notifications after `seq`, oldest first (a webhook's queue).
+    pub fn notifications_page(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, limit)
+    }
+
+    /// The seq of the newest notification ever stored (0: none yet).
+    pub fn last_notification_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.get(META, b"notification_seq")?.unwrap_or(0))
     }
 
     pub fn notification_count(&self) -> usize {

@@ -1,7 +1,6 @@
 //! The console's form bodies: `application/x-www-form-urlencoded` and, for
-//! the key upload, `multipart/form-data`; and the usage CSV it serves.
+//! the key upload, `multipart/form-data`.
 use crate::api::{decode, ApiError};
-use keyfed_proto::v1 as pb;
 use std::collections::HashMap;
 
 /// A submitted form's fields (the last of a repeated name wins).
@@ -77,36 +76,6 @@ pub fn boundary(content_type: &str) -> Option<&str> {
         .map(|b| b.trim_matches('"'))
 }
 
-/// One CSV field, RFC 4180: quoted when it holds a comma, quote or newline.
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-/// The usage history as CSV: a header row with the `UsagePoint` field
-/// names in proto order, then one row a point.
-// lead: unify with the usage helper's writer in api/usage.rs
-pub fn usage_csv(points: &[pb::UsagePoint]) -> String {
-    let mut out = String::from("at,node_id,key_id,held,used,free,resolution\r\n");
-    for p in points {
-        let row = [
-            field(&p.at),
-            field(&p.node_id),
-            field(&p.key_id),
-            p.held.to_string(),
-            p.used.to_string(),
-            p.free.to_string(),
-            field(&p.resolution),
-        ];
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,22 +102,5 @@ mod tests {
         );
         assert!(boundary("application/json").is_none());
         assert!(Form::multipart(b"------x42\r\nno header end", b).is_err());
-    }
-
-    #[test]
-    fn the_usage_csv_has_the_proto_fields_as_header_and_quotes_per_rfc_4180() {
-        let p = pb::UsagePoint {
-            at: "2026-01-01T00:00:00Z".into(),
-            node_id: "main".into(),
-            key_id: "k,\"1\"".into(),
-            held: 10,
-            used: 4,
-            free: 6,
-            resolution: "5m".into(),
-        };
-        assert_eq!(
-            usage_csv(&[p]),
-            "at,node_id,key_id,held,used,free,resolution\r\n2026-01-01T00:00:00Z,main,\"k,\"\"1\"\"\",10,4,6,5m\r\n"
-        );
     }
 }

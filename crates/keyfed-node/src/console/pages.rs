@@ -1,6 +1,6 @@
 //! The console's routes: which Admin calls fill each page, and which call
 //! each form makes.
-use super::form::{usage_csv, Form};
+use super::form::Form;
 use super::{
     html, text, with_headers, Caller, Response, AUDIT_PAGE, NOTIFICATIONS_SHOWN, STATIONS_PAGE,
 };
@@ -127,7 +127,8 @@ pub(super) async fn get(
                     let mut r = with_headers(
                         ok,
                         "text/csv; charset=utf-8",
-                        Bytes::from(usage_csv(&h.points)),
+                        // the one CSV writer of the API, the console and keyfedctl
+                        Bytes::from(keyfed_proto::csv::usage_points(&h.points)),
                     );
                     let name = format!(
                         "attachment; filename=\"usage-{}.csv\"",
