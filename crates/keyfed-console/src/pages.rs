@@ -166,6 +166,15 @@ pub fn key_page(v: &View<'_>, p: &KeyPage<'_>) -> String {
             tr { th { "License" } td.mono { (key.license) " #" (key.serial) } }
             tr { th { "Warnings" } td { (warning_list(&key_warnings(k, widgets::today(v.now)))) } }
         }
+        h2 { "Usage history" }
+        @match p.history {
+            Err(e) => (failed("the usage history", e)),
+            Ok(h) => {
+                @let mine: Vec<pb::UsagePoint> = h.points.iter().filter(|x| x.key_id == id && (x.node_id.is_empty() || x.node_id == v.node_id)).cloned().collect();
+                (widgets::usage_chart(&mine))
+            },
+        }
+        p { a #usage-csv href={"/keys/" (enc) "/usage.csv"} download { "Download the usage history (CSV)" } }
         h2 { "Renewal chain" }
         ul #renewal-chain {
             @if key.renews.is_empty() { li.muted { "renews no earlier key" } }
@@ -240,15 +249,6 @@ pub fn key_page(v: &View<'_>, p: &KeyPage<'_>) -> String {
                 button type="submit" { "Check for updates of this key" }
             }
         }
-        h2 { "Usage history" }
-        @match p.history {
-            Err(e) => (failed("the usage history", e)),
-            Ok(h) => {
-                @let mine: Vec<pb::UsagePoint> = h.points.iter().filter(|x| x.key_id == id && (x.node_id.is_empty() || x.node_id == v.node_id)).cloned().collect();
-                (widgets::usage_chart(&mine))
-            },
-        }
-        p { a #usage-csv href={"/keys/" (enc) "/usage.csv"} download { "Download the usage history (CSV)" } }
     };
     layout(v, Nav::None, &format!("Key {id}"), &body)
 }

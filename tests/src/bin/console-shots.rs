@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let av = c
         .add(
             "main",
-            &c.issue(&["antivirus", "firewall"], 50 + stations, "2027-12-31"),
+            &c.issue(&["antivirus", "firewall"], 80 + stations, "2027-12-31"),
         )
         .await;
     let soon = c.add("main", &c.issue(&["backup"], 10, "2026-12-10")).await;
@@ -44,6 +44,19 @@ async fn main() -> anyhow::Result<()> {
     for n in 1..=stations {
         let mut a = c.agent("main", &format!("pc-{n:05}"), &["antivirus"]);
         a.sync().await?;
+    }
+    // a usage history for the key's chart: a sample every 5 minutes while
+    // workstations arrive
+    for step in 1..=8 {
+        for n in 0..3 {
+            let mut a = c.agent("main", &format!("ws-{step:02}-{n}"), &["antivirus"]);
+            a.sync().await?;
+        }
+        c.advance(chrono::Duration::minutes(5));
+        keyfed_tests::eventually("main sampled its usage", || async {
+            points(&c, &id).await >= step
+        })
+        .await;
     }
     let base = format!(
         "http://{}",
@@ -102,4 +115,23 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<usize> {
         String::from_utf8_lossy(&out[..out.len().min(200)])
     );
     Ok(out.len())
+}
+
+/// Main's usage history points of `key`.
+async fn points(c: &TestCluster, key: &str) -> usize {
+    let r = c
+        .admin("main")
+        .await
+        .usage_history(keyfed_proto::v1::UsageHistoryRequest {
+            key_id: key.into(),
+            ..Default::default()
+        })
+        .await;
+    r.map_or(0, |r| {
+        r.into_inner()
+            .points
+            .iter()
+            .filter(|p| p.node_id == "main")
+            .count()
+    })
 }
