@@ -6,8 +6,8 @@ mod render;
 mod stations;
 mod telemetry;
 mod tls;
-mod webhooks;
 mod usage_history;
+mod webhooks;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
