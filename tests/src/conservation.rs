@@ -16,8 +16,24 @@ pub fn check_seat_conservation(
     let mut stores = BTreeMap::new();
     for (id, dir) in nodes {
         if dir.exists() {
-            stores.insert(id.clone(), Store::open(dir)?);
+            stores.insert(id.clone(), open_once_released(dir)?);
         }
     }
     seat_conservation(&stores, InFlight::default())
+}
+
+/// Opens a stopped node's store. The node's run has returned, but a
+/// connection task tonic spawned for a client still closing (seen under load
+/// with mutual TLS) can hold the node, and so sled's file lock, a moment
+/// longer; wait for it with a deadline instead of failing the check.
+fn open_once_released(dir: &std::path::Path) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match Store::open(dir) {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
 }
