@@ -5,6 +5,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod claims;
+pub mod denial;
 pub mod clock;
 pub mod donation;
 pub mod entitlement;

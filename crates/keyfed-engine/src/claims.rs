@@ -19,7 +19,9 @@
 //! State kept in the store's meta: `own-claim:{license}:{fp}` (this node's
 //! claim to the origin: pending or confirmed) and `provisional:{key}` (the
 //! live provisional leases of a key, fingerprint -> until).
+use crate::denials::Refusal;
 use crate::engine::{Effects, Engine};
+use keyfed_core::denial::{DenialKind, DenialReason};
 use crate::error::EngineError;
 use chrono::{DateTime, Utc};
 use keyfed_core::claims::{
@@ -202,14 +204,22 @@ impl Engine {
         };
         let id = &k.key.id;
         match arbitrate(arrival, &reg) {
-            ClaimVerdict::Refuse(why) => fx.notify(
-                tx,
-                now,
-                EventKind::PeerMessageRefused,
-                id,
-                why,
-                &[("peer", peer.to_owned())],
-            ),
+            ClaimVerdict::Refuse(why) => {
+                let r = Refusal {
+                    reason: DenialReason::PeerNotGranted,
+                    key_id: id.clone(),
+                    message: why.clone(),
+                };
+                self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::PeerMessageRefused,
+                    id,
+                    why,
+                    &[("peer", peer.to_owned())],
+                )
+            }
             ClaimVerdict::Ignore => Ok(()),
             ClaimVerdict::Forget { origin } => {
                 tx.remove_claim::<EngineError>(license, fp)?;
@@ -226,7 +236,14 @@ impl Engine {
                     ..c.clone()
                 };
                 fx.send(tx, peer, now, id, pb::delivery::Body::Claim(answer))?;
-                fx.notify(tx, now, EventKind::DuplicateStation, id, format!("station {fp} reached {peer} but already holds a seat of {id} through {holder}; {peer} gives its seat back (b02)"), &[("fingerprint", fp.to_owned()), ("holder", holder)])
+                let message = format!("station {fp} reached {peer} but already holds a seat of {id} through {holder}; {peer} gives its seat back (b02)");
+                let r = Refusal {
+                    reason: DenialReason::SeatHeldElsewhere,
+                    key_id: id.clone(),
+                    message: message.clone(),
+                };
+                self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
+                fx.notify(tx, now, EventKind::DuplicateStation, id, message, &[("fingerprint", fp.to_owned()), ("holder", holder)])
             }
             ClaimVerdict::RecordAndConfirm => {
                 tx.put_claim(license, fp, peer)?;

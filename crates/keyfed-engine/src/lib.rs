@@ -14,6 +14,7 @@ pub mod claims;
 pub mod command;
 pub mod config;
 pub mod delivery;
+pub mod denials;
 pub mod engine;
 pub mod error;
 pub mod ledger;
