@@ -465,8 +465,10 @@ impl pb::admin_server::Admin for AdminService {
         Err(Status::unimplemented("usage history is not built yet"))
     }
 
-    async fn list_denials(&self, _: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
-        Err(Status::unimplemented("the denial log is not built yet"))
+    async fn list_denials(&self, r: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
+        Ok(Response::new(
+            crate::denials::list(&self.node, &r.into_inner()).status()?,
+        ))
     }
 
     async fn list_webhooks(&self, _: Request<pb::Empty>) -> R<pb::WebhookList> {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod convert;
+pub mod denials;
 pub mod error;
 pub mod exposition;
 pub mod federation;
