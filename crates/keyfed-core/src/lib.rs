@@ -21,6 +21,7 @@ pub mod renewal;
 pub mod renewal_plan;
 pub mod seats;
 pub mod station;
+pub mod station_page;
 pub mod telemetry;
 pub mod tenant_quota;
 pub mod waiting;

@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod renewal;
 pub mod resync;
 pub mod station;
+pub mod station_pages;
 pub mod telemetry;
 pub mod tick;
 pub mod time;

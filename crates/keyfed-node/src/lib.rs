@@ -20,6 +20,7 @@ pub mod links;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod object_pages;
 pub mod pki;
 pub mod sandbox;
 pub mod scheduler;

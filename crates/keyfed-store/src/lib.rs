@@ -80,7 +80,7 @@ use durability::{Durability, SledFiles};
 pub use denials::{check_keep, DenialRecord, NewDenial};
 pub use durability::{Synced, MARK_SUFFIX};
 pub use epoch::{fresh_epoch, EPOCH_META};
-pub use station_index::{StationScan, StationTotals};
+pub use station_index::{past_key, IndexHit, StationScan, StationTotals};
 pub use records::{
     AuditRecord, Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry,
     PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,

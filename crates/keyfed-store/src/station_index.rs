@@ -34,8 +34,27 @@ pub enum StationScan<'a> {
     Tenant(&'a str),
     /// Stations holding a seat of this key.
     Key(&'a str),
+    /// Stations holding a seat of any key, by key id then fingerprint.
+    Holders,
     Retired,
     Unlicensed,
+}
+
+/// One entry a page walk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexHit {
+    /// Opaque: give it back as `after` to go on behind this entry.
+    pub position: Vec<u8>,
+    pub fingerprint: String,
+    /// The key of a `Key` or `Holders` walk.
+    pub key_id: Option<String>,
+}
+
+/// The position behind every holder of `key_id` in a `Holders` walk, to
+/// skip the key (fingerprints are UTF-8, so never hold the byte 0xff).
+#[must_use]
+pub fn past_key(key_id: &str) -> Vec<u8> {
+    entry(KEY, key_id, "").into_iter().chain([0xff]).collect()
 }
 
 /// Station counts kept beside the index.
@@ -235,38 +254,46 @@ impl Store {
     }
 
     /// Up to `limit` stations of `scan` after position `after` (exclusive),
-    /// each with its position, in index order. A position is opaque bytes
-    /// for the next call.
+    /// in index order.
     pub fn station_page(
         &self,
         scan: StationScan<'_>,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
-        let (tree, prefix, skip) = match scan {
-            StationScan::Fingerprint(p) => (STATIONS, p.as_bytes().to_vec(), 0),
-            StationScan::StationId(p) => (STATION_INDEX, section(STATION_ID, p), 0),
-            StationScan::Tenant(p) => (STATION_INDEX, section(TENANT, p), 0),
-            StationScan::Key(k) => (STATION_INDEX, entry(KEY, k, ""), 0),
-            StationScan::Retired => (STATION_INDEX, section(RETIRED, ""), 2),
-            StationScan::Unlicensed => (STATION_INDEX, section(UNLICENSED, ""), 2),
+    ) -> Result<Vec<IndexHit>, StoreError> {
+        let (tree, prefix) = match scan {
+            StationScan::Fingerprint(p) => (STATIONS, p.as_bytes().to_vec()),
+            StationScan::StationId(p) => (STATION_INDEX, section(STATION_ID, p)),
+            StationScan::Tenant(p) => (STATION_INDEX, section(TENANT, p)),
+            StationScan::Key(k) => (STATION_INDEX, entry(KEY, k, "")),
+            StationScan::Holders => (STATION_INDEX, section(KEY, "")),
+            StationScan::Retired => (STATION_INDEX, section(RETIRED, "")),
+            StationScan::Unlicensed => (STATION_INDEX, section(UNLICENSED, "")),
         };
         let from = match after {
             // the smallest key after `a`
             Some(a) => [a, &[0]].concat(),
             None => prefix.clone(),
         };
+        let keyed = matches!(scan, StationScan::Key(_) | StationScan::Holders);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let keys = self.range_keys(tree, &from, &prefix, limit)?;
         Ok(keys
             .into_iter()
             .map(|k| {
-                let fp = match (tree == STATIONS, skip) {
-                    (true, _) => k.clone(),
-                    (false, 2) => k[2..].to_vec(),
-                    // field, NUL, fingerprint: names hold no NUL
-                    _ => k.rsplit(|b| *b == 0).next().unwrap_or_default().to_vec(),
+                let (fingerprint, key_id) = if tree == STATIONS {
+                    (text(&k), None)
+                } else {
+                    // tag, NUL, [field, NUL,] fingerprint: names hold no NUL
+                    let mut parts = k[2..].rsplitn(2, |b| *b == 0);
+                    let fp = text(parts.next().unwrap_or_default());
+                    (fp, keyed.then(|| text(parts.next().unwrap_or_default())))
                 };
-                (k, String::from_utf8_lossy(&fp).into_owned())
+                IndexHit {
+                    position: k,
+                    fingerprint,
+                    key_id,
+                }
             })
             .collect())
     }
