@@ -227,6 +227,19 @@ impl Store {
         self.set_meta(BUILT_META, "built")
     }
 
+    /// Removes the indexes and their marker, as a store written before them
+    /// looked (for tests of the build at open).
+    #[doc(hidden)]
+    pub fn wipe_station_index_for_tests(&self) -> Result<(), StoreError> {
+        let keys = self.range_keys(STATION_INDEX, b"", b"", usize::MAX)?;
+        self.transact(|tx| {
+            for k in &keys {
+                tx.remove(STATION_INDEX, k)?;
+            }
+            tx.remove_meta::<StoreError>(BUILT_META)
+        })
+    }
+
     /// At most `limit` keys of `tree` from `from` on that start with `prefix`.
     fn range_keys(
         &self,
