@@ -46,11 +46,23 @@ async fn a_station_refused_for_want_of_a_seat_is_listed_and_counted_by_reason() 
     let k = c.issue(&["antivirus"], 1, "2027-12-31");
     c.add("main", &k).await;
     let mut st = station(&c, "main");
-    let a = st.attach(attach("fp-a", &["antivirus"])).await.unwrap().into_inner();
+    let a = st
+        .attach(attach("fp-a", &["antivirus"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(a.licensed, "{}", a.reason);
-    let b = st.attach(attach("fp-b", &["antivirus"])).await.unwrap().into_inner();
+    let b = st
+        .attach(attach("fp-b", &["antivirus"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!b.licensed);
-    let x = st.attach(attach("fp-x", &["dlp"])).await.unwrap().into_inner();
+    let x = st
+        .attach(attach("fp-x", &["dlp"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!x.licensed);
     // a renewal refused the same way is a second denial of the same station
     let again = st
@@ -88,7 +100,10 @@ async fn a_station_refused_for_want_of_a_seat_is_listed_and_counted_by_reason() 
         ]
     );
     let first = &all.denials[0];
-    assert_eq!(first.message, b.reason, "the denial says what the station was told");
+    assert_eq!(
+        first.message, b.reason,
+        "the denial says what the station was told"
+    );
     assert!(!first.at.is_empty());
     assert_eq!(all.counts_by_reason["no-free-seats"], 2);
     assert_eq!(all.dropped, 0);
@@ -109,9 +124,18 @@ async fn a_station_refused_for_want_of_a_seat_is_listed_and_counted_by_reason() 
 
     let (status, text) = c.scrape("main").await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&text, "keyfed_denials_total{reason=\"no-free-seats\"}"), Some(2.0));
-    assert_eq!(metric(&text, "keyfed_denials_total{reason=\"no-covering-key\"}"), Some(1.0));
-    assert_eq!(metric(&text, "keyfed_denials_total{reason=\"tenant-quota\"}"), Some(0.0));
+    assert_eq!(
+        metric(&text, "keyfed_denials_total{reason=\"no-free-seats\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "keyfed_denials_total{reason=\"no-covering-key\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "keyfed_denials_total{reason=\"tenant-quota\"}"),
+        Some(0.0)
+    );
     c.shutdown().await;
 }
 
@@ -121,10 +145,15 @@ async fn a_refused_assignment_is_a_denial_and_a_malformed_one_is_not() {
     c.wait_healthy("main").await;
     let k = c.issue(&["antivirus"], 2, "2027-12-31");
     c.add("main", &k).await;
-    c.assign("main", &k.key.id, "pc-1", 2).await.expect("granted");
+    c.assign("main", &k.key.id, "pc-1", 2)
+        .await
+        .expect("granted");
     let full = c.assign("main", &k.key.id, "pc-2", 1).await.unwrap_err();
     assert_eq!(full.code(), tonic::Code::FailedPrecondition);
-    let err = c.assign("main", "no-such-key", "pc-3", 1).await.unwrap_err();
+    let err = c
+        .assign("main", "no-such-key", "pc-3", 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     // bad input is an error of the request, not a denial
     let err = c.assign("main", &k.key.id, "pc-4", 0).await.unwrap_err();
@@ -134,7 +163,14 @@ async fn a_refused_assignment_is_a_denial_and_a_malformed_one_is_not() {
     let rows: Vec<(&str, &str, &str, &str)> = list
         .denials
         .iter()
-        .map(|d| (d.kind.as_str(), d.object.as_str(), d.key_id.as_str(), d.reason.as_str()))
+        .map(|d| {
+            (
+                d.kind.as_str(),
+                d.object.as_str(),
+                d.key_id.as_str(),
+                d.reason.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -159,18 +195,33 @@ async fn the_log_keeps_the_newest_drops_the_oldest_and_counts_them_across_a_rest
     c.wait_healthy("main").await;
     let mut st = station(&c, "main");
     for i in 0..5 {
-        let r = st.attach(attach(&format!("fp-{i}"), &["dlp"])).await.unwrap().into_inner();
+        let r = st
+            .attach(attach(&format!("fp-{i}"), &["dlp"]))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!r.licensed);
     }
     let check = |list: pb::DenialList| {
-        let kept: Vec<(u64, String)> = list.denials.into_iter().map(|d| (d.seq, d.object)).collect();
+        let kept: Vec<(u64, String)> = list
+            .denials
+            .into_iter()
+            .map(|d| (d.seq, d.object))
+            .collect();
         assert_eq!(
             kept,
-            [(3, "fp-2".to_owned()), (4, "fp-3".into()), (5, "fp-4".into())],
+            [
+                (3, "fp-2".to_owned()),
+                (4, "fp-3".into()),
+                (5, "fp-4".into())
+            ],
             "the oldest went first"
         );
         assert_eq!(list.dropped, 2);
-        assert_eq!(list.counts_by_reason["no-covering-key"], 5, "dropped ones still count");
+        assert_eq!(
+            list.counts_by_reason["no-covering-key"], 5,
+            "dropped ones still count"
+        );
     };
     check(denials(&c, "main", "").await);
     c.stop("main").await;
@@ -202,10 +253,18 @@ async fn api_get(addr: std::net::SocketAddr, target: &str) -> (u16, String, Stri
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw).await;
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP reply");
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
     let content_type = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_default();
     (status, content_type, body.to_owned())
 }
@@ -233,7 +292,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             (false, c) => field.push(c),
         }
     }
-    assert!(!quoted && field.is_empty() && row.is_empty(), "the CSV ends with a whole row");
+    assert!(
+        !quoted && field.is_empty() && row.is_empty(),
+        "the CSV ends with a whole row"
+    );
     rows
 }
 
@@ -254,7 +316,11 @@ async fn denials_export_as_csv_over_http_with_the_proto_field_names() {
     let mut st = station(&c, "main");
     // a tenant name with a comma cannot pass the name rules, so the message
     // (which quotes the components asked for) carries the comma
-    let r = st.attach(attach("fp-1", &["dlp", "vpn"])).await.unwrap().into_inner();
+    let r = st
+        .attach(attach("fp-1", &["dlp", "vpn"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.licensed);
     let (status, content_type, body) = api_get(addr, "/api/v1/denials?format=csv").await;
     assert_eq!(status, 200, "{body}");
@@ -267,9 +333,16 @@ async fn denials_export_as_csv_over_http_with_the_proto_field_names() {
     assert_eq!(rows.len(), 2, "{body}");
     let row = &rows[1];
     assert_eq!(row[0], "1");
-    assert_eq!(&row[2..7], ["station-connection", "fp-1", "", "main", "no-covering-key"]);
+    assert_eq!(
+        &row[2..7],
+        ["station-connection", "fp-1", "", "main", "no-covering-key"]
+    );
     assert_eq!(row[7], r.reason);
-    assert!(row[7].contains("dlp,vpn"), "a quoted comma survives: {}", row[7]);
+    assert!(
+        row[7].contains("dlp,vpn"),
+        "a quoted comma survives: {}",
+        row[7]
+    );
     // the same as JSON, filtered; a format that is none is refused
     let (status, _, json) = api_get(addr, "/api/v1/denials?reason=no-covering-key&limit=5").await;
     assert_eq!(status, 200, "{json}");

@@ -18,7 +18,7 @@ fn attach(fp: &str, tenant: &str) -> pb::ConnectRequest {
 }
 
 fn tenant(i: usize) -> &'static str {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         "beta"
     } else {
         "acme"
@@ -50,7 +50,11 @@ async fn walk(c: &TestCluster, mut q: pb::ListStationsRequest) -> (Vec<String>, 
     let mut fps = Vec::new();
     let mut total = None;
     loop {
-        let page = admin.list_stations(q.clone()).await.expect("a page").into_inner();
+        let page = admin
+            .list_stations(q.clone())
+            .await
+            .expect("a page")
+            .into_inner();
         assert!(page.stations.len() <= q.page_size as usize);
         total.get_or_insert(page.total);
         fps.extend(page.stations.into_iter().map(|s| s.fingerprint));
@@ -80,7 +84,10 @@ async fn pages_list_every_station_exactly_once_with_filters_while_stations_attac
     let more = attach_all(&c, 60..100);
     let ((), (all, _)) = tokio::join!(more, walk(&c, query(7, "", "", "")));
     let listed = once(&all);
-    assert!(listed.is_superset(&before), "a station there from the start was missed");
+    assert!(
+        listed.is_superset(&before),
+        "a station there from the start was missed"
+    );
     let (all, total) = walk(&c, query(9, "", "", "")).await;
     assert_eq!(once(&all).len(), 100);
     assert_eq!(total, 100);
@@ -107,7 +114,9 @@ async fn pages_list_every_station_exactly_once_with_filters_while_stations_attac
     let (hosts, total) = walk(&c, query(1000, "", "host-", "")).await;
     assert_eq!((hosts.len(), total), (100, 100));
     let (beta_licensed, _) = walk(&c, query(3, "licensed", "beta", "")).await;
-    assert!(beta_licensed.iter().all(|f| want.contains(f) && licensed.contains(f)));
+    assert!(beta_licensed
+        .iter()
+        .all(|f| want.contains(f) && licensed.contains(f)));
     c.shutdown().await;
 }
 
@@ -144,7 +153,12 @@ async fn bad_page_tokens_and_filters_are_invalid_arguments() {
     ];
     for (req, says) in cases.drain(..) {
         let err = admin.list_stations(req).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            err.message()
+        );
         assert!(err.message().contains(says), "{}", err.message());
     }
     c.shutdown().await;

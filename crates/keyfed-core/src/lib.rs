@@ -5,8 +5,8 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod claims;
-pub mod denial;
 pub mod clock;
+pub mod denial;
 pub mod donation;
 pub mod entitlement;
 pub mod error;

@@ -246,7 +246,13 @@ mod tests {
         .encode(&first);
         let err = PageToken::decode(&t, &q("", "ac", "")).unwrap_err();
         assert!(err.contains("other filters"), "{err}");
-        for bad in ["x", "1.0.zz.00", "1.9.00000000.", "2.0.0.0", "1.0.00000000.zz"] {
+        for bad in [
+            "x",
+            "1.0.zz.00",
+            "1.9.00000000.",
+            "2.0.0.0",
+            "1.0.00000000.zz",
+        ] {
             assert!(PageToken::decode(bad, &first).is_err(), "{bad}");
         }
         // a phase beyond a one-source plan

@@ -21,13 +21,13 @@
 //! live provisional leases of a key, fingerprint -> until).
 use crate::denials::Refusal;
 use crate::engine::{Effects, Engine};
-use keyfed_core::denial::{DenialKind, DenialReason};
 use crate::error::EngineError;
 use chrono::{DateTime, Utc};
 use keyfed_core::claims::{
     arbitrate, carry_leases, on_answer, AnswerStep, ClaimAnswer, ClaimArrival, ClaimRegistry,
     ClaimVerdict, LocalHold, OwnClaim,
 };
+use keyfed_core::denial::{DenialKind, DenialReason};
 use keyfed_core::event::EventKind;
 use keyfed_core::peer_refusal::KeyOrigin;
 use keyfed_store::{ObjectKind, Origin, StoredKey, Tx};
@@ -205,20 +205,10 @@ impl Engine {
         let id = &k.key.id;
         match arbitrate(arrival, &reg) {
             ClaimVerdict::Refuse(why) => {
-                let r = Refusal {
-                    reason: DenialReason::PeerNotGranted,
-                    key_id: id.clone(),
-                    message: why.clone(),
-                };
+                let r = Refusal::new(DenialReason::PeerNotGranted, id, why.clone());
                 self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
-                fx.notify(
-                    tx,
-                    now,
-                    EventKind::PeerMessageRefused,
-                    id,
-                    why,
-                    &[("peer", peer.to_owned())],
-                )
+                let details = [("peer", peer.to_owned())];
+                fx.notify(tx, now, EventKind::PeerMessageRefused, id, why, &details)
             }
             ClaimVerdict::Ignore => Ok(()),
             ClaimVerdict::Forget { origin } => {
@@ -237,13 +227,16 @@ impl Engine {
                 };
                 fx.send(tx, peer, now, id, pb::delivery::Body::Claim(answer))?;
                 let message = format!("station {fp} reached {peer} but already holds a seat of {id} through {holder}; {peer} gives its seat back (b02)");
-                let r = Refusal {
-                    reason: DenialReason::SeatHeldElsewhere,
-                    key_id: id.clone(),
-                    message: message.clone(),
-                };
+                let r = Refusal::new(DenialReason::SeatHeldElsewhere, id, message.clone());
                 self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
-                fx.notify(tx, now, EventKind::DuplicateStation, id, message, &[("fingerprint", fp.to_owned()), ("holder", holder)])
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::DuplicateStation,
+                    id,
+                    message,
+                    &[("fingerprint", fp.to_owned()), ("holder", holder)],
+                )
             }
             ClaimVerdict::RecordAndConfirm => {
                 tx.put_claim(license, fp, peer)?;

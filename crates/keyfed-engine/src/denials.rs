@@ -17,14 +17,18 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl Refusal {
+    pub fn new(reason: DenialReason, key_id: &str, message: String) -> Self {
+        Self {
+            reason,
+            key_id: key_id.to_owned(),
+            message,
+        }
+    }
+}
+
 impl Engine {
-    fn denial(
-        &self,
-        kind: DenialKind,
-        object: &str,
-        r: &Refusal,
-        at: DateTime<Utc>,
-    ) -> NewDenial {
+    fn denial(&self, kind: DenialKind, object: &str, r: &Refusal, at: DateTime<Utc>) -> NewDenial {
         NewDenial {
             at,
             kind,
@@ -45,7 +49,10 @@ impl Engine {
         r: &Refusal,
         at: DateTime<Utc>,
     ) -> TxResult<(), EngineError> {
-        tx.record_denial::<EngineError>(self.denial(kind, object, r, at), self.config.denials.keep)?;
+        tx.record_denial::<EngineError>(
+            self.denial(kind, object, r, at),
+            self.config.denials.keep,
+        )?;
         Ok(())
     }
 

@@ -381,14 +381,18 @@ fn assignable(tx: &Tx<'_>, key_id: &str, kind: ObjectKind) -> Tr<StoredKey> {
         return abort(EngineError::not_found("key", key_id));
     };
     if let Some(new) = &k.superseded_by {
-        return abort(EngineError::refused(DenialReason::KeySuperseded, format!(
-            "key {key_id} was renewed as {new}; assign seats of {new} instead"
-        )));
+        return abort(EngineError::refused(
+            DenialReason::KeySuperseded,
+            format!("key {key_id} was renewed as {new}; assign seats of {new} instead"),
+        ));
     }
     if !k.distributable && kind == ObjectKind::Server {
-        return abort(EngineError::refused(DenialReason::ObjectNotAllowed, format!(
+        return abort(EngineError::refused(
+            DenialReason::ObjectNotAllowed,
+            format!(
             "key {key_id} was offered by a peer without automatic renewal and cannot be passed on"
-        )));
+        ),
+        ));
     }
     Ok(k)
 }

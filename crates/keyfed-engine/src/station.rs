@@ -401,13 +401,9 @@ impl Engine {
         let outcome = match station.elsewhere.clone() {
             // b02: another node holds its seat; it is not given a second one here
             Some((holder, key, since)) if !c.held && now < since + validity => {
-                Outcome::Refused(Refusal {
-                    reason: DenialReason::SeatHeldElsewhere,
-                    message: format!(
-                        "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
-                    ),
-                    key_id: key,
-                })
+                Outcome::Refused(Refusal::new(DenialReason::SeatHeldElsewhere, &key, format!(
+                    "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
+                )))
             }
             _ => {
                 station.elsewhere = None;
@@ -435,18 +431,25 @@ impl Engine {
             }
         }
         if let Outcome::Refused(r) = &outcome {
-            // b04: a connection refused for want of a seat is worth a warning
-            fx.notify(
-                tx,
-                now,
-                EventKind::ConnectionRefused,
-                "",
-                format!("station {fp} refused: {}", r.message),
-                &[("fingerprint", fp.to_owned())],
-            )?;
-            self.deny_tx(tx, DenialKind::StationConnection, fp, r, now)?;
+            self.refused_tx(tx, fx, fp, r, now)?;
         }
         Ok((outcome, delivered))
+    }
+
+    /// b04: a connection refused for want of a seat is worth a warning; and
+    /// it is a denial (issue 12), in the same transaction.
+    fn refused_tx(
+        &self,
+        tx: &keyfed_store::Tx<'_>,
+        fx: &mut crate::engine::Effects,
+        fp: &str,
+        r: &Refusal,
+        now: DateTime<Utc>,
+    ) -> keyfed_store::TxResult<(), EngineError> {
+        let message = format!("station {fp} refused: {}", r.message);
+        let details = [("fingerprint", fp.to_owned())];
+        fx.notify(tx, now, EventKind::ConnectionRefused, "", message, &details)?;
+        self.deny_tx(tx, DenialKind::StationConnection, fp, r, now)
     }
 
     /// The answer to a contact.
@@ -603,11 +606,7 @@ impl Engine {
         let fp = hello.fingerprint.trim();
         let id = &k.key.id;
         let state = self.state_at(k, now);
-        let refused = |reason, message: String| Refusal {
-            reason,
-            key_id: id.clone(),
-            message,
-        };
+        let refused = |reason, message| Refusal::new(reason, id, message);
         if !state.writable() {
             let reason = DenialReason::of_key_state(&state).unwrap_or(DenialReason::KeyExpired);
             return Ok(Err(refused(reason, format!("{id} is {}", state.label()))));
@@ -616,10 +615,8 @@ impl Engine {
         let mut leases = provisional(tx, id, now)?;
         let others = u32::try_from(leases.keys().filter(|f| *f != fp).count()).unwrap_or(u32::MAX);
         if used.saturating_add(others) >= k.held {
-            return Ok(Err(refused(
-                DenialReason::NoFreeSeats,
-                format!("{id} has all {} seats in use", k.held),
-            )));
+            let full = format!("{id} has all {} seats in use", k.held);
+            return Ok(Err(refused(DenialReason::NoFreeSeats, full)));
         }
         if k.key.kind == keyfed_core::KeyKind::Subscription || k.tenancy != Default::default() {
             let sub = Subscription {

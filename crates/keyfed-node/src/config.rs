@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use keyfed_engine::config::{
-    DenialConfig, EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole, StationConfig,
+    DenialConfig, EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole,
+    StationConfig,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;

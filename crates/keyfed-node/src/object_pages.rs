@@ -41,7 +41,9 @@ pub fn page(
                 .and_then(|h| hex::decode(h).ok())
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    format!("page_token {t:?} is not a token this node gave; start again without one")
+                    format!(
+                        "page_token {t:?} is not a token this node gave; start again without one"
+                    )
                 })?,
         ),
     };

@@ -76,11 +76,10 @@ pub mod snapshot;
 mod station_index;
 
 use chrono::{DateTime, Utc};
-use durability::{Durability, SledFiles};
 pub use denials::{check_keep, DenialRecord, NewDenial};
+use durability::{Durability, SledFiles};
 pub use durability::{Synced, MARK_SUFFIX};
 pub use epoch::{fresh_epoch, EPOCH_META};
-pub use station_index::{past_key, IndexHit, StationScan, StationTotals};
 pub use records::{
     AuditRecord, Command, CommandState, Grant, Notification, ObjectKind, Origin, OutboxEntry,
     PeerCursor, StationRecord, StationReport, StoredKey, UsageLine, Waiting,
@@ -88,6 +87,7 @@ pub use records::{
 pub use sled::transaction::ConflictableTransactionError;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
 use sled::{IVec, Transactional};
+pub use station_index::{past_key, IndexHit, StationScan, StationTotals};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -387,7 +387,11 @@ impl Store {
         let mem = memory::Memory::new(TREES.len());
         mem.insert(META, b"schema", IVec::from(&[SCHEMA_VERSION]));
         mem.insert(META, EPOCH_META.as_bytes(), epoch::memory_value());
-        mem.insert(META, station_index::BUILT_META.as_bytes(), records::encode(&"built").into());
+        mem.insert(
+            META,
+            station_index::BUILT_META.as_bytes(),
+            records::encode(&"built").into(),
+        );
         mem.flush();
         Self {
             backend: Backend::Memory(Arc::new(mem)),

@@ -9,8 +9,8 @@
 //! transaction as the station record or station grant it follows, and only
 //! when the indexed field changed, so a plain renewal touches none.
 use crate::{
-    records, Backend, Grant, ObjectKind, StationRecord, Store, StoreError, Tx, TxResult,
-    GRANTS, META, STATIONS, STATION_INDEX,
+    records, Backend, Grant, ObjectKind, StationRecord, Store, StoreError, Tx, TxResult, GRANTS,
+    META, STATIONS, STATION_INDEX,
 };
 
 /// Set once the index holds every station of this store (built at open
@@ -112,7 +112,10 @@ impl Tx<'_> {
         let fp = &new.fingerprint;
         let field = |s: &StationRecord, f: fn(&StationRecord) -> &str| f(s).to_owned();
         for (tag, f) in [
-            (STATION_ID, (|s: &StationRecord| s.station_id.as_str()) as fn(&_) -> &str),
+            (
+                STATION_ID,
+                (|s: &StationRecord| s.station_id.as_str()) as fn(&_) -> &str,
+            ),
             (TENANT, |s: &StationRecord| s.tenant.as_str()),
         ] {
             let was = old.map(|o| field(o, f));
@@ -179,9 +182,7 @@ impl Tx<'_> {
             Some(r) => Some(r),
             None => self.station::<E>(fp)?.map(|s| s.retired_at.is_some()),
         };
-        let holds: u64 = self
-            .read(STATION_INDEX, &section(HOLDS, fp))?
-            .unwrap_or(0);
+        let holds: u64 = self.read(STATION_INDEX, &section(HOLDS, fp))?.unwrap_or(0);
         let want = retired == Some(false) && holds == 0;
         let k = section(UNLICENSED, fp);
         let have = self.get(STATION_INDEX, &k)?.is_some();

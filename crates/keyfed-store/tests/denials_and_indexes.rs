@@ -1,8 +1,6 @@
 //! The denial log and the station indexes (issue 12), on both backends.
 use keyfed_core::denial::{DenialKind, DenialReason};
-use keyfed_store::{
-    NewDenial, StationRecord, StationScan, StationTotals, Store, StoreError,
-};
+use keyfed_store::{NewDenial, StationRecord, StationScan, StationTotals, Store, StoreError};
 
 #[macro_use]
 mod support;
@@ -146,6 +144,10 @@ fn a_store_written_before_the_indexes_gets_them_at_open() {
     assert_eq!(store.station_holders("k-1").unwrap(), 1);
     assert_eq!(
         store.station_totals().unwrap(),
-        StationTotals { all: 2, retired: 0, unlicensed: 1 }
+        StationTotals {
+            all: 2,
+            retired: 0,
+            unlicensed: 1
+        }
     );
 }

@@ -127,7 +127,10 @@ pub async fn stations(cli: &Cli, a: &StationsArgs) -> anyhow::Result<()> {
         if r.next_page_token.is_empty() {
             out.push('\n');
         } else {
-            out.push_str(&format!("; next page: --page-token {}\n", r.next_page_token));
+            out.push_str(&format!(
+                "; next page: --page-token {}\n",
+                r.next_page_token
+            ));
         }
         out
     });

@@ -448,7 +448,15 @@ async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
         page_token: token,
         ..Default::default()
     };
-    let mut rows = vec![timed(admin, "ListStations first page (100)", &page(String::new()), RUNS).await];
+    let mut rows = vec![
+        timed(
+            admin,
+            "ListStations first page (100)",
+            &page(String::new()),
+            RUNS,
+        )
+        .await,
+    ];
     // a token 90% of the way in, by walking pages of 1000
     let mut walk = pb::ListStationsRequest {
         page_size: 1000,
