@@ -57,9 +57,10 @@ impl Engine {
     }
 
     /// Admin.AssignSeats refused: the refusal changed nothing, so it is
-    /// recorded in a write of its own. A failure to record it is logged,
+    /// recorded in a write of its own, durable before the refusal is
+    /// answered like every other write. A failure to record it is logged,
     /// never put in place of the refusal itself.
-    pub(crate) fn deny_assignment(
+    pub(crate) async fn deny_assignment(
         &self,
         key_id: &str,
         object: &str,
@@ -75,7 +76,11 @@ impl Engine {
             message: e.to_string(),
         };
         let d = self.denial(DenialKind::Assignment, object, &r, at);
-        if let Err(e) = self.store.record_denial(d, self.config.denials.keep) {
+        let recorded = match self.store.record_denial(d, self.config.denials.keep) {
+            Ok(_) => self.durable().await.map(|_| ()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = recorded {
             tracing::warn!(node = %self.id(), error = %e, "refused assignment not recorded");
         }
     }

@@ -185,7 +185,7 @@ impl Engine {
             .assign_checked(key_id, object, seats, kind, donation_days, now)
             .await;
         if let Err(e) = &done {
-            self.deny_assignment(key_id, object, e, now);
+            self.deny_assignment(key_id, object, e, now).await;
         }
         done
     }
