@@ -24,7 +24,9 @@ pub mod station;
 pub mod station_page;
 pub mod telemetry;
 pub mod tenant_quota;
+pub mod usage_history;
 pub mod waiting;
+pub mod webhook;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::KeyError;

@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub stations: StationConfig,
     /// Issue 12: the bounded log of refused connections and assignments.
     pub denials: DenialConfig,
+    /// Issue 12: how often usage samples are taken for the history.
+    pub usage_history: UsageHistoryConfig,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,7 @@ impl Default for EngineConfig {
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
             denials: DenialConfig::default(),
+            usage_history: UsageHistoryConfig::default(),
         }
     }
 }
@@ -193,6 +196,14 @@ impl Default for DenialConfig {
     fn default() -> Self {
         Self { keep: 100_000 }
     }
+}
+
+/// `[usage_history]`: the sample interval (`interval = "5m"`); the tiers
+/// and how long each is kept are fixed (`keyfed_core::usage_history`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageHistoryConfig {
+    pub interval: keyfed_core::usage_history::Tiers,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

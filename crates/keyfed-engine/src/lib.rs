@@ -28,6 +28,7 @@ pub mod telemetry;
 pub mod tick;
 pub mod time;
 pub mod usage;
+pub mod usage_history;
 
 pub use command::{Command, Outcome, StationReportIn};
 pub use config::EngineConfig;

@@ -831,3 +831,4 @@ async fn t03_b05_a_server_that_holds_keys_but_never_reported_is_listed_as_never_
 
 mod lending;
 mod resync;
+mod usage_history;

@@ -116,6 +116,7 @@ impl Engine {
             self.store.set_meta("last_usage_refresh", &ts(now))?;
         }
         self.roll_up_usage_at(now).await?;
+        self.sample_usage_at(now).await?;
         Ok(TickDue { renewal, telemetry })
     }
 

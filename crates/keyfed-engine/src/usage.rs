@@ -16,7 +16,11 @@ impl Engine {
         self.usage_rows_at(tree, self.now())
     }
 
-    fn usage_rows_at(&self, tree: bool, now: DateTime<Utc>) -> EngineResult<Vec<pb::KeyUsage>> {
+    pub(crate) fn usage_rows_at(
+        &self,
+        tree: bool,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Vec<pb::KeyUsage>> {
         let now = ts(now);
         let mut rows = Vec::new();
         for k in self.store.keys()? {

@@ -464,8 +464,9 @@ impl pb::admin_server::Admin for AdminService {
         ))
     }
 
-    async fn usage_history(&self, _: Request<pb::UsageHistoryRequest>) -> R<pb::UsageHistoryReply> {
-        Err(Status::unimplemented("usage history is not built yet"))
+    async fn usage_history(&self, r: Request<pb::UsageHistoryRequest>) -> R<pb::UsageHistoryReply> {
+        let reply = self.node.engine.usage_history(&r.into_inner()).status()?;
+        Ok(Response::new(reply))
     }
 
     async fn list_denials(&self, r: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
@@ -475,7 +476,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn list_webhooks(&self, _: Request<pb::Empty>) -> R<pb::WebhookList> {
-        Err(Status::unimplemented("webhooks are not built yet"))
+        Ok(Response::new(self.node.webhooks.list()))
     }
 
     async fn advance_clock(&self, r: Request<pb::AdvanceClockRequest>) -> R<pb::ClockReply> {

@@ -28,10 +28,11 @@ use tonic::codegen::{http, Service};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
-pub mod denials;
+mod denials;
 mod events;
 mod host;
 mod pages;
+pub(crate) mod usage;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
 pub type GuardedAdmin = AdminGuard<pb::admin_server::AdminServer<AdminService>>;
@@ -195,6 +196,16 @@ impl Call {
         Req: Message,
         Resp: Message + Default + Serialize,
     {
+        let msg: Resp = self.message(rpc, req).await?;
+        Ok(json_reply(http::StatusCode::OK, &msg))
+    }
+
+    /// The unary Admin RPC `rpc` with `req`: its reply message.
+    async fn message<Req, Resp>(&self, rpc: &str, req: &Req) -> Result<Resp, ApiError>
+    where
+        Req: Message,
+        Resp: Message + Default,
+    {
         let (parts, body) = self.send(rpc, req).await?;
         let collected = body.collect().await?;
         let status = Status::from_header_map(&parts.headers)
@@ -214,7 +225,7 @@ impl Call {
             .get(5..)
             .and_then(|m| Resp::decode(m).ok())
             .ok_or_else(|| ApiError::new(Code::Internal, format!("{rpc}: undecodable reply")))?;
-        Ok(json_reply(http::StatusCode::OK, &msg))
+        Ok(msg)
     }
 }
 
@@ -377,6 +388,8 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
         | "subscriptions" | "audit" | "telemetry" | "denials"]
         | ["notifications", "stream"]
+        | ["webhooks"]
+        | ["usage", "history"]
         | ["telemetry", "file"] => "GET",
         ["keys", _, "grants" | "renew" | "extend-trial" | "shares"]
         | ["renew"]
@@ -462,12 +475,17 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
                 .await
         }
         (&M::GET, ["objects"]) => pages::objects(&call, &q).await,
-        (&M::GET, ["denials"]) => denials::get(&call, &q).await,
+        (&M::GET, ["denials"]) => denials::get(&call, &q, h).await,
         (&M::GET, ["notifications"]) => {
             let r = pb::ListNotificationsRequest {
                 after_seq: q.only(&["after_seq"])?.number("after_seq")?,
             };
             call.unary::<_, pb::NotificationList>("ListNotifications", &r)
+                .await
+        }
+        (&M::GET, ["webhooks"]) => {
+            q.only(&[])?;
+            call.unary::<_, pb::WebhookList>("ListWebhooks", &pb::Empty {})
                 .await
         }
         (&M::GET, ["status"]) => {
@@ -487,6 +505,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             };
             call.unary::<_, pb::UsageReport>("Usage", &r).await
         }
+        (&M::GET, ["usage", "history"]) => usage::history(&call, &q, h).await,
         (&M::GET, ["stations"]) => pages::stations(&call, &q).await,
         (&M::GET, ["commands"]) => {
             q.only(&[])?;

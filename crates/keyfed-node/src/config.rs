@@ -2,9 +2,10 @@
 //! file, then `KEYFED_*` environment variables, then flags.
 use serde::{Deserialize, Serialize};
 
+pub use crate::webhooks::WebhookConfig;
 pub use keyfed_engine::config::{
     DenialConfig, EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole,
-    StationConfig,
+    StationConfig, UsageHistoryConfig,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct NodeConfig {
     /// Real-time period of the scheduler loop; rules use the injected clock.
     pub tick_millis: u64,
     pub hook: Option<HookConfig>,
+    /// Signed JSON POSTs of notifications (issue 12, `crate::webhooks`).
+    pub webhooks: Vec<WebhookConfig>,
     /// Lets Admin.AdvanceClock move a manual clock (demos, smoke tests).
     pub debug_clock: bool,
     /// Seconds between link reconnect attempts grow up to this.
@@ -76,6 +79,8 @@ pub struct NodeConfig {
     pub api_listen: Option<SocketAddr>,
     /// Log lines as `text` (default) or `json` (one object per line).
     pub log_format: LogFormat,
+    /// `[usage_history] interval = "5m"`: how often usage is sampled (issue 12).
+    pub usage_history: UsageHistoryConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +146,7 @@ impl Default for NodeConfig {
             telemetry_retry_secs: 3_600,
             tick_millis: 1000,
             hook: None,
+            webhooks: Vec::new(),
             debug_clock: false,
             max_backoff_millis: 5000,
             lifecycle: LifecycleConfig::default(),
@@ -153,6 +159,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             api_listen: None,
             log_format: LogFormat::Text,
+            usage_history: UsageHistoryConfig::default(),
         }
     }
 }
@@ -293,6 +300,7 @@ impl NodeConfig {
             lifecycle: self.lifecycle.clone(),
             stations: self.stations.clone(),
             denials: self.denials.clone(),
+            usage_history: self.usage_history,
         }
     }
 
@@ -623,5 +631,23 @@ mod tests {
             .apply_env(|k| (k == "KEYFED_LOG_FORMAT").then(|| "yaml".into()))
             .unwrap_err();
         assert!(err.contains("yaml") && err.contains("text, json"), "{err}");
+    }
+
+    #[test]
+    fn the_usage_history_interval_is_checked_with_what_it_may_be() {
+        let c = NodeConfig::from_toml("[usage_history]\ninterval = \"15m\"").unwrap();
+        assert_eq!(
+            c.engine_config().usage_history.interval.interval(),
+            chrono::Duration::minutes(15)
+        );
+        assert_eq!(
+            NodeConfig::default().usage_history.interval.interval(),
+            chrono::Duration::minutes(5)
+        );
+        let err = NodeConfig::from_toml("[usage_history]\ninterval = \"7m\"").unwrap_err();
+        assert!(
+            err.contains("usage_history") && err.contains("divide an hour"),
+            "{err}"
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod station;
 pub mod tls;
 pub mod upstream;
+pub mod webhooks;
 
 pub use config::NodeConfig;
 pub use node::Node;
@@ -102,6 +103,8 @@ pub async fn run_with_listeners(
     let server_tls = tls::server_config(&config).map_err(anyhow::Error::msg)?;
     let api_tls = api::tls_config(&config).map_err(anyhow::Error::msg)?;
     let admin_auth = auth::AdminAuth::from_config(&config).map_err(anyhow::Error::msg)?;
+    let webhooks = webhooks::Webhooks::from_config(&config.webhooks, |v| std::env::var(v).ok())
+        .map_err(anyhow::Error::msg)?;
     // the store's own error stays inside (a test or operator tool can
     // downcast it); the message names the data dir and its setting
     let store = open_store(&config).map_err(|e| {
@@ -134,7 +137,8 @@ pub async fn run_with_listeners(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     })?;
-    let node = Node::new(engine, config, metrics);
+    let node = Node::new(engine, config, metrics, webhooks);
+    webhooks::Webhooks::start(&node, &tasks, &shutdown);
     import_key_dir(&node).await;
 
     for (peer, address) in node.config.dialed_peers() {

@@ -61,6 +61,7 @@ pub struct Metrics {
     rpc_series: Mutex<HashSet<(String, &'static str)>>,
     /// Station states as last counted (see `exposition::station_states`).
     pub(crate) stations: Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
+    pub(crate) webhooks: crate::webhooks::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -90,7 +91,9 @@ impl Default for Metrics {
             "gRPC calls served, by method and status code, and how long each took (streams: their lifetime)",
             rpcs.clone(),
         );
+        let webhooks = crate::webhooks::WebhookMetrics::register(&mut registry);
         Self {
+            webhooks,
             registry,
             renewals,
             notifications,

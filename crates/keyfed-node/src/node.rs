@@ -17,6 +17,8 @@ pub struct NodeParts {
     pub metrics: Arc<Metrics>,
     /// The open federation link of each peer (at most one).
     pub links: Links,
+    /// The configured webhooks and their delivery state.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl std::ops::Deref for Node {
@@ -28,12 +30,18 @@ impl std::ops::Deref for Node {
 
 impl Node {
     #[must_use]
-    pub fn new(engine: Engine, config: NodeConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        engine: Engine,
+        config: NodeConfig,
+        metrics: Arc<Metrics>,
+        webhooks: crate::webhooks::Webhooks,
+    ) -> Self {
         Self(Arc::new(NodeParts {
             engine,
             config,
             metrics,
             links: Links::default(),
+            webhooks,
         }))
     }
 

@@ -8,5 +8,6 @@ pub mod v1 {
     tonic::include_proto!("keyfed.v1");
 }
 
+pub use keyfed_wire::csv;
 pub use keyfed_wire::FILE_DESCRIPTOR_SET;
 pub use v1::*;

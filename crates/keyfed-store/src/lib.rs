@@ -74,6 +74,7 @@ mod memory;
 mod records;
 pub mod snapshot;
 mod station_index;
+mod usage_history;
 
 use chrono::{DateTime, Utc};
 pub use denials::{check_keep, DenialRecord, NewDenial};
@@ -92,6 +93,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
+pub use usage_history::HistoryPoint;
 
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
@@ -181,7 +183,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 17] = [
+const TREES: [&str; 18] = [
     "keys",
     "grants",
     "used",
@@ -197,6 +199,7 @@ const TREES: [&str; 17] = [
     "commands",
     "claims",
     "audit",
+    "usage_history",
     "denials",
     "station_index",
 ];
@@ -215,8 +218,9 @@ const REPORTS: usize = 11;
 const COMMANDS: usize = 12;
 const CLAIMS: usize = 13;
 const AUDIT: usize = 14;
-const DENIALS: usize = 15;
-const STATION_INDEX: usize = 16;
+const USAGE_HISTORY: usize = 15;
+const DENIALS: usize = 16;
+const STATION_INDEX: usize = 17;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -642,6 +646,20 @@ impl Store {
 
     pub fn notifications_after(&self, seq: u64) -> Result<Vec<Notification>, StoreError> {
         self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, usize::MAX)
+    }
+
+    /// At most `limit` notifications after `seq`, oldest first (a webhook's queue).
+    pub fn notifications_page(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.range(NOTIFICATIONS, &(seq + 1).to_be_bytes(), None, limit)
+    }
+
+    /// The seq of the newest notification ever stored (0: none yet).
+    pub fn last_notification_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.get(META, b"notification_seq")?.unwrap_or(0))
     }
 
     pub fn notification_count(&self) -> usize {

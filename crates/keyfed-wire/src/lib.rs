@@ -9,6 +9,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/keyfed.v1.serde.rs"));
 }
 
+pub mod csv;
+
 /// Encoded `FileDescriptorSet` of every keyfed proto file, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keyfed_descriptor.bin"));

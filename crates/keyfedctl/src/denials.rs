@@ -31,8 +31,11 @@ pub async fn denials(cli: &Cli, a: &DenialsArgs) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
+    if a.csv && cli.json {
+        anyhow::bail!("--csv and --json both ask for the output format: give one");
+    }
     if a.csv {
-        print!("{}", to_csv(&r.denials));
+        print!("{}", keyfed_proto::csv::denials(&r.denials));
         return Ok(());
     }
     emit(cli.json, &r, |r| {
@@ -75,35 +78,4 @@ pub async fn denials(cli: &Cli, a: &DenialsArgs) -> anyhow::Result<()> {
         out
     });
     Ok(())
-}
-
-/// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-/// The same columns as `GET /api/v1/denials?format=csv`: `Denial`'s
-/// fields in proto order.
-fn to_csv(denials: &[pb::Denial]) -> String {
-    let mut out = String::from("seq,at,kind,object,key_id,node_id,reason,message\r\n");
-    for d in denials {
-        let row = [
-            d.seq.to_string(),
-            d.at.clone(),
-            d.kind.clone(),
-            d.object.clone(),
-            d.key_id.clone(),
-            d.node_id.clone(),
-            d.reason.clone(),
-            d.message.clone(),
-        ];
-        let row: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
-    }
-    out
 }

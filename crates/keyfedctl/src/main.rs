@@ -7,6 +7,8 @@ mod render;
 mod stations;
 mod telemetry;
 mod tls;
+mod usage_history;
+mod webhooks;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -145,11 +147,14 @@ enum Command {
     Status,
     /// federation peers and their links
     Peers,
-    /// seat usage per key; --tree adds the whole subtree
+    /// seat usage per key; --tree adds the whole subtree; `usage history`: over time
+    #[command(args_conflicts_with_subcommands = true)]
     Usage {
         key_id: Option<String>,
         #[arg(long)]
         tree: bool,
+        #[command(subcommand)]
+        over_time: Option<usage_history::UsageCmd>,
     },
     /// move a debug node's manual clock forward
     #[command(subcommand)]
@@ -183,6 +188,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// the configured webhooks and their delivery queues (issue 12)
+    Webhooks,
     /// telemetry compliance per customer, on the upstream (t03)
     Compliance {
         customer: Option<String>,
@@ -564,7 +571,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 )
             });
         }
-        Command::Usage { key_id, tree } => {
+        Command::Usage {
+            over_time: Some(cmd),
+            ..
+        } => usage_history::usage(cli, cmd).await?,
+        Command::Usage { key_id, tree, .. } => {
             let req = pb::UsageRequest {
                 key_id: key_id.clone().unwrap_or_default(),
                 tree: *tree,
@@ -605,6 +616,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Report(cmd) => stations::report(cli, cmd).await?,
         Command::Subscription(cmd) => stations::subscription(cli, cmd).await?,
         Command::Audit { after, limit } => audit::audit(cli, *after, *limit).await?,
+        Command::Webhooks => webhooks::webhooks(cli).await?,
         Command::Compliance { customer, cmd } => {
             telemetry::compliance(cli, customer.as_ref(), cmd.as_ref()).await?;
         }
