@@ -457,6 +457,27 @@ async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
         )
         .await,
     ];
+    // a reply within one TCP segment: what a page costs without the transfer
+    let small = pb::ListStationsRequest {
+        page_size: 10,
+        ..Default::default()
+    };
+    rows.push(timed(admin, "ListStations first page (10)", &small, RUNS).await);
+    // an Admin call that reads next to nothing, for comparison
+    let mut lat = Vec::with_capacity(RUNS);
+    let start = Instant::now();
+    for _ in 0..RUNS {
+        let s = Instant::now();
+        admin.list_keys(pb::Empty {}).await.expect("list keys");
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    rows.push(Row {
+        what: "ListKeys (one key; the Admin call's own cost)".into(),
+        ops: lat.len(),
+        secs: start.elapsed().as_secs_f64(),
+        lat,
+    });
     // a token 90% of the way in, by walking pages of 1000
     let mut walk = pb::ListStationsRequest {
         page_size: 1000,
