@@ -70,7 +70,7 @@ pub struct StationsArgs {
     #[arg(long, default_value = "")]
     pub state: String,
     /// only stations holding a seat of this key
-    #[arg(long = "key", default_value = "")]
+    #[arg(long = "key-id", default_value = "")]
     pub key_id: String,
     /// follow next_page_token until the last page
     #[arg(long)]
