@@ -465,15 +465,23 @@ impl TestCluster {
         keyfed_agent::Agent::open(cfg, self.clock.clone()).expect("agent state opens")
     }
 
-    /// Admin.ListStations on `node`.
+    /// Admin.ListStations on `node`: every page.
     pub async fn stations(&self, node: &str) -> Vec<pb::StationInfo> {
-        self.admin(node)
-            .await
-            .list_stations(pb::ListStationsRequest::default())
-            .await
-            .expect("list stations")
-            .into_inner()
-            .stations
+        let mut admin = self.admin(node).await;
+        let mut req = pb::ListStationsRequest::default();
+        let mut all = Vec::new();
+        loop {
+            let page = admin
+                .list_stations(req.clone())
+                .await
+                .expect("list stations")
+                .into_inner();
+            all.extend(page.stations);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            req.page_token = page.next_page_token;
+        }
     }
 
     pub async fn station(&self, node: &str, fingerprint: &str) -> Option<pb::StationInfo> {

@@ -6,6 +6,7 @@
 
 pub mod claims;
 pub mod clock;
+pub mod denial;
 pub mod donation;
 pub mod entitlement;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod renewal;
 pub mod renewal_plan;
 pub mod seats;
 pub mod station;
+pub mod station_page;
 pub mod telemetry;
 pub mod tenant_quota;
 pub mod usage_history;

@@ -19,6 +19,7 @@
 //! State kept in the store's meta: `own-claim:{license}:{fp}` (this node's
 //! claim to the origin: pending or confirmed) and `provisional:{key}` (the
 //! live provisional leases of a key, fingerprint -> until).
+use crate::denials::Refusal;
 use crate::engine::{Effects, Engine};
 use crate::error::EngineError;
 use chrono::{DateTime, Utc};
@@ -26,6 +27,7 @@ use keyfed_core::claims::{
     arbitrate, carry_leases, on_answer, AnswerStep, ClaimAnswer, ClaimArrival, ClaimRegistry,
     ClaimVerdict, LocalHold, OwnClaim,
 };
+use keyfed_core::denial::{DenialKind, DenialReason};
 use keyfed_core::event::EventKind;
 use keyfed_core::peer_refusal::KeyOrigin;
 use keyfed_store::{ObjectKind, Origin, StoredKey, Tx};
@@ -202,14 +204,12 @@ impl Engine {
         };
         let id = &k.key.id;
         match arbitrate(arrival, &reg) {
-            ClaimVerdict::Refuse(why) => fx.notify(
-                tx,
-                now,
-                EventKind::PeerMessageRefused,
-                id,
-                why,
-                &[("peer", peer.to_owned())],
-            ),
+            ClaimVerdict::Refuse(why) => {
+                let r = Refusal::new(DenialReason::PeerNotGranted, id, why.clone());
+                self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
+                let details = [("peer", peer.to_owned())];
+                fx.notify(tx, now, EventKind::PeerMessageRefused, id, why, &details)
+            }
             ClaimVerdict::Ignore => Ok(()),
             ClaimVerdict::Forget { origin } => {
                 tx.remove_claim::<EngineError>(license, fp)?;
@@ -226,7 +226,17 @@ impl Engine {
                     ..c.clone()
                 };
                 fx.send(tx, peer, now, id, pb::delivery::Body::Claim(answer))?;
-                fx.notify(tx, now, EventKind::DuplicateStation, id, format!("station {fp} reached {peer} but already holds a seat of {id} through {holder}; {peer} gives its seat back (b02)"), &[("fingerprint", fp.to_owned()), ("holder", holder)])
+                let message = format!("station {fp} reached {peer} but already holds a seat of {id} through {holder}; {peer} gives its seat back (b02)");
+                let r = Refusal::new(DenialReason::SeatHeldElsewhere, id, message.clone());
+                self.deny_tx(tx, DenialKind::Assignment, &format!("{peer}/{fp}"), &r, now)?;
+                fx.notify(
+                    tx,
+                    now,
+                    EventKind::DuplicateStation,
+                    id,
+                    message,
+                    &[("fingerprint", fp.to_owned()), ("holder", holder)],
+                )
             }
             ClaimVerdict::RecordAndConfirm => {
                 tx.put_claim(license, fp, peer)?;

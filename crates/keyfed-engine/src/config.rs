@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub telemetry_retry_secs: i64,
     pub lifecycle: LifecycleConfig,
     pub stations: StationConfig,
+    /// Issue 12: the bounded log of refused connections and assignments.
+    pub denials: DenialConfig,
     /// Issue 12: how often usage samples are taken for the history.
     pub usage_history: UsageHistoryConfig,
 }
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             telemetry_retry_secs: 3_600,
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
+            denials: DenialConfig::default(),
             usage_history: UsageHistoryConfig::default(),
         }
     }
@@ -179,6 +182,19 @@ impl StationConfig {
             offline_validity: chrono::Duration::days(self.offline_validity_days),
             retire_after: chrono::Duration::days(self.retire_after_days),
         }
+    }
+}
+
+/// `[denials]`: how many refusals the node keeps (the oldest go first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DenialConfig {
+    pub keep: u64,
+}
+
+impl Default for DenialConfig {
+    fn default() -> Self {
+        Self { keep: 100_000 }
     }
 }
 

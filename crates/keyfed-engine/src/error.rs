@@ -59,6 +59,14 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A refusal with a stable reason, recorded as a denial (issue 12);
+    /// answered with `code`.
+    #[error("{message}")]
+    Refused {
+        reason: keyfed_core::denial::DenialReason,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("upstream: {0}")]
     Upstream(String),
     #[error("peer: {0}")]
@@ -77,6 +85,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// A refusal named by `reason`, answered as FAILED_PRECONDITION.
+    pub fn refused(reason: keyfed_core::denial::DenialReason, message: impl Into<String>) -> Self {
+        Self::Refused {
+            reason,
+            code: ErrorCode::FailedPrecondition,
+            message: message.into(),
+        }
+    }
+
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         Self::NotFound {
             what,
@@ -96,7 +113,7 @@ impl EngineError {
             | Self::ReadOnly { .. }
             | Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Upstream(_) | Self::ShuttingDown => ErrorCode::Unavailable,
-            Self::Remote { code, .. } => *code,
+            Self::Remote { code, .. } | Self::Refused { code, .. } => *code,
             Self::Peer(_) => ErrorCode::PermissionDenied,
             Self::Unimplemented(_) => ErrorCode::Unimplemented,
             // a full disk or a store that stopped serving after a failed sync

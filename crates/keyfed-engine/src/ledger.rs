@@ -13,6 +13,7 @@ use crate::engine::{new_grant, retire_if_free, rollback_message, seat_grant, wit
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
 use chrono::{DateTime, Utc};
+use keyfed_core::denial::DenialReason;
 use keyfed_core::donation::{before_send, may_donate, BeforeSend, Lending, NeighborLeave};
 use keyfed_core::event::EventKind;
 use keyfed_core::names::{grant_seats, validate, NameKind};
@@ -180,13 +181,37 @@ impl Engine {
         donation_days: u32,
         now: DateTime<Utc>,
     ) -> EngineResult<Grant> {
+        let done = self
+            .assign_checked(key_id, object, seats, kind, donation_days, now)
+            .await;
+        if let Err(e) = &done {
+            self.deny_assignment(key_id, object, e, now).await;
+        }
+        done
+    }
+
+    async fn assign_checked(
+        &self,
+        key_id: &str,
+        object: &str,
+        seats: u32,
+        kind: Option<ObjectKind>,
+        donation_days: u32,
+        now: DateTime<Utc>,
+    ) -> EngineResult<Grant> {
         validate(NameKind::Object, object)
             .and_then(|()| grant_seats(object, seats).map(|_| ()))
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         let role = self.config.role_of(object);
-        let kind = Self::object_kind(object, kind, role)?;
+        let kind = Self::object_kind(object, kind, role).map_err(|e| EngineError::Refused {
+            reason: DenialReason::ObjectNotAllowed,
+            code: e.code(),
+            message: e.to_string(),
+        })?;
         let lending = if role == Some(PeerRole::Neighbor) {
-            self.check_donation_allowed(object)?;
+            self.check_donation_allowed(object).map_err(|e| {
+                EngineError::refused(DenialReason::DonationNotAllowed, e.to_string())
+            })?;
             Some(Lending::begin(self.donation_policy(), donation_days, now))
         } else {
             None
@@ -194,16 +219,18 @@ impl Engine {
         let k = self.get_key(key_id)?;
         self.writable_at(&k, now)?;
         if k.origin.peer() == Some(object) {
-            return Err(EngineError::InvalidArgument(format!(
-                "key {key_id} came from {object}; it cannot be lent back"
-            )));
+            return Err(EngineError::Refused {
+                reason: DenialReason::ObjectNotAllowed,
+                code: crate::error::ErrorCode::InvalidArgument,
+                message: format!("key {key_id} came from {object}; it cannot be lent back"),
+            });
         }
         self.commit(|tx, fx| {
             let k = assignable(tx, key_id, kind)?;
             let mine = tx.grant::<EngineError>(key_id, object)?.map_or(0, |g| g.seats);
             let used = tx.used::<EngineError>(key_id)?;
             if used > k.held {
-                return abort(EngineError::FailedPrecondition(format!(
+                return abort(EngineError::refused(DenialReason::OverAllocated, format!(
                     "key {key_id} is over-allocated ({used} seats granted of {}): new grants are refused until fixed",
                     k.held
                 )));
@@ -354,14 +381,18 @@ fn assignable(tx: &Tx<'_>, key_id: &str, kind: ObjectKind) -> Tr<StoredKey> {
         return abort(EngineError::not_found("key", key_id));
     };
     if let Some(new) = &k.superseded_by {
-        return abort(EngineError::FailedPrecondition(format!(
-            "key {key_id} was renewed as {new}; assign seats of {new} instead"
-        )));
+        return abort(EngineError::refused(
+            DenialReason::KeySuperseded,
+            format!("key {key_id} was renewed as {new}; assign seats of {new} instead"),
+        ));
     }
     if !k.distributable && kind == ObjectKind::Server {
-        return abort(EngineError::FailedPrecondition(format!(
+        return abort(EngineError::refused(
+            DenialReason::ObjectNotAllowed,
+            format!(
             "key {key_id} was offered by a peer without automatic renewal and cannot be passed on"
-        )));
+        ),
+        ));
     }
     Ok(k)
 }

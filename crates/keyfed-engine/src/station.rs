@@ -8,11 +8,13 @@
 //! from a peer is counted only once the key's origin agreed (b02, see
 //! [`crate::claims`]).
 use crate::claims::{claim, own_claim, provisional, put_provisional, release_claim, set_own_claim};
+use crate::denials::Refusal;
 use crate::engine::Engine;
 use crate::error::{EngineError, EngineResult};
 use crate::time::ts;
 use chrono::{DateTime, Utc};
 use keyfed_core::claims::{station_seat, ClaimPolicy, OwnClaim, SeatAsk, StationSeat};
+use keyfed_core::denial::{station_seat_reason, DenialKind, DenialReason};
 use keyfed_core::event::EventKind;
 use keyfed_core::lifecycle::KeyState;
 use keyfed_core::names::{validate, NameKind};
@@ -85,7 +87,7 @@ pub(crate) enum Outcome {
     Provisional(StoredKey, DateTime<Utc>, String),
     /// Holds its seat, but the key no longer licenses it (suspended).
     Withdrawn(StoredKey, String),
-    Refused(String),
+    Refused(Refusal),
 }
 
 impl Engine {
@@ -399,9 +401,9 @@ impl Engine {
         let outcome = match station.elsewhere.clone() {
             // b02: another node holds its seat; it is not given a second one here
             Some((holder, key, since)) if !c.held && now < since + validity => {
-                Outcome::Refused(format!(
+                Outcome::Refused(Refusal::new(DenialReason::SeatHeldElsewhere, &key, format!(
                     "station {fp} already holds a seat of {key} through {holder}: one machine, one seat (b02)"
-                ))
+                )))
             }
             _ => {
                 station.elsewhere = None;
@@ -428,18 +430,26 @@ impl Engine {
                 }
             }
         }
-        if let Outcome::Refused(reason) = &outcome {
-            // b04: a connection refused for want of a seat is worth a warning
-            fx.notify(
-                tx,
-                now,
-                EventKind::ConnectionRefused,
-                "",
-                format!("station {fp} refused: {reason}"),
-                &[("fingerprint", fp.to_owned())],
-            )?;
+        if let Outcome::Refused(r) = &outcome {
+            self.refused_tx(tx, fx, fp, r, now)?;
         }
         Ok((outcome, delivered))
+    }
+
+    /// b04: a connection refused for want of a seat is worth a warning; and
+    /// it is a denial (issue 12), in the same transaction.
+    fn refused_tx(
+        &self,
+        tx: &keyfed_store::Tx<'_>,
+        fx: &mut crate::engine::Effects,
+        fp: &str,
+        r: &Refusal,
+        now: DateTime<Utc>,
+    ) -> keyfed_store::TxResult<(), EngineError> {
+        let message = format!("station {fp} refused: {}", r.message);
+        let details = [("fingerprint", fp.to_owned())];
+        fx.notify(tx, now, EventKind::ConnectionRefused, "", message, &details)?;
+        self.deny_tx(tx, DenialKind::StationConnection, fp, r, now)
     }
 
     /// The answer to a contact.
@@ -492,8 +502,8 @@ impl Engine {
                 lease.valid_until = String::new();
             }
             // a refused station gets a seat at a later contact once one is free (r11)
-            Outcome::Refused(reason) => {
-                lease.reason = reason;
+            Outcome::Refused(r) => {
+                lease.reason = r.message;
                 lease.valid_until = String::new();
             }
         }
@@ -561,14 +571,24 @@ impl Engine {
                 Err(reason) => why.push(reason),
             }
         }
-        Ok(Outcome::Refused(if candidates.is_empty() {
-            format!("no key on {} covers {wanted}", self.id())
-        } else {
-            format!(
+        let Some(first) = why.first() else {
+            return Ok(Outcome::Refused(Refusal {
+                reason: DenialReason::NoCoveringKey,
+                key_id: String::new(),
+                message: format!("no key on {} covers {wanted}", self.id()),
+            }));
+        };
+        Ok(Outcome::Refused(Refusal {
+            reason: first.reason,
+            key_id: first.key_id.clone(),
+            message: format!(
                 "no free seat on {} for {wanted}: {}",
                 self.id(),
-                why.join("; ")
-            )
+                why.iter()
+                    .map(|r| r.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         }))
     }
 
@@ -582,18 +602,21 @@ impl Engine {
         k: &StoredKey,
         hello: &Hello,
         now: DateTime<Utc>,
-    ) -> keyfed_store::TxResult<Result<Outcome, String>, EngineError> {
+    ) -> keyfed_store::TxResult<Result<Outcome, Refusal>, EngineError> {
         let fp = hello.fingerprint.trim();
         let id = &k.key.id;
         let state = self.state_at(k, now);
+        let refused = |reason, message| Refusal::new(reason, id, message);
         if !state.writable() {
-            return Ok(Err(format!("{id} is {}", state.label())));
+            let reason = DenialReason::of_key_state(&state).unwrap_or(DenialReason::KeyExpired);
+            return Ok(Err(refused(reason, format!("{id} is {}", state.label()))));
         }
         let used = tx.used::<EngineError>(id)?;
         let mut leases = provisional(tx, id, now)?;
         let others = u32::try_from(leases.keys().filter(|f| *f != fp).count()).unwrap_or(u32::MAX);
         if used.saturating_add(others) >= k.held {
-            return Ok(Err(format!("{id} has all {} seats in use", k.held)));
+            let full = format!("{id} has all {} seats in use", k.held);
+            return Ok(Err(refused(DenialReason::NoFreeSeats, full)));
         }
         if k.key.kind == keyfed_core::KeyKind::Subscription || k.tenancy != Default::default() {
             let sub = Subscription {
@@ -618,7 +641,7 @@ impl Engine {
                     .insert(t.clone(), tx.used_by::<EngineError>(id, t)?);
             }
             if let Err(why) = station_room(&sub, &hello.tenant, &uses) {
-                return Ok(Err(why));
+                return Ok(Err(refused(DenialReason::TenantQuota, why)));
             }
         }
         let origin = crate::claims::origin_of(k);
@@ -633,7 +656,7 @@ impl Engine {
             free: k.held.saturating_sub(used.saturating_add(others)),
         };
         match station_seat(&ask, ClaimPolicy::default(), now) {
-            StationSeat::Refused(why) => Ok(Err(why)),
+            StationSeat::Refused(why) => Ok(Err(refused(station_seat_reason(&ask), why))),
             StationSeat::Counted => {
                 let tenant = if hello.tenant == k.owner() {
                     String::new()

@@ -142,11 +142,11 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_objects(&self, _: Request<pb::ListObjectsRequest>) -> R<pb::ObjectList> {
-        Ok(Response::new(pb::ObjectList {
-            objects: objects(&self.node)?.into_values().collect(),
-            ..Default::default()
-        }))
+    async fn list_objects(&self, r: Request<pb::ListObjectsRequest>) -> R<pb::ObjectList> {
+        let page = crate::object_pages::page(objects(&self.node)?, &r.into_inner())
+            .map_err(NodeError::InvalidArgument)
+            .status()?;
+        Ok(Response::new(page))
     }
 
     async fn list_notifications(
@@ -422,10 +422,13 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn list_stations(&self, _: Request<pb::ListStationsRequest>) -> R<pb::StationList> {
+    async fn list_stations(&self, r: Request<pb::ListStationsRequest>) -> R<pb::StationList> {
+        let page = self.node.engine.station_page(&r.into_inner()).status()?;
         Ok(Response::new(pb::StationList {
-            stations: self.node.engine.list_stations().status()?,
-            ..Default::default()
+            stations: page.stations,
+            next_page_token: page.next_page_token,
+            total: page.total,
+            total_capped: page.total_capped,
         }))
     }
 
@@ -466,8 +469,10 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(reply))
     }
 
-    async fn list_denials(&self, _: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
-        Err(Status::unimplemented("the denial log is not built yet"))
+    async fn list_denials(&self, r: Request<pb::ListDenialsRequest>) -> R<pb::DenialList> {
+        Ok(Response::new(
+            crate::denials::list(&self.node, &r.into_inner()).status()?,
+        ))
     }
 
     async fn list_webhooks(&self, _: Request<pb::Empty>) -> R<pb::WebhookList> {

@@ -28,8 +28,10 @@ use tonic::codegen::{http, Service};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
+mod denials;
 pub(crate) mod events;
 mod host;
+mod pages;
 pub(crate) mod usage;
 
 /// The Admin service as the gRPC port serves it: behind the guard.
@@ -384,7 +386,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["keys", _] => "GET, DELETE",
         ["keys", _, "file"]
         | ["objects" | "notifications" | "status" | "peers" | "usage" | "stations"
-        | "subscriptions" | "audit" | "telemetry"]
+        | "subscriptions" | "audit" | "telemetry" | "denials"]
         | ["notifications", "stream"]
         | ["webhooks"]
         | ["usage", "history"]
@@ -472,11 +474,8 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             call.unary::<_, pb::RenewalReport>("CheckForUpdates", &r)
                 .await
         }
-        (&M::GET, ["objects"]) => {
-            q.only(&[])?;
-            call.unary::<_, pb::ObjectList>("ListObjects", &pb::ListObjectsRequest::default())
-                .await
-        }
+        (&M::GET, ["objects"]) => pages::objects(&call, &q).await,
+        (&M::GET, ["denials"]) => denials::get(&call, &q, h).await,
         (&M::GET, ["notifications"]) => {
             let r = pb::ListNotificationsRequest {
                 after_seq: q.only(&["after_seq"])?.number("after_seq")?,
@@ -507,11 +506,7 @@ async fn route(call: Call, req: http::Request<Incoming>) -> Result<Reply, ApiErr
             call.unary::<_, pb::UsageReport>("Usage", &r).await
         }
         (&M::GET, ["usage", "history"]) => usage::history(&call, &q, h).await,
-        (&M::GET, ["stations"]) => {
-            q.only(&[])?;
-            call.unary::<_, pb::StationList>("ListStations", &pb::ListStationsRequest::default())
-                .await
-        }
+        (&M::GET, ["stations"]) => pages::stations(&call, &q).await,
         (&M::GET, ["commands"]) => {
             q.only(&[])?;
             call.unary::<_, pb::CommandList>("ListCommands", &pb::Empty {})

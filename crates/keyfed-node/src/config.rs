@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::webhooks::WebhookConfig;
 pub use keyfed_engine::config::{
-    EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole, StationConfig,
-    UsageHistoryConfig,
+    DenialConfig, EngineConfig, LifecycleConfig, NeighborConfig, PeerConfig, PeerRole,
+    StationConfig, UsageHistoryConfig,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub lifecycle: LifecycleConfig,
     /// Station leases, retirement and commands (o02, o03, b03).
     pub stations: StationConfig,
+    /// The bounded log of refusals (issue 12): `[denials] keep = N`.
+    pub denials: DenialConfig,
     /// The store's page cache, in MiB.
     pub store_cache_mb: u64,
     /// Mutual TLS for the port and every outgoing connection; none: plaintext.
@@ -152,6 +154,7 @@ impl Default for NodeConfig {
             max_backoff_millis: 5000,
             lifecycle: LifecycleConfig::default(),
             stations: StationConfig::default(),
+            denials: DenialConfig::default(),
             store_cache_mb: 64,
             tls: None,
             admin_tokens: Vec::new(),
@@ -196,7 +199,9 @@ impl NodeConfig {
 
     /// Reads a TOML file; unknown fields are refused so typos do not pass silently.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| format!("config: {e}"))
+        let cfg: Self = toml::from_str(text).map_err(|e| format!("config: {e}"))?;
+        keyfed_store::check_keep(cfg.denials.keep).map_err(|e| format!("config: {e}"))?;
+        Ok(cfg)
     }
 
     /// Overrides from `KEYFED_*` environment variables.
@@ -298,6 +303,7 @@ impl NodeConfig {
             telemetry_retry_secs: self.telemetry_retry_secs,
             lifecycle: self.lifecycle.clone(),
             stations: self.stations.clone(),
+            denials: self.denials.clone(),
             usage_history: self.usage_history,
         }
     }

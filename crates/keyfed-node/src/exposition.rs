@@ -7,6 +7,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -166,7 +167,38 @@ fn store_gauges(node: &Node) -> Result<Registry, keyfed_store::StoreError> {
         "stations by state (counted at most every 30 s)",
         states,
     );
+    denial_counters(&mut r, store)?;
     Ok(r)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// `keyfed_denials_total{reason}`: the store's durable per-reason counts
+/// (issue 12), so they survive restarts and agree with `ListDenials`;
+/// every reason shows from the start, at zero.
+fn denial_counters(
+    r: &mut Registry,
+    store: &keyfed_store::Store,
+) -> Result<(), keyfed_store::StoreError> {
+    let family = Family::<ReasonLabel, Counter>::default();
+    let counts = store.denial_counts()?;
+    for reason in keyfed_core::denial::DenialReason::ALL {
+        let n = counts.get(&reason).copied().unwrap_or(0);
+        family
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
+    }
+    r.register(
+        "keyfed_denials",
+        "refused station connections and assignments by reason, as the node recorded them",
+        family,
+    );
+    Ok(())
 }
 
 /// Renders every metric of `node` as OpenMetrics text.

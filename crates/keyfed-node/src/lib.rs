@@ -12,6 +12,7 @@ pub mod backup;
 pub mod config;
 mod console;
 pub mod convert;
+pub mod denials;
 pub mod error;
 pub mod exposition;
 pub mod federation;
@@ -20,6 +21,7 @@ pub mod links;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod object_pages;
 pub mod pki;
 pub mod sandbox;
 pub mod scheduler;
@@ -232,7 +234,13 @@ pub async fn run_with_listeners(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         ))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // no Nagle: a reply's frames go out at once, not after the
+            // client's delayed ACK (40 ms per call otherwise)
+            tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
+                s.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            }),
             shutdown.clone().cancelled_owned(),
         );
     // graceful shutdown waits for open streams; give them a bounded grace

@@ -67,14 +67,17 @@
 //!   holds it alone briefly) and [`snapshot`] writes, verifies and restores
 //!   the file (`keyfed backup`, `keyfed restore`).
 pub mod conservation;
+mod denials;
 mod durability;
 mod epoch;
 mod memory;
 mod records;
 pub mod snapshot;
+mod station_index;
 mod usage_history;
 
 use chrono::{DateTime, Utc};
+pub use denials::{check_keep, DenialRecord, NewDenial};
 use durability::{Durability, SledFiles};
 pub use durability::{Synced, MARK_SUFFIX};
 pub use epoch::{fresh_epoch, EPOCH_META};
@@ -85,6 +88,7 @@ pub use records::{
 pub use sled::transaction::ConflictableTransactionError;
 use sled::transaction::{TransactionError, TransactionalTree, UnabortableTransactionError};
 use sled::{IVec, Transactional};
+pub use station_index::{past_key, IndexHit, StationScan, StationTotals};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -179,7 +183,7 @@ pub fn abort<T, E>(e: E) -> TxResult<T, E> {
 }
 
 const SCHEMA_VERSION: u8 = 1;
-const TREES: [&str; 16] = [
+const TREES: [&str; 18] = [
     "keys",
     "grants",
     "used",
@@ -196,6 +200,8 @@ const TREES: [&str; 16] = [
     "claims",
     "audit",
     "usage_history",
+    "denials",
+    "station_index",
 ];
 const KEYS: usize = 0;
 const GRANTS: usize = 1;
@@ -213,6 +219,8 @@ const COMMANDS: usize = 12;
 const CLAIMS: usize = 13;
 const AUDIT: usize = 14;
 const USAGE_HISTORY: usize = 15;
+const DENIALS: usize = 16;
+const STATION_INDEX: usize = 17;
 
 /// Page cache size unless configured otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -363,7 +371,7 @@ impl Store {
             });
         }
         verify(&trees).map_err(|why| damaged(format!("{path}/db"), why))?;
-        Ok(Self {
+        let store = Self {
             backend: Backend::Sled(SledStore {
                 db,
                 trees,
@@ -371,7 +379,9 @@ impl Store {
                 files: Arc::new(std::sync::Mutex::new(files)),
             }),
             durability: Arc::new(Durability::new(ledger)),
-        })
+        };
+        store.ensure_station_index()?;
+        Ok(store)
     }
 
     /// An empty store that lives in memory only, for deterministic
@@ -381,6 +391,11 @@ impl Store {
         let mem = memory::Memory::new(TREES.len());
         mem.insert(META, b"schema", IVec::from(&[SCHEMA_VERSION]));
         mem.insert(META, EPOCH_META.as_bytes(), epoch::memory_value());
+        mem.insert(
+            META,
+            station_index::BUILT_META.as_bytes(),
+            records::encode(&"built").into(),
+        );
         mem.flush();
         Self {
             backend: Backend::Memory(Arc::new(mem)),
@@ -954,9 +969,11 @@ impl Tx<'_> {
 
     /// Writes a grant and keeps the key's used-seat counters exact.
     pub fn put_grant<E: From<StoreError>>(&self, g: &Grant) -> TxResult<(), E> {
-        if let Some(old) = self.grant::<E>(&g.key_id, &g.object)? {
-            self.add_used::<E>(&old, -i64::from(old.seats))?;
+        let old = self.grant::<E>(&g.key_id, &g.object)?;
+        if let Some(old) = &old {
+            self.add_used::<E>(old, -i64::from(old.seats))?;
         }
+        self.index_grant::<E>(old.as_ref(), Some(g))?;
         self.add_used::<E>(g, i64::from(g.seats))?;
         self.write(GRANTS, &pair(&g.key_id, &g.object), g)
     }
@@ -970,6 +987,7 @@ impl Tx<'_> {
             return Ok(None);
         };
         self.add_used::<E>(&old, -i64::from(old.seats))?;
+        self.index_grant::<E>(Some(&old), None)?;
         self.remove(GRANTS, &pair(key_id, object))?;
         Ok(Some(old))
     }
@@ -981,7 +999,9 @@ impl Tx<'_> {
         self.read(STATIONS, fingerprint.as_bytes())
     }
 
-    pub fn put_station<E>(&self, s: &StationRecord) -> TxResult<(), E> {
+    pub fn put_station<E: From<StoreError>>(&self, s: &StationRecord) -> TxResult<(), E> {
+        let old = self.station::<E>(&s.fingerprint)?;
+        self.index_station::<E>(old.as_ref(), s)?;
         self.write(STATIONS, s.fingerprint.as_bytes(), s)
     }
 

@@ -79,6 +79,23 @@ impl Memory {
             .collect()
     }
 
+    /// At most `limit` keys in `from..` that start with `prefix`.
+    pub(crate) fn range_keys(
+        &self,
+        tree: usize,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
+        lock(&self.state).committed[tree]
+            .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// Every committed entry of `tree`, in key order.
     pub(crate) fn entries(&self, tree: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         lock(&self.state).committed[tree]

@@ -2,7 +2,7 @@
 //! field names, then one row per message, fields in proto order, RFC 4180
 //! quoting and CRLF line ends. One writer for the API, the console and
 //! keyfedctl, so the three never disagree.
-use crate::v1::UsagePoint;
+use crate::v1::{Denial, UsagePoint};
 
 /// One field: quoted when it holds a comma, a quote, CR or LF (quotes doubled).
 #[must_use]
@@ -70,6 +70,31 @@ pub fn usage_points(points: &[UsagePoint]) -> String {
     )
 }
 
+/// `Denial`'s fields in proto order.
+pub const DENIAL_HEADER: [&str; 8] = [
+    "seq", "at", "kind", "object", "key_id", "node_id", "reason", "message",
+];
+
+/// `DenialList.denials` as CSV.
+#[must_use]
+pub fn denials(denials: &[Denial]) -> String {
+    write(
+        &DENIAL_HEADER,
+        denials.iter().map(|d| {
+            vec![
+                d.seq.to_string(),
+                d.at.clone(),
+                d.kind.clone(),
+                d.object.clone(),
+                d.key_id.clone(),
+                d.node_id.clone(),
+                d.reason.clone(),
+                d.message.clone(),
+            ]
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +128,20 @@ mod tests {
         assert_eq!(
             usage_points(&[p]),
             "at,node_id,key_id,held,used,free,resolution\r\n2026-03-01T00:00:00Z,main,k-1,10,4,6,5m\r\n"
+        );
+    }
+
+    #[test]
+    fn denials_have_the_proto_fields_in_order() {
+        let d = Denial {
+            seq: 7,
+            reason: "no-free-seats".into(),
+            message: "no free seat for dlp,vpn".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            denials(&[d]),
+            "seq,at,kind,object,key_id,node_id,reason,message\r\n7,,,,,,no-free-seats,\"no free seat for dlp,vpn\"\r\n"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! `keyfedctl`: the administrator's gRPC client for keyfed nodes and the upstream.
 mod audit;
 mod context;
+mod denials;
 mod failure;
 mod render;
 mod stations;
@@ -164,8 +165,10 @@ enum Command {
     /// usage telemetry of a node (t01, t02)
     #[command(subcommand)]
     Telemetry(telemetry::TelemetryCmd),
-    /// stations known to the node: lease, state, last contact (b03, o02)
-    Stations,
+    /// stations known to the node: lease, state, last contact (b03, o02), a page at a time
+    Stations(stations::StationsArgs),
+    /// refused station connections and assignments (issue 12)
+    Denials(denials::DenialsArgs),
     /// commands for offline stations and children (o03)
     #[command(subcommand, name = "command")]
     Cmd(stations::CommandCmd),
@@ -606,7 +609,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Upstream(cmd) => upstream_cmd(cli, cmd).await?,
         Command::Telemetry(cmd) => telemetry::telemetry(cli, cmd).await?,
-        Command::Stations => stations::stations(cli).await?,
+        Command::Stations(a) => stations::stations(cli, a).await?,
+        Command::Denials(a) => denials::denials(cli, a).await?,
         Command::Cmd(cmd) => stations::command(cli, cmd).await?,
         Command::Settings(cmd) => stations::settings(cli, cmd).await?,
         Command::Report(cmd) => stations::report(cli, cmd).await?,

@@ -54,12 +54,45 @@ fn dash(s: &str) -> String {
     }
 }
 
-pub async fn stations(cli: &Cli) -> anyhow::Result<()> {
-    let r = admin(cli)
-        .await?
-        .list_stations(pb::ListStationsRequest::default())
-        .await?
-        .into_inner();
+/// `keyfedctl stations`: one page, or with `--all` every page in turn.
+#[derive(clap::Args)]
+pub struct StationsArgs {
+    /// stations per page (0: the node's default, 1000)
+    #[arg(long, default_value_t = 0)]
+    pub page_size: u32,
+    /// the next_page_token of the previous page
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// fingerprint, station id or tenant prefix
+    #[arg(long, default_value = "")]
+    pub search: String,
+    /// licensed, withdrawn, unlicensed or retired
+    #[arg(long, default_value = "")]
+    pub state: String,
+    /// only stations holding a seat of this key
+    #[arg(long = "key-id", default_value = "")]
+    pub key_id: String,
+    /// follow next_page_token until the last page
+    #[arg(long)]
+    pub all: bool,
+}
+
+pub async fn stations(cli: &Cli, a: &StationsArgs) -> anyhow::Result<()> {
+    let mut client = admin(cli).await?;
+    let mut req = pb::ListStationsRequest {
+        page_size: a.page_size,
+        page_token: a.page_token.clone(),
+        state: a.state.clone(),
+        search: a.search.clone(),
+        key_id: a.key_id.clone(),
+    };
+    let mut r = client.list_stations(req.clone()).await?.into_inner();
+    while a.all && !r.next_page_token.is_empty() {
+        req.page_token = std::mem::take(&mut r.next_page_token);
+        let next = client.list_stations(req.clone()).await?.into_inner();
+        r.stations.extend(next.stations);
+        r.next_page_token = next.next_page_token;
+    }
     emit(cli.json, &r, |r| {
         let rows: Vec<Vec<String>> = r
             .stations
@@ -77,7 +110,7 @@ pub async fn stations(cli: &Cli) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        table(
+        let mut out = table(
             &[
                 "FINGERPRINT",
                 "STATION",
@@ -89,7 +122,17 @@ pub async fn stations(cli: &Cli) -> anyhow::Result<()> {
                 "SETTINGS",
             ],
             &rows,
-        )
+        );
+        out.push_str(&format!("{} shown of {}", r.stations.len(), r.total));
+        if r.next_page_token.is_empty() {
+            out.push('\n');
+        } else {
+            out.push_str(&format!(
+                "; next page: --page-token {}\n",
+                r.next_page_token
+            ));
+        }
+        out
     });
     Ok(())
 }

@@ -6,7 +6,10 @@
 //!   stack on this machine can do at all;
 //! * attach: each station takes a seat, durably (group-committed flush);
 //! * renew: each station renews R times, each one durable as well;
-//! * memory: the node's resident and peak memory once M stations hold seats.
+//! * memory: the node's resident and peak memory once M stations hold seats;
+//! * pages (issue 12): with those M stations, ListStations' first page, a
+//!   page deep in (its token taken from a walk), a prefix search, and the
+//!   time the node takes to open its store again and answer.
 //!
 //! Run:
 //!   cargo build --release -p keyfed-node -p keyfed-tests
@@ -194,6 +197,7 @@ fn hello(fp: String) -> pb::ConnectRequest {
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("node");
     let vendor = keyfed_gus::Upstream::open(
         &dir.path().join("vendor"),
         Arc::new(keyfed_core::SystemClock),
@@ -201,20 +205,24 @@ async fn main() {
     .expect("vendor store");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new(node_binary())
-        .args(["serve", "--node-id", "bench", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path().join("node"))
-        .arg("--trust")
-        .arg(vendor.public_key_hex())
-        .env(
-            "RUST_LOG",
-            std::env::var("KEYFED_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .spawn()
-        .expect("start the node");
-    let node = NodeProcess(child);
+    let trust = vendor.public_key_hex();
+    let start_node = || {
+        let child = Command::new(node_binary())
+            .args(["serve", "--node-id", "bench", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--trust")
+            .arg(&trust)
+            .env(
+                "RUST_LOG",
+                std::env::var("KEYFED_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .expect("start the node");
+        NodeProcess(child)
+    };
+    let node = start_node();
     let pid = node.0.id();
     let channel = |_: usize| {
         Endpoint::from_shared(url.clone())
@@ -356,16 +364,28 @@ async fn main() {
         .into_inner();
     let rss = memory_kib(pid, "VmRSS:");
     let hwm = memory_kib(pid, "VmHWM:");
+    rows.extend(pages(&mut admin, a.hold).await);
+    // the store opened again: stop the node, start it, wait until it answers
+    drop(node);
+    let opened = Instant::now();
+    let node = start_node();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while admin.status(pb::Empty {}).await.is_err() {
+        assert!(Instant::now() < deadline, "the node did not come back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reopen = opened.elapsed();
 
-    println!("| measurement | ops | ops/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    println!("| measurement | ops | ops/s | p50 ms | p95 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
             r.what,
             r.ops,
             r.rate(),
             r.pct(0.5),
+            r.pct(0.95),
             r.pct(0.99)
         );
     }
@@ -383,5 +403,108 @@ async fn main() {
         hwm as f64 / 1024.0,
         base_rss as f64 / 1024.0
     );
+    println!(
+        "node restart with {} stations until it answers (store open, every value read once): {:.0} ms",
+        a.hold,
+        reopen.as_secs_f64() * 1000.0
+    );
     drop(node);
+}
+
+/// Timed ListStations calls of one request, one after another.
+async fn timed(
+    admin: &mut AdminClient<Channel>,
+    what: &str,
+    req: &pb::ListStationsRequest,
+    runs: usize,
+) -> Row {
+    let mut lat = Vec::with_capacity(runs);
+    let start = Instant::now();
+    for _ in 0..runs {
+        let s = Instant::now();
+        let page = admin
+            .list_stations(req.clone())
+            .await
+            .expect("a page")
+            .into_inner();
+        lat.push(s.elapsed());
+        assert!(!page.stations.is_empty(), "{what}: an empty page");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    Row {
+        what: what.into(),
+        ops: lat.len(),
+        secs,
+        lat,
+    }
+}
+
+/// Issue 12: pages of the station list with `held` stations in the store.
+async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
+    const RUNS: usize = 200;
+    let page = |token: String| pb::ListStationsRequest {
+        page_size: 100,
+        page_token: token,
+        ..Default::default()
+    };
+    let mut rows = vec![
+        timed(
+            admin,
+            "ListStations first page (100)",
+            &page(String::new()),
+            RUNS,
+        )
+        .await,
+    ];
+    // a reply within one TCP segment: what a page costs without the transfer
+    let small = pb::ListStationsRequest {
+        page_size: 10,
+        ..Default::default()
+    };
+    rows.push(timed(admin, "ListStations first page (10)", &small, RUNS).await);
+    // an Admin call that reads next to nothing, for comparison
+    let mut lat = Vec::with_capacity(RUNS);
+    let start = Instant::now();
+    for _ in 0..RUNS {
+        let s = Instant::now();
+        admin.list_keys(pb::Empty {}).await.expect("list keys");
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    rows.push(Row {
+        what: "ListKeys (one key; the Admin call's own cost)".into(),
+        ops: lat.len(),
+        secs: start.elapsed().as_secs_f64(),
+        lat,
+    });
+    // a token 90% of the way in, by walking pages of 1000
+    let mut walk = pb::ListStationsRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    for _ in 0..(held * 9 / 10) / 1000 {
+        let p = admin
+            .list_stations(walk.clone())
+            .await
+            .expect("a page")
+            .into_inner();
+        walk.page_token = p.next_page_token;
+    }
+    let deep = format!("ListStations deep page (100, {} in)", held * 9 / 10);
+    rows.push(timed(admin, &deep, &page(walk.page_token), RUNS).await);
+    let search = pb::ListStationsRequest {
+        page_size: 100,
+        search: "st-5".into(),
+        ..Default::default()
+    };
+    let what = "ListStations search (100 of prefix st-5, total counted to 1000)";
+    rows.push(timed(admin, what, &search, RUNS).await);
+    let state = pb::ListStationsRequest {
+        page_size: 100,
+        state: "licensed".into(),
+        ..Default::default()
+    };
+    rows.push(timed(admin, "ListStations state=licensed (100)", &state, RUNS).await);
+    rows
 }

@@ -32,7 +32,7 @@ pub(super) async fn history(
 }
 
 /// `format` decides; without it, an `Accept` naming `text/csv` does.
-fn wants_csv(format: Option<&str>, headers: &http::HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn wants_csv(format: Option<&str>, headers: &http::HeaderMap) -> Result<bool, ApiError> {
     match format {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
