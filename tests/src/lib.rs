@@ -15,6 +15,7 @@ pub mod browser;
 pub mod conservation;
 pub mod faults;
 pub mod kill_loop;
+pub mod pages;
 pub mod ports;
 pub mod process;
 

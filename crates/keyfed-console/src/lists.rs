@@ -57,7 +57,9 @@ pub fn stations(v: &View<'_>, f: &StationFilter, list: &Fetched<pb::StationList>
         @match list {
             Err(e) => (failed("the stations", e)),
             Ok(l) => {
-                p.muted #station-count { (l.total) " station(s) match" }
+                p.muted #station-count {
+                    (l.total) @if l.total_capped { " or more" } " station(s) match"
+                }
                 table #stations {
                     thead { tr { th { "Fingerprint" } th { "Station" } th { "Tenant" } th { "Key" } th { "State" } th { "Last contact" } th.num { "Reports" } } }
                     tbody {
@@ -242,9 +244,17 @@ mod tests {
             }],
             next_page_token: "t9".into(),
             total: 1200,
+            total_capped: false,
         });
         let page = stations(&view(false), &f, &l);
         assert!(page.contains("1200 station(s) match"));
+        let capped = Ok(pb::StationList {
+            total: 1000,
+            total_capped: true,
+            ..Default::default()
+        });
+        // a search counts matches only up to 1000
+        assert!(stations(&view(false), &f, &capped).contains("1000 or more station(s) match"));
         assert!(
             page.contains(
                 r#"href="/stations?state=licensed&amp;search=pc%201%26x&amp;page_token=t9""#

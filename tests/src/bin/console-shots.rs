@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         "/notifications".into(),
     ] {
         let started = std::time::Instant::now();
-        let bytes = get(addr, &page).await?;
+        let bytes = keyfed_tests::pages::get(addr, &page).await?;
         println!(
             "{page:<24} {:>7.1} ms  {bytes} bytes",
             started.elapsed().as_secs_f64() * 1000.0
@@ -99,22 +99,6 @@ async fn main() -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
-}
-
-/// One GET on a fresh connection; the reply's size.
-async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<usize> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    anyhow::ensure!(
-        out.starts_with(b"HTTP/1.1 200"),
-        "{path}: {}",
-        String::from_utf8_lossy(&out[..out.len().min(200)])
-    );
-    Ok(out.len())
 }
 
 /// Main's usage history points of `key`.

@@ -9,7 +9,10 @@
 //! * memory: the node's resident and peak memory once M stations hold seats;
 //! * pages (issue 12): with those M stations, ListStations' first page, a
 //!   page deep in (its token taken from a walk), a prefix search, and the
-//!   time the node takes to open its store again and answer.
+//!   time the node takes to open its store again and answer;
+//! * console (issue 12): the same node's console pages over HTTP with those
+//!   M stations: the dashboard, the key page, a station page deep in and a
+//!   search (each a fresh connection; the server's render plus loopback).
 //!
 //! Run:
 //!   cargo build --release -p keyfed-node -p keyfed-tests
@@ -204,6 +207,7 @@ async fn main() {
     )
     .expect("vendor store");
     let port = free_port();
+    let console = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let url = format!("http://127.0.0.1:{port}");
     let trust = vendor.public_key_hex();
     let start_node = || {
@@ -214,6 +218,9 @@ async fn main() {
             .arg(&data_dir)
             .arg("--trust")
             .arg(&trust)
+            // no admin tokens: the console answers this loopback caller
+            .arg("--api-listen")
+            .arg(console.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("KEYFED_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -364,7 +371,9 @@ async fn main() {
         .into_inner();
     let rss = memory_kib(pid, "VmRSS:");
     let hwm = memory_kib(pid, "VmHWM:");
-    rows.extend(pages(&mut admin, a.hold).await);
+    let (page_rows, deep_token) = pages(&mut admin, a.hold).await;
+    rows.extend(page_rows);
+    rows.extend(console_pages(console, &key.key.id, &deep_token, a.hold).await);
     // the store opened again: stop the node, start it, wait until it answers
     drop(node);
     let opened = Instant::now();
@@ -440,8 +449,48 @@ async fn timed(
     }
 }
 
-/// Issue 12: pages of the station list with `held` stations in the store.
-async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
+/// Issue 12: the console's pages, each fetched `RUNS` times.
+async fn console_pages(
+    addr: std::net::SocketAddr,
+    key_id: &str,
+    deep_token: &str,
+    held: usize,
+) -> Vec<Row> {
+    const RUNS: usize = 50;
+    let pages = [
+        ("console dashboard /".to_owned(), "/".to_owned()),
+        (
+            format!("console key page /keys/{key_id}"),
+            format!("/keys/{key_id}"),
+        ),
+        (
+            format!("console stations deep page ({} in)", held * 9 / 10),
+            format!("/stations?page_token={deep_token}"),
+        ),
+        (
+            "console stations search st-5".into(),
+            "/stations?search=st-5".into(),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (what, path) in pages {
+        let start = Instant::now();
+        let (lat, bytes) = keyfed_tests::pages::timed_get(addr, &path, RUNS)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        rows.push(Row {
+            what: format!("{what} ({} KB)", bytes / 1024),
+            ops: lat.len(),
+            secs: start.elapsed().as_secs_f64(),
+            lat,
+        });
+    }
+    rows
+}
+
+/// Issue 12: pages of the station list with `held` stations in the store,
+/// and the token of the page 90% of the way in.
+async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> (Vec<Row>, String) {
     const RUNS: usize = 200;
     let page = |token: String| pb::ListStationsRequest {
         page_size: 100,
@@ -492,7 +541,7 @@ async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
         walk.page_token = p.next_page_token;
     }
     let deep = format!("ListStations deep page (100, {} in)", held * 9 / 10);
-    rows.push(timed(admin, &deep, &page(walk.page_token), RUNS).await);
+    rows.push(timed(admin, &deep, &page(walk.page_token.clone()), RUNS).await);
     let search = pb::ListStationsRequest {
         page_size: 100,
         search: "st-5".into(),
@@ -506,5 +555,5 @@ async fn pages(admin: &mut AdminClient<Channel>, held: usize) -> Vec<Row> {
         ..Default::default()
     };
     rows.push(timed(admin, "ListStations state=licensed (100)", &state, RUNS).await);
-    rows
+    (rows, walk.page_token)
 }
