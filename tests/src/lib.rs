@@ -14,8 +14,8 @@
 pub mod browser;
 pub mod conservation;
 pub mod faults;
+pub mod http;
 pub mod kill_loop;
-pub mod pages;
 pub mod ports;
 pub mod process;
 

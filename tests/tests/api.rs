@@ -3,10 +3,11 @@
 //! `curl` example runs and answers as documented; roles, audit, errors and
 //! limits are the Admin service's.
 use keyfed_node::config::{AdminToken, Role};
+use keyfed_tests::http::{exchange, parse_reply, request as http, Reply};
 use keyfed_tests::{eventually, TestCluster, Topology};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const OPS: &str = "0ps-api-t0ken";
 const VIEWER: &str = "v1ewer-api-t0ken";
@@ -39,25 +40,12 @@ fn api_addr(c: &TestCluster, id: &str) -> SocketAddr {
         .expect("the node serves the API (api_listen)")
 }
 
-/// A reply: status, headers (lowercase names) and the body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// The API's error: its status and `{"code", "message"}`.
+trait ApiError {
+    fn error(&self) -> (u16, String, String);
 }
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("the body is JSON ({e}): {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-    /// The API's error: its status and `{"code", "message"}`.
+impl ApiError for Reply {
     fn error(&self) -> (u16, String, String) {
         let v = self.json();
         let keys: Vec<&String> = v.as_object().expect("an object").keys().collect();
@@ -72,72 +60,6 @@ impl Reply {
             v["message"].as_str().unwrap_or_default().to_owned(),
         )
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`),
-/// addressed (`Host`) as curl would address it; a `Host` in `headers`
-/// replaces that.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    host: &str,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        head.push_str(&format!("Host: {host}\r\n"));
-    }
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.expect("send the head");
-    s.write_all(body).await.expect("send the body");
-    s.flush().await.expect("flush");
-    let mut raw = Vec::new();
-    // a TLS peer may close without close_notify: keep what arrived
-    let _ = s.read_to_end(&mut raw).await;
-    parse_reply(&raw)
-}
-
-fn parse_reply(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("an HTTP reply: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the API");
-    exchange(s, &addr.to_string(), method, target, headers, body).await
 }
 
 /// `method target` with a bearer token and, for a body, JSON.

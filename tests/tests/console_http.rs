@@ -3,9 +3,10 @@
 //! CSRF on writes, and a token-less node answering loopback callers only
 //! under an address or `localhost` as `Host`, like its JSON API.
 use keyfed_node::config::{AdminToken, Role};
+use keyfed_tests::http::Reply;
 use keyfed_tests::{TestCluster, Topology};
 use std::net::SocketAddr;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 const OPS: &str = "0ps-console-http-t0ken";
 
@@ -23,69 +24,20 @@ fn with_api_and_token(cfg: &mut keyfed_node::NodeConfig) {
     }];
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or("", |(_, v)| v.as_str())
-    }
-    /// `keyfed_session=ID` from Set-Cookie, for the next request's Cookie.
-    fn session(&self) -> String {
-        self.header("set-cookie")
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
+/// A console request as a browser sends it (a form body for a POST),
+/// addressed to `127.0.0.1` unless `headers` name another Host.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+    s: S,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        head.push_str("Host: 127.0.0.1\r\n");
-    }
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
+    let mut headers = headers.to_vec();
     if method == "POST" {
-        head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.expect("send");
-    s.write_all(body.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    keyfed_tests::http::exchange(s, "127.0.0.1", method, target, &headers, body.as_bytes()).await
 }
 
 async fn http(
@@ -136,7 +88,10 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
 
     // not logged in: a page sends the browser to /login, a write is refused
     let r = http(addr, "GET", "/", &[], "").await;
-    assert_eq!((r.status, r.header("location")), (303, "/login"));
+    assert_eq!(
+        (r.status, r.header("location").unwrap_or_default()),
+        (303, "/login")
+    );
     let r = http(addr, "POST", "/renew", &[], "csrf=x").await;
     assert_eq!(r.status, 401, "{}", r.body);
     // the log-in form has a CSRF token of its own (double submit)
@@ -144,7 +99,10 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     assert_eq!(r.status, 403);
     assert!(
         r.body.contains("log-in form's CSRF token")
-            && !r.header("set-cookie").contains("keyfed_session")
+            && !r
+                .header("set-cookie")
+                .unwrap_or_default()
+                .contains("keyfed_session")
     );
     // a second log-in page (another tab, a followed redirect) keeps the first valid
     let page = http(addr, "GET", "/login", &[], "").await;
@@ -155,14 +113,20 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     assert_eq!(r.status, 401);
     assert!(
         r.body.contains("not valid on this node")
-            && !r.header("set-cookie").contains("keyfed_session"),
+            && !r
+                .header("set-cookie")
+                .unwrap_or_default()
+                .contains("keyfed_session"),
         "{}",
         r.body
     );
 
     let r = login(addr, OPS).await;
-    assert_eq!((r.status, r.header("location")), (303, "/"));
-    let set = r.header("set-cookie");
+    assert_eq!(
+        (r.status, r.header("location").unwrap_or_default()),
+        (303, "/")
+    );
+    let set = r.header("set-cookie").unwrap_or_default();
     assert!(
         set.ends_with("; HttpOnly; SameSite=Strict; Path=/"),
         "{set}"
@@ -179,6 +143,7 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     assert!(page.body.contains("ops (admin)") && page.body.contains(r#"id="add-key""#));
     assert!(page
         .header("content-security-policy")
+        .unwrap_or_default()
         .contains("default-src 'self'"));
     // the API takes a bearer token only, never the console's cookie
     let api = http(addr, "GET", "/api/v1/keys", &[("Cookie", &cookie)], "").await;
@@ -221,9 +186,15 @@ async fn b06_console_log_in_sets_a_strict_http_only_cookie_the_api_refuses() {
     )
     .await;
     assert_eq!(r.status, 303);
-    assert!(r.header("set-cookie").contains("Max-Age=0"));
+    assert!(r
+        .header("set-cookie")
+        .unwrap_or_default()
+        .contains("Max-Age=0"));
     let r = http(addr, "GET", "/", &[("Cookie", &cookie)], "").await;
-    assert_eq!((r.status, r.header("location")), (303, "/login"));
+    assert_eq!(
+        (r.status, r.header("location").unwrap_or_default()),
+        (303, "/login")
+    );
     c.shutdown().await;
 }
 
@@ -235,7 +206,10 @@ async fn b06_a_console_without_tokens_answers_loopback_under_an_address_only() {
     let r = http(addr, "GET", "/", &[], "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
-        r.body.contains("local (no admin tokens)") && r.header("set-cookie").contains("HttpOnly")
+        r.body.contains("local (no admin tokens)")
+            && r.header("set-cookie")
+                .unwrap_or_default()
+                .contains("HttpOnly")
     );
     assert!(!r.body.contains("Log out"), "no log-in, so no log-out");
     // DNS rebinding: a page under another name is refused, as on the API
@@ -295,9 +269,11 @@ async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
     };
     let page = exchange(connect().await, "GET", "/login", &[], "").await;
     assert!(
-        page.header("set-cookie").ends_with("; Secure"),
-        "{}",
         page.header("set-cookie")
+            .unwrap_or_default()
+            .ends_with("; Secure"),
+        "{}",
+        page.header("set-cookie").unwrap_or_default()
     );
     let (jar, form) = login_form(&page, OPS);
     let r = exchange(
@@ -309,7 +285,7 @@ async fn b06_with_tls_the_console_is_served_over_tls_with_a_secure_cookie() {
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let set = r.header("set-cookie");
+    let set = r.header("set-cookie").unwrap_or_default();
     assert!(
         set.contains("HttpOnly; SameSite=Strict") && set.ends_with("; Secure"),
         "{set}"
@@ -340,30 +316,9 @@ async fn upload(addr: SocketAddr, cookie: &str, fields: &[(&str, &str)]) -> Repl
         ));
     }
     body.push_str(&format!("--{boundary}--\r\n"));
-    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let head = format!(
-        "POST /keys HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {cookie}\r\n\
-         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut s = s;
-    s.write_all(head.as_bytes()).await.expect("send");
-    s.write_all(body.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text[9..12].parse().expect("status");
-    let location = text
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or_default()
-        .to_owned();
-    Reply {
-        status,
-        headers: vec![("location".into(), location)],
-        body: text,
-    }
+    let headers = [("Cookie", cookie), ("Content-Type", ct.as_str())];
+    keyfed_tests::http::request(addr, "POST", "/keys", &headers, body.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +348,7 @@ async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_
     )
     .await;
     assert_eq!(
-        (r.status, r.header("location")),
+        (r.status, r.header("location").unwrap_or_default()),
         (303, format!("/keys/{id}").as_str()),
         "{}",
         r.body
@@ -451,7 +406,7 @@ async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_
     )
     .await;
     assert_eq!(
-        (r.status, r.header("location")),
+        (r.status, r.header("location").unwrap_or_default()),
         (303, "/commands"),
         "{}",
         r.body
@@ -464,7 +419,12 @@ async fn console_forms_upload_assign_unassign_queue_and_renew_through_the_admin_
     );
 
     let r = post("/renew".into(), format!("csrf={token}")).await;
-    assert_eq!((r.status, r.header("location")), (303, "/"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.header("location").unwrap_or_default()),
+        (303, "/"),
+        "{}",
+        r.body
+    );
     let page = http(addr, "GET", "/", &jar, "").await;
     assert!(page.body.contains("checked for updates"), "{}", page.body);
 

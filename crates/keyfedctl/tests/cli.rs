@@ -1,27 +1,9 @@
 //! Drives the keyfedctl binary against a real upstream and node.
 use keyfed_tests::{TestCluster, Topology};
+
+mod common;
+use common::{ctl, err, out};
 use std::process::Output;
-
-async fn ctl(addr: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfedctl"))
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .env_remove("KEYFED_TOKEN")
-        .env_remove("KEYFED_CONTEXT")
-        .env("XDG_CONFIG_HOME", "/nonexistent/keyfedctl-test-config")
-        .output()
-        .await
-        .expect("keyfedctl runs")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyfedctl_drives_a_node_and_the_upstream() {

@@ -1,28 +1,9 @@
 //! `keyfedctl denials` and the paged `keyfedctl stations` against a real node
 //! (issue 12).
 use keyfed_tests::{TestCluster, Topology};
-use std::process::Output;
 
-async fn ctl(addr: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfedctl"))
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .env_remove("KEYFED_TOKEN")
-        .env_remove("KEYFED_CONTEXT")
-        .env("XDG_CONFIG_HOME", "/nonexistent/keyfedctl-test-config")
-        .output()
-        .await
-        .expect("keyfedctl runs")
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{ctl, err, out};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyfedctl_lists_denials_as_a_table_or_csv_and_pages_stations() {

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         "/notifications".into(),
     ] {
         let started = std::time::Instant::now();
-        let bytes = keyfed_tests::pages::get(addr, &page).await?;
+        let bytes = keyfed_tests::http::get(addr, &page).await?;
         println!(
             "{page:<24} {:>7.1} ms  {bytes} bytes",
             started.elapsed().as_secs_f64() * 1000.0

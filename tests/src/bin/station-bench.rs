@@ -475,7 +475,7 @@ async fn console_pages(
     let mut rows = Vec::new();
     for (what, path) in pages {
         let start = Instant::now();
-        let (lat, bytes) = keyfed_tests::pages::timed_get(addr, &path, RUNS)
+        let (lat, bytes) = keyfed_tests::http::timed_get(addr, &path, RUNS)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         rows.push(Row {
