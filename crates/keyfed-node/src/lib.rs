@@ -234,13 +234,7 @@ pub async fn run_with_listeners(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         ))
         .serve_with_incoming_shutdown(
-            // no Nagle: a reply's frames go out at once, not after the
-            // client's delayed ACK (40 ms per call otherwise)
-            tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            }),
+            TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
     // graceful shutdown waits for open streams; give them a bounded grace
