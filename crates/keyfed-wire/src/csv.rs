@@ -75,24 +75,25 @@ pub const DENIAL_HEADER: [&str; 8] = [
     "seq", "at", "kind", "object", "key_id", "node_id", "reason", "message",
 ];
 
+/// A denial's fields in proto order, as CSV and keyfedctl's table show them.
+#[must_use]
+pub fn denial_row(d: &Denial) -> Vec<String> {
+    vec![
+        d.seq.to_string(),
+        d.at.clone(),
+        d.kind.clone(),
+        d.object.clone(),
+        d.key_id.clone(),
+        d.node_id.clone(),
+        d.reason.clone(),
+        d.message.clone(),
+    ]
+}
+
 /// `DenialList.denials` as CSV.
 #[must_use]
 pub fn denials(denials: &[Denial]) -> String {
-    write(
-        &DENIAL_HEADER,
-        denials.iter().map(|d| {
-            vec![
-                d.seq.to_string(),
-                d.at.clone(),
-                d.kind.clone(),
-                d.object.clone(),
-                d.key_id.clone(),
-                d.node_id.clone(),
-                d.reason.clone(),
-                d.message.clone(),
-            ]
-        }),
-    )
+    write(&DENIAL_HEADER, denials.iter().map(denial_row))
 }
 
 #[cfg(test)]

@@ -42,18 +42,7 @@ pub async fn denials(cli: &Cli, a: &DenialsArgs) -> anyhow::Result<()> {
         let rows: Vec<Vec<String>> = r
             .denials
             .iter()
-            .map(|d| {
-                vec![
-                    d.seq.to_string(),
-                    d.at.clone(),
-                    d.kind.clone(),
-                    d.object.clone(),
-                    d.key_id.clone(),
-                    d.node_id.clone(),
-                    d.reason.clone(),
-                    d.message.clone(),
-                ]
-            })
+            .map(keyfed_proto::csv::denial_row)
             .collect();
         let mut out = table(
             &[
