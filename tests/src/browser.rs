@@ -14,6 +14,25 @@ const DRIVER_START: Duration = Duration::from_secs(30);
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// chromedriver's process group: it and every Chromium it started
+    group: Option<i32>,
+}
+
+impl Drop for Browser {
+    /// A failed test never reaches `close`: end chromedriver and its
+    /// Chromium processes by their group, so none outlives the test. The
+    /// group is signalled by killpg(2) directly, never through a shell's
+    /// `kill -KILL -PID`: procps reads that as kill(-1), every process.
+    fn drop(&mut self) {
+        if let Some(pgid) = self
+            .group
+            .take()
+            .filter(|g| *g > 1)
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -60,10 +79,11 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // a failed test never reaches `close`: chromedriver ends with the
-            // handle (a Chromium it started may outlive it then)
+            // its own process group, so Drop can end Chromium with it
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
+        let group = driver.id().and_then(|id| i32::try_from(id).ok());
         let url = format!("http://127.0.0.1:{port}");
         let end = tokio::time::Instant::now() + DRIVER_START;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -91,13 +111,18 @@ impl Browser {
             .capabilities(caps)
             .connect(&url)
             .await?;
-        Ok(Some(Self { client, driver }))
+        Ok(Some(Self {
+            client,
+            driver,
+            group,
+        }))
     }
 
     /// Ends the browser session (Chromium quits) and chromedriver.
     pub async fn close(mut self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
         let _ = self.driver.kill().await;
+        // Drop ends whatever of the group is left
     }
 }
 

@@ -12,7 +12,8 @@
 //! Each run uses its own compose project (`keyfed-smoke-<pid>`) and image tag
 //! and tears everything down (`down -v --remove-orphans`, `docker rmi`) from a
 //! Drop guard, so a failed assertion leaves no container, network or volume.
-//! No host port is published: every command runs inside a container.
+//! No host port is published: commands run inside a container, and the
+//! console check speaks HTTPS to main's address on the compose network.
 //!
 //! Steps (SPEC rules in brackets): build the image; start the federation;
 //! issue a key at gus, add it at main, assign seats to child, east, west and a
@@ -22,11 +23,15 @@
 //! and the old one is retired everywhere; kill the child right after an
 //! assignment and main right after a renewal (SIGKILL), start both, and
 //! check that every grant arrived exactly once and no node hands out more
-//! than it holds (r13); `docker kill` main in the middle of a station storm
+//! than it holds (r13); log in to main's console on 7610 over TLS with the
+//! demo token and read the key there and in the JSON API; `docker kill` main in the middle of a station storm
 //! (a fleet of `keyfed-agent` stations in the child's container attaching
 //! to main): afterwards every station is licensed exactly once and main's
 //! grants add up to what it hands out (r13, b02); finally `docker stop`
 //! every service: each exits 0 promptly with its store flushed.
+#[path = "docker_smoke/console.rs"]
+mod console;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -683,6 +688,9 @@ fn docker_smoke() {
         Ok(false)
     });
     s.lap("kill -9 of child and main mid-distribution: K4 everywhere, seats conserved");
+
+    console::check(&mut s, &k4);
+    s.lap("console and JSON API on main's 7610 over TLS with the demo token");
 
     station_storm(&mut s, &k4, 12 + 5 + 4 + 2);
 
