@@ -70,6 +70,31 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     parse_reply(&raw)
 }
 
+/// One console request as a browser sends it: a POST carries `body` as a
+/// filled-in form (`application/x-www-form-urlencoded`).
+pub async fn form_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: S,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut headers = headers.to_vec();
+    if method == "POST" {
+        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+    }
+    exchange(s, host, method, target, &headers, body.as_bytes()).await
+}
+
+/// The CSRF token in a console page's forms.
+#[must_use]
+pub fn csrf(page: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[at..].split('"').next().unwrap_or_default().to_owned()
+}
+
 /// One request to `addr` on a fresh TCP connection.
 pub async fn request(
     addr: SocketAddr,

@@ -3,7 +3,7 @@
 //! CSRF on writes, and a token-less node answering loopback callers only
 //! under an address or `localhost` as `Host`, like its JSON API.
 use keyfed_node::config::{AdminToken, Role};
-use keyfed_tests::http::Reply;
+use keyfed_tests::http::{csrf, form_exchange, Reply};
 use keyfed_tests::{TestCluster, Topology};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,11 +33,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut headers = headers.to_vec();
-    if method == "POST" {
-        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
-    }
-    keyfed_tests::http::exchange(s, "127.0.0.1", method, target, &headers, body.as_bytes()).await
+    form_exchange(s, "127.0.0.1", method, target, headers, body).await
 }
 
 async fn http(
@@ -49,15 +45,6 @@ async fn http(
 ) -> Reply {
     let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     exchange(s, method, target, headers, body).await
-}
-
-/// The CSRF token in a page's forms.
-fn csrf(page: &str) -> String {
-    let at = page
-        .find(r#"name="csrf" value=""#)
-        .expect("a form with a CSRF token")
-        + 19;
-    page[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
 /// The log-in page's cookie and the form filled in with `token`.

@@ -24,11 +24,12 @@
 //! assignment and main right after a renewal (SIGKILL), start both, and
 //! check that every grant arrived exactly once and no node hands out more
 //! than it holds (r13); log in to main's console on 7610 over TLS with the
-//! demo token and read the key there and in the JSON API; `docker kill` main in the middle of a station storm
-//! (a fleet of `keyfed-agent` stations in the child's container attaching
-//! to main): afterwards every station is licensed exactly once and main's
-//! grants add up to what it hands out (r13, b02); finally `docker stop`
-//! every service: each exits 0 promptly with its store flushed.
+//! demo token and read the key there and in the JSON API; `docker kill` main
+//! in the middle of a station storm (a fleet of `keyfed-agent` stations in
+//! the child's container attaching to main): afterwards every station is
+//! licensed exactly once and main's grants add up to what it hands out (r13,
+//! b02); finally `docker stop` every service: each exits 0 promptly with its
+//! store flushed.
 #[path = "docker_smoke/console.rs"]
 mod console;
 

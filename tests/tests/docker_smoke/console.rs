@@ -4,7 +4,7 @@
 //! certificate). The test speaks HTTPS to main's container address on the
 //! compose network, trusting only the CA that the `pki` service made.
 use super::{must, say, Smoke};
-use keyfed_tests::http::{exchange, Reply};
+use keyfed_tests::http::{csrf, form_exchange, Reply};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
@@ -37,11 +37,7 @@ impl Console {
             .connect(ServerName::try_from("main").expect("name"), tcp)
             .await
             .expect("main's console speaks TLS with a certificate of the federation CA for `main`");
-        let mut headers = headers.to_vec();
-        if method == "POST" {
-            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
-        }
-        exchange(tls, "main:7610", method, target, &headers, body.as_bytes()).await
+        form_exchange(tls, "main:7610", method, target, headers, body).await
     }
 
     /// Logs in as a browser does; the reply to the form's POST.
@@ -58,13 +54,6 @@ impl Console {
         )
         .await
     }
-}
-
-/// The CSRF token in a page's forms.
-fn csrf(page: &str) -> String {
-    let marker = r#"name="csrf" value=""#;
-    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
-    page[at..].split('"').next().unwrap_or_default().to_owned()
 }
 
 /// main's address on the compose network and a TLS client trusting the CA
